@@ -1,0 +1,159 @@
+"""The adapter contract: what every protocol plugin implements and what it is given.
+
+An adapter owns one protocol. It turns wire payloads into :class:`Reading` s, pushes
+them into its :class:`Sink`, and acknowledges the device only once ``accept`` returned
+True (the readings are durable). It turns :class:`Command` s into wire payloads. It knows
+nothing about rules, storage or the cloud.
+
+Third-party adapters register a subclass under the entry-point group
+``gateway.adapters`` with the ``type:`` name users write in YAML::
+
+    [project.entry-points."gateway.adapters"]
+    modbus = "gateway_modbus:ModbusAdapter"
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from prometheus_client import CollectorRegistry
+from pydantic import Field
+
+from gateway.config.types import Section
+from gateway.reading import Command, CommandResult, Reading
+
+
+class Sink(Protocol):
+    """Where adapters push readings."""
+
+    async def accept(self, readings: Sequence[Reading]) -> bool:
+        """True once the readings are durable (acknowledge the device then).
+
+        False means refused (queue full or store failing): answer the device with a
+        refusal it will retry on (MQTT 0x97, CoAP 5.03). Never raises for that.
+        """
+        ...
+
+
+class DeviceDirectory(Protocol):
+    """What adapters tell the device registry beyond readings (names, models...)."""
+
+    def declare(self, device: str, **info: Any) -> None:
+        """Record a device and descriptive fields (name, model, manufacturer, type...)."""
+        ...
+
+
+class _NullDirectory:
+    def declare(self, device: str, **info: Any) -> None:
+        return None
+
+
+class AdapterConfig(Section):
+    """Fields every adapter section has; adapters subclass it with their own."""
+
+    type: str
+    name: str = Field(default="", description="instance name; defaults to the type")
+    enabled: bool = True
+
+
+@dataclass
+class AdapterContext:
+    """Everything an adapter is given by the daemon."""
+
+    name: str
+    sink: Sink
+    state_dir: Path
+    metrics: CollectorRegistry
+    devices: DeviceDirectory = field(default_factory=_NullDirectory)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("gateway.adapter"))
+
+
+class Adapter(abc.ABC):
+    """Base class of protocol adapters.
+
+    Subclasses set ``Config`` (their pydantic model) and implement :meth:`start`,
+    :meth:`stop` and :meth:`send`. Background work goes through :meth:`spawn`: if a
+    spawned task raises, the adapter is marked failed and the supervisor restarts it
+    with backoff.
+    """
+
+    Config: ClassVar[type[AdapterConfig]] = AdapterConfig
+    #: device id prefix this adapter owns (``mqtt`` owns ``mqtt:...``); defaults to name
+    prefix: str
+
+    def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.prefix = ctx.name
+        self.log = ctx.log
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._failed: asyncio.Future[BaseException] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Bring the adapter up; return once it is running. Raise if first contact fails."""
+
+    async def stop(self) -> None:
+        """Finish what was accepted, then release everything ``start`` set up.
+
+        The default cancels tasks started with :meth:`spawn`; override to drain first
+        and call ``await super().stop()`` at the end.
+        """
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # noqa: BLE001 - already reported through fail()
+                pass
+        self._tasks.clear()
+
+    @abc.abstractmethod
+    async def send(self, command: Command) -> CommandResult:
+        """Deliver a command to a device this adapter owns."""
+
+    def owns(self, device: str) -> bool:
+        """Whether ``device`` (a gateway-wide id) belongs to this adapter."""
+        return device.startswith(self.prefix + ":")
+
+    # -- failure reporting ------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run background work; an exception in it fails the adapter."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """Report that the adapter cannot go on; the supervisor will restart it."""
+        fut = self.failed
+        if not fut.done():
+            fut.set_result(exc)
+
+    @property
+    def failed(self) -> asyncio.Future[BaseException]:
+        """Resolves with the exception that broke the adapter."""
+        if self._failed is None:
+            self._failed = asyncio.get_running_loop().create_future()
+        return self._failed
+

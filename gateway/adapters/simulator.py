@@ -1,0 +1,138 @@
+"""``type: simulator`` — virtual devices emitting plausible readings; feeds the demo and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from typing import Literal
+
+from pydantic import Field
+
+from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
+from gateway.config.types import Duration
+from gateway.reading import Command, CommandResult, Reading
+
+#: metric → (unit, base, daily swing, noise, decimals)
+PROFILES: dict[str, tuple[str | None, float, float, float, int]] = {
+    "temperature": ("Cel", 21.0, 3.0, 0.15, 2),
+    "humidity": ("%RH", 45.0, 8.0, 0.6, 1),
+    "pressure": ("Pa", 101_325.0, 400.0, 15.0, 0),
+    "illuminance": ("lx", 300.0, 280.0, 10.0, 0),
+    "power": ("W", 60.0, 40.0, 5.0, 1),
+    "battery": ("%EL", 100.0, 0.0, 0.0, 0),
+}
+Metric = Literal["temperature", "humidity", "pressure", "illuminance", "power", "battery", "seq"]
+
+
+class SimulatorConfig(AdapterConfig):
+    devices: int = Field(default=5, ge=1, le=100_000)
+    interval: Duration = Field(default=5.0, gt=0, description="seconds between a device's messages")
+    metrics: list[Metric] = Field(default_factory=lambda: ["temperature", "humidity", "battery"])
+    device_prefix: str = "sim-"
+    seed: int | None = None
+    #: stop after this many messages per device (benchmarks); 0 = run forever
+    count: int = Field(default=0, ge=0)
+
+
+class _Device:
+    __slots__ = ("id", "phase", "battery", "seq", "on")
+
+    def __init__(self, device_id: str, rng: random.Random) -> None:
+        self.id = device_id
+        self.phase = rng.uniform(0, 2 * math.pi)
+        self.battery = rng.uniform(60, 100)
+        self.seq = 0
+        self.on = True
+
+
+class SimulatorAdapter(Adapter):
+    """N devices, each sending one message (its metrics) every ``interval`` seconds."""
+
+    Config = SimulatorConfig
+    config: SimulatorConfig
+
+    def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
+        super().__init__(config, ctx)
+        assert isinstance(config, SimulatorConfig)
+        self._rng = random.Random(config.seed)
+        width = len(str(config.devices))
+        self.devices = {
+            f"{self.prefix}:{config.device_prefix}{i + 1:0{width}d}": None
+            for i in range(config.devices)
+        }
+        self._state = {d: _Device(d, self._rng) for d in self.devices}
+        self._stopping = asyncio.Event()
+        self.sent_messages = 0
+        self.done = asyncio.Event()
+
+    async def start(self) -> None:
+        for device in self._state:
+            self.ctx.devices.declare(device, type="simulated", model="simulator")
+        self.spawn(self._emit(), name=f"{self.prefix}:emit")
+
+    def _message(self, dev: _Device, ts: float) -> list[Reading]:
+        day = 2 * math.pi * ((ts % 86400) / 86400)
+        out = []
+        for metric in self.config.metrics:
+            if metric == "seq":
+                out.append(Reading(dev.id, "seq", dev.seq, None, ts))
+                continue
+            unit, base, swing, noise, decimals = PROFILES[metric]
+            if metric == "battery":
+                dev.battery = max(0.0, dev.battery - 0.001)
+                value: float = round(dev.battery)
+            elif metric == "power" and not dev.on:
+                value = 0.0
+            else:
+                value = base + swing * math.sin(day + dev.phase) + self._rng.gauss(0, noise)
+                if metric in ("illuminance", "power"):
+                    value = max(0.0, value)
+                value = round(value, decimals)
+            out.append(Reading(dev.id, metric, value, unit, ts))
+        dev.seq += 1
+        return out
+
+    async def _emit(self) -> None:
+        devices = list(self._state.values())
+        n = len(devices)
+        step = self.config.interval / n  # spread devices evenly over the interval
+        limit = self.config.count
+        tick = time.monotonic()
+        i = 0
+        while not self._stopping.is_set():
+            dev = devices[i % n]
+            if limit and dev.seq >= limit:
+                self.done.set()
+                return
+            readings = self._message(dev, time.time())
+            # a refusal means the store is full or failing: the device keeps its message
+            # and sends it again, as a real one would
+            while not await self.ctx.sink.accept(readings):
+                await asyncio.sleep(0.5)
+                if self._stopping.is_set():
+                    return
+            self.sent_messages += 1
+            i += 1
+            tick += step
+            delay = tick - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif i % 64 == 0:
+                await asyncio.sleep(0)  # behind schedule: still let the loop breathe
+                tick = max(tick, time.monotonic() - 1.0)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await super().stop()
+
+    async def send(self, command: Command) -> CommandResult:
+        dev = self._state.get(command.device)
+        if dev is None:
+            return CommandResult(False, "unknown_device", f"no simulated device {command.device}")
+        if command.action in ("on", "off", "toggle"):
+            dev.on = {"on": True, "off": False}.get(command.action, not dev.on)
+            return CommandResult.delivered(f"power {'on' if dev.on else 'off'}")
+        return CommandResult.unsupported(
+            f"simulated devices understand on, off and toggle, not {command.action!r}")

@@ -1,0 +1,1 @@
+"""The local control API (HTTP on a Unix socket, optionally on loopback TCP)."""

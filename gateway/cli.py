@@ -1,0 +1,97 @@
+"""The ``gateway`` command: run the daemon, check a config, talk to a running daemon."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Handler, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str) -> Callable[[Handler], Handler]:
+    """Register ``gateway NAME``; the decorated function's ``args`` hook adds its options."""
+
+    def wrap(fn: Handler) -> Handler:
+        setup = getattr(fn, "arguments", lambda p: None)
+        _COMMANDS[name] = (fn, setup, help)
+        return fn
+
+    return wrap
+
+
+def _config_arg(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    if positional:
+        p.add_argument("config", nargs="?", default=DEFAULT_CONFIG,
+                       help=f"config file (default {DEFAULT_CONFIG})")
+    else:
+        p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                       help=f"config file (default {DEFAULT_CONFIG})")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.daemon import run
+
+    return run(args.config)
+
+
+_run.arguments = _config_arg  # type: ignore[attr-defined]
+command("run", "run the gateway daemon")(_run)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from gateway.config.model import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"{args.config}: {len(exc.problems)} problem(s); the gateway would not start",
+              file=sys.stderr)
+        return 2
+    names = ", ".join(f"{a.name} ({a.type})" for a in cfg.adapters) or "none"
+    print(f"{args.config}: OK — gateway {cfg.gateway.id}, adapters: {names}")
+    return 0
+
+
+_check.arguments = lambda p: _config_arg(p, positional=True)  # type: ignore[attr-defined]
+command("check", "validate a config file without starting anything")(_check)
+
+
+def _load_plugins() -> None:
+    # subcommands that talk to a running daemon register themselves on import
+    for module in ("gateway.api.commands",):
+        try:
+            __import__(module)
+        except ImportError:
+            pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    from gateway import __version__
+
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (fn, setup, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        setup(p)
+        p.set_defaults(handler=fn)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130

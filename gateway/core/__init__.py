@@ -1,0 +1,1 @@
+"""The pipeline between adapters and the outbox: registry touch, rules, filters."""

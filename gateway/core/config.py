@@ -1,0 +1,52 @@
+"""The ``gateway:`` and ``devices:`` sections."""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from gateway.config.types import Duration, Section
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _default_id() -> str:
+    host = socket.gethostname().split(".")[0] or "gateway"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", host)[:64]
+
+
+class GatewaySection(Section):
+    """Identity and process settings."""
+
+    id: str = Field(default_factory=_default_id, description="used in cloud topics")
+    state_dir: str = "/var/lib/gateway"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("expected 1-64 letters, digits, '_', '.' or '-' (used in MQTT topics)")
+        return v
+
+
+class DeclaredDevice(Section):
+    """A device listed in config: registered even before its first reading."""
+
+    id: str
+    name: str | None = None
+    type: str | None = None
+    location: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class DevicesSection(Section):
+    """Device registry settings."""
+
+    offline_after: Duration = Field(default=300.0, gt=0)
+    offline_after_by_type: dict[str, Duration] = Field(default_factory=dict)
+    flush_interval: Duration = Field(default=60.0, gt=0)
+    declared: list[DeclaredDevice] = Field(default_factory=list)

@@ -1,0 +1,140 @@
+"""Keeps adapters running: a crashing adapter is restarted with backoff; others never notice."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+
+from gateway.adapters.base import Adapter
+from gateway.core.backoff import Backoff
+from gateway.reading import Command, CommandResult
+
+log = logging.getLogger("gateway.supervisor")
+
+#: an adapter that ran this long before failing counts as recovered: backoff starts over
+HEALTHY_AFTER = 60.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class AdapterState:
+    name: str
+    type: str
+    state: str = "starting"  # starting | running | backoff | stopped
+    restarts: int = 0
+    last_error: str | None = None
+    since: float = 0.0
+
+
+class Supervisor:
+    """Runs each adapter in its own restart loop."""
+
+    def __init__(self, factories: dict[str, tuple[str, Callable[[], Adapter]]],
+                 metrics: CollectorRegistry, backoff_initial: float = 1.0,
+                 backoff_max: float = 60.0) -> None:
+        self._factories = factories
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self.states = {name: AdapterState(name, t) for name, (t, _) in factories.items()}
+        self.adapters: dict[str, Adapter] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._first_start: dict[str, asyncio.Future[None]] = {}
+        self._restarts = Counter("gateway_adapter_restarts", "Adapter restarts after a failure",
+                                 ["adapter"], registry=metrics)
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Start every adapter; wait up to ``wait`` s for their first start to settle."""
+        loop = asyncio.get_running_loop()
+        for name in self._factories:
+            self._first_start[name] = loop.create_future()
+            self._loops[name] = loop.create_task(self._run(name), name=f"adapter:{name}")
+        if self._first_start:
+            await asyncio.wait(list(self._first_start.values()), timeout=wait)
+
+    async def _run(self, name: str) -> None:
+        type_name, factory = self._factories[name]
+        st = self.states[name]
+        backoff = Backoff(self._backoff_initial, self._backoff_max)
+        first = self._first_start[name]
+        while True:
+            st.state, st.since = "starting", time.time()
+            adapter: Adapter | None = None
+            try:
+                adapter = factory()
+                await adapter.start()
+                self.adapters[name] = adapter
+                st.state, st.since = "running", time.time()
+                log.info("adapter %s (%s) running", name, type_name)
+                if not first.done():
+                    first.set_result(None)
+                exc = await adapter.failed
+                raise exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means restart
+                ran = time.time() - st.since if st.state == "running" else 0.0
+                st.last_error = f"{type(exc).__name__}: {exc}"
+                self.adapters.pop(name, None)
+                if adapter is not None:
+                    await self._stop_quietly(name, adapter)
+                if ran >= HEALTHY_AFTER:
+                    backoff.reset()
+                delay = backoff.next_delay()
+                st.restarts += 1
+                self._restarts.labels(name).inc()
+                st.state, st.since = "backoff", time.time()
+                log.error("adapter %s (%s) failed: %s; restarting in %.1f s (restart %d)",
+                          name, type_name, st.last_error, delay, st.restarts,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+                if not first.done():
+                    first.set_result(None)
+                await asyncio.sleep(delay)
+
+    async def _stop_quietly(self, name: str, adapter: Adapter) -> None:
+        try:
+            await asyncio.wait_for(adapter.stop(), STOP_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("adapter %s did not stop cleanly: %s", name, exc)
+
+    async def stop(self) -> None:
+        """Stop every adapter (reverse order), letting each drain what it accepted."""
+        for name in reversed(list(self._loops)):
+            task = self._loops[name]
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            adapter = self.adapters.pop(name, None)
+            if adapter is not None:
+                await self._stop_quietly(name, adapter)
+            self.states[name].state = "stopped"
+        self._loops.clear()
+
+    def owner_of(self, device: str) -> Adapter | None:
+        """The running adapter that owns ``device``."""
+        for adapter in self.adapters.values():
+            if adapter.owns(device):
+                return adapter
+        return None
+
+    async def send(self, command: Command) -> CommandResult:
+        """Route a command to the adapter that owns its device."""
+        adapter = self.owner_of(command.device)
+        if adapter is None:
+            prefix = command.device.split(":", 1)[0]
+            if prefix in self.states:
+                return CommandResult.refused(
+                    f"adapter {prefix!r} is {self.states[prefix].state}; try again later")
+            return CommandResult(False, "unknown_device",
+                                 f"no adapter owns device {command.device!r}")
+        try:
+            return await adapter.send(command)
+        except Exception as exc:  # noqa: BLE001 - a failing command is a result, not a crash
+            log.warning("command %s to %s failed: %s", command.action, command.device, exc)
+            return CommandResult.error(f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,177 @@
+"""``gateway run``: start store → uplink → core → adapters → control API; stop in reverse.
+
+Each component is an async context manager entered on one exit stack, so teardown runs
+in reverse order and every component gets its turn even when another fails to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gateway.adapters.base import AdapterContext
+from gateway.adapters.registry import adapter_class
+from gateway.config.model import ConfigError, GatewayConfig, load_config
+from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
+from gateway.core.supervisor import Supervisor
+from gateway.logs import setup_logging
+from gateway.store.outbox import Outbox
+from gateway.uplink.client import Uplink
+
+log = logging.getLogger("gateway")
+
+
+class Gateway:
+    """The running daemon: every component, reachable from the control API."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = CollectorRegistry()
+        self.started_at = time.time()
+        self.ready = False
+        self.outbox: Outbox | None = None
+        self.uplink: Uplink | None = None
+        self.pipeline: Pipeline | None = None
+        self.supervisor: Supervisor | None = None
+        self.devices: Any = None  # device registry, when present
+        self.components: dict[str, Any] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    # -- components, in start order -------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _store(self) -> AsyncIterator[None]:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.outbox = await Outbox.open(self.config.outbox_path, self.config.store,
+                                        metrics=self.metrics)
+        try:
+            yield
+        finally:
+            await self.outbox.close()
+
+    @contextlib.asynccontextmanager
+    async def _uplink(self) -> AsyncIterator[None]:
+        assert self.outbox is not None
+        if not self.config.uplink.enabled:
+            log.warning("uplink disabled: readings stay in the outbox (bounded by store.max_bytes"
+                        " and store.max_age)")
+            yield
+            return
+        self.uplink = Uplink(self.config.uplink, self.config.gateway.id, self.outbox,
+                             metrics=self.metrics)
+        await self.uplink.start()
+        try:
+            yield
+        finally:
+            await self.uplink.stop()
+
+    @contextlib.asynccontextmanager
+    async def _core(self) -> AsyncIterator[None]:
+        assert self.outbox is not None
+
+        def observer_failed(name: str, exc: BaseException) -> None:
+            log.error("observer %s failed: %s: %s", name, type(exc).__name__, exc)
+
+        self.pipeline = Pipeline(self.outbox, observer_failed)
+        yield
+
+    @contextlib.asynccontextmanager
+    async def _adapters(self) -> AsyncIterator[None]:
+        assert self.pipeline is not None
+        counters = SinkCounters(self.metrics)
+        factories = {}
+        for cfg in self.config.adapters:
+            if not cfg.enabled:
+                log.info("adapter %s (%s) disabled in config", cfg.name, cfg.type)
+                continue
+            cls = adapter_class(cfg.type)
+            ctx = AdapterContext(
+                name=cfg.name,
+                sink=AdapterSink(self.pipeline, cfg.name, counters),
+                state_dir=self.config.state_dir,
+                metrics=self.metrics,
+                log=logging.getLogger(f"gateway.adapter.{cfg.name}"),
+            )
+            if self.devices is not None:
+                ctx.devices = self.devices
+
+            def factory(cls: Any = cls, cfg: Any = cfg, ctx: AdapterContext = ctx) -> Any:
+                return cls(cfg, ctx)
+
+            factories[cfg.name] = (cfg.type, factory)
+        self.supervisor = Supervisor(factories, self.metrics)
+        await self.supervisor.start()
+        try:
+            yield
+        finally:
+            await self.supervisor.stop()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        t0 = time.monotonic()
+        try:
+            for name, component in (("store", self._store), ("uplink", self._uplink),
+                                    ("core", self._core), ("adapters", self._adapters)):
+                await self._stack.enter_async_context(component())
+                log.debug("%s started", name)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.ready = True
+        log.info("gateway %s ready in %.2f s (%d adapter(s), config %s)", self.config.gateway.id,
+                 time.monotonic() - t0, len(self.config.adapters), self.config.source)
+
+    async def stop(self) -> None:
+        self.ready = False
+        log.info("gateway stopping")
+        await self._stack.aclose()
+        log.info("gateway stopped")
+
+
+async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    gw = Gateway(config)
+    await gw.start()
+    try:
+        await stop.wait()
+    finally:
+        await gw.stop()
+
+
+def run(config_path: str) -> int:
+    """Entry point of ``gateway run``."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        setup_logging("info")
+        for line in exc.problems:
+            log.error("config: %s", line)
+        return 2
+    setup_logging(config.gateway.log_level)
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 - last resort: one readable line, then exit
+        log.critical("gateway failed: %s: %s", type(exc).__name__, exc,
+                     exc_info=log.isEnabledFor(logging.DEBUG))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(sys.argv[1]))

@@ -1,0 +1,1 @@
+"""Local rules and upload filters."""

@@ -1,0 +1,1 @@
+"""Durable state: the SQLite outbox (store-and-forward queue)."""

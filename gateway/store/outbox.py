@@ -1,0 +1,610 @@
+"""The outbox: a durable, ordered, bounded store-and-forward queue in SQLite.
+
+- WAL mode, one writer thread, group commit: every append made while a transaction is
+  being written goes into the next one, and commits are at least ``commit_interval``
+  apart, so an SD card sees few, large writes.
+- A reading is accepted once its transaction has committed (``append`` returns True).
+- Rows are ordered by a monotonic id that is never reused within an epoch (the random id
+  of the database file), so the cloud can de-duplicate on ``(epoch, seq)``.
+- Telemetry rows hold one accepted batch each, packed compactly (series are interned).
+  Events (alerts, device status) live in their own table and leave first.
+- Bounded by bytes and by age: at the bound the oldest telemetry is dropped first
+  (events last); every dropped reading is counted, in a metric and in the file.
+- A corrupt file at start is renamed aside, a fresh one started, what can be read is
+  salvaged into it, and an alert is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.reading import Reading
+from gateway.store.config import StoreConfig
+from gateway.store.migrations import MIGRATIONS, migrate
+
+log = logging.getLogger("gateway.outbox")
+
+#: cap on how much one bound enforcement deletes per transaction (bounded work per commit)
+_DROP_CHUNK = 20_000
+
+
+class TelemetryRow(NamedTuple):
+    """One accepted batch: its outbox id and its readings."""
+
+    id: int
+    readings: list[Reading]
+
+
+class EventRow(NamedTuple):
+    """One event (``alert``, ``status``...) and its JSON body."""
+
+    id: int
+    kind: str
+    body: dict[str, Any]
+    ts: float
+
+
+@dataclass
+class OutboxStats:
+    epoch: str
+    depth: int  # readings waiting (telemetry)
+    rows: int
+    events: int
+    bytes: int
+    oldest_ts: float | None
+    dropped: int
+    dropped_events: int
+    last_id: int
+    pending: int
+
+
+class OutboxError(Exception):
+    pass
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text or "corrupt" in text
+        or "file is encrypted" in text
+    )
+
+
+class Outbox:
+    """Durable queue between the core and the uplink. Create with :meth:`open`."""
+
+    def __init__(self, path: Path, config: StoreConfig, metrics: CollectorRegistry | None) -> None:
+        self.path = path
+        self.config = config
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._db: sqlite3.Connection | None = None
+        self.epoch = ""
+        self._next_id = 1
+        self._series: dict[tuple[str, str, str | None], int] = {}
+        self._series_by_id: dict[int, tuple[str, str, str | None]] = {}
+        self._rows = 0
+        self._readings = 0
+        self._events = 0
+        self._bytes = 0
+        self._oldest: float | None = None
+        self._dropped = 0
+        self._dropped_events = 0
+        # group commit state (event loop side)
+        self._pending: list[tuple[Sequence[Reading], asyncio.Future[bool]]] = []
+        self._pending_readings = 0
+        self._pending_events: list[tuple[str, dict[str, Any], float, asyncio.Future[bool]]] = []
+        self._acks: list[tuple[str, int, int]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._last_commit = 0.0
+        #: set whenever new rows are committed; the uplink waits on it
+        self.new_data = asyncio.Event()
+        self._alerts: list[Callable[[str], None]] = []
+        self._new_series: list[tuple[str, str, str | None]] = []
+        reg = metrics or CollectorRegistry()
+        self.m_depth = Gauge("gateway_outbox_depth", "Readings waiting in the outbox", registry=reg)
+        self.m_bytes = Gauge("gateway_outbox_bytes", "Bytes used by the outbox database",
+                             registry=reg)
+        self.m_oldest = Gauge("gateway_outbox_oldest_age_seconds",
+                              "Age of the oldest waiting reading", registry=reg)
+        self.m_dropped = Counter("gateway_outbox_dropped",
+                                 "Readings dropped at the outbox bound (oldest first)",
+                                 ["kind", "reason"], registry=reg)
+        self.m_commits = Counter("gateway_outbox_commits", "Outbox transactions committed",
+                                 registry=reg)
+        self.m_errors = Counter("gateway_outbox_errors",
+                                "Outbox transactions that failed (store errors)", registry=reg)
+        self.m_quarantined = Counter("gateway_outbox_quarantined",
+                                     "Corrupt outbox files renamed aside", registry=reg)
+        self.m_depth.set_function(lambda: self._readings)
+        self.m_bytes.set_function(lambda: self._bytes)
+        self.m_oldest.set_function(
+            lambda: max(0.0, time.time() - self._oldest) if self._oldest else 0.0)
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: str | Path, config: StoreConfig,
+                   metrics: CollectorRegistry | None = None) -> Outbox:
+        """Open (creating, migrating or quarantining as needed) and start the writer."""
+        self = cls(Path(path), config, metrics)
+        loop = asyncio.get_running_loop()
+        notes = await loop.run_in_executor(self._executor, self._open_sync)
+        for kind, body in notes:
+            self._pending_events.append((kind, body, time.time(), loop.create_future()))
+        self._writer = loop.create_task(self._write_loop(), name="outbox-writer")
+        if self._pending_events:
+            self._wake.set()
+        return self
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.config.synchronous.upper()}")
+        db.execute("PRAGMA temp_store=MEMORY")
+        # checkpoint less often: fewer rewrites of the same pages (SD wear)
+        db.execute("PRAGMA wal_autocheckpoint=2000")
+        return db
+
+    def _open_sync(self) -> list[tuple[str, dict[str, Any]]]:
+        notes: list[tuple[str, dict[str, Any]]] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._connect(self.path)
+            self._check_and_load()
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc) and not isinstance(exc, OutboxError):
+                raise
+            notes.append(self._quarantine(str(exc)))
+        return notes
+
+    def _check_and_load(self) -> None:
+        db = self._db
+        assert db is not None
+        clean = False
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version:
+            row = db.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
+            clean = bool(row and row[0] == 1)
+        if not clean and version:
+            # after a crash or power cut look at every page; after a clean stop trust the file
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            if result != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
+        migrate(db, MIGRATIONS)
+        self._load_state()
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 0)")
+
+    def _load_state(self) -> None:
+        db = self._db
+        assert db is not None
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if "epoch" not in meta:
+            meta["epoch"] = secrets.token_hex(4)
+            db.execute("INSERT INTO meta(key, value) VALUES ('epoch', ?)", (meta["epoch"],))
+        self.epoch = str(meta["epoch"])
+        self._dropped = int(meta.get("dropped", 0))
+        self._dropped_events = int(meta.get("dropped_events", 0))
+        for sid, device, metric, unit in db.execute(
+                "SELECT id, device, metric, unit FROM series"):
+            self._series[(device, metric, unit)] = sid
+            self._series_by_id[sid] = (device, metric, unit)
+        top = max(
+            int(meta.get("next_id", 1)),
+            (db.execute("SELECT max(id) FROM telemetry").fetchone()[0] or 0) + 1,
+            (db.execute("SELECT max(id) FROM events").fetchone()[0] or 0) + 1,
+        )
+        self._next_id = top
+        self._rows, readings = db.execute("SELECT count(*), total(n) FROM telemetry").fetchone()
+        self._readings = int(readings)
+        self._events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        self._refresh_size()
+        self._refresh_oldest()
+
+    def _quarantine(self, reason: str) -> tuple[str, dict[str, Any]]:
+        """Rename a corrupt file aside, start fresh, salvage what is readable."""
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(aside) + suffix))
+        self.m_quarantined.inc()
+        log.critical("outbox %s is corrupt (%s): moved aside to %s; starting a fresh outbox",
+                     self.path, reason, aside)
+        self._db = self._connect(self.path)
+        migrate(self._db, MIGRATIONS)
+        self._load_state()
+        self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 0)")
+        salvaged = self._salvage(aside)
+        if salvaged:
+            log.warning("outbox: salvaged %d reading(s) from %s", salvaged, aside)
+        return ("alert", {
+            "rule": "outbox_corrupt", "severity": "critical", "device": None,
+            "message": f"outbox file was corrupt ({reason}); moved aside to {aside.name}, "
+                       f"{salvaged} reading(s) salvaged",
+        })
+
+    def _salvage(self, aside: Path) -> int:
+        """Copy every readable telemetry batch out of a quarantined file."""
+        try:
+            old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return 0
+        salvaged = 0
+        try:
+            series = {sid: (d, m, u) for sid, d, m, u in
+                      old.execute("SELECT id, device, metric, unit FROM series")}
+            last = 0
+            while True:
+                try:
+                    rows = old.execute("SELECT id, blob FROM telemetry WHERE id > ? ORDER BY id "
+                                       "LIMIT 1000", (last,)).fetchall()
+                except sqlite3.Error:
+                    break
+                if not rows:
+                    break
+                batches = []
+                for rid, blob in rows:
+                    last = rid
+                    try:
+                        batches.append(_unpack(blob, series))
+                    except (ValueError, TypeError, KeyError, IndexError):
+                        continue
+                for readings in batches:
+                    self._insert_sync([readings])
+                    salvaged += len(readings)
+        except sqlite3.Error:
+            pass
+        finally:
+            old.close()
+        return salvaged
+
+    # -- appending ------------------------------------------------------------------------
+
+    async def append(self, readings: Sequence[Reading]) -> bool:
+        """Queue readings; True once committed, False if refused (full or failing store)."""
+        if self._closing or self._pending_readings + len(readings) > self.config.max_pending:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((readings, fut))
+        self._pending_readings += len(readings)
+        self._wake.set()
+        return await fut
+
+    async def append_event(self, kind: str, body: dict[str, Any], ts: float | None = None) -> bool:
+        """Queue an event (``alert``, ``status``...) that leaves before any telemetry."""
+        if self._closing:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        self._pending_events.append((kind, body, time.time() if ts is None else ts, fut))
+        self._wake.set()
+        return await fut
+
+    def ack(self, table: str, first: int, last: int) -> None:
+        """The cloud confirmed rows ``first..last`` of ``table``: delete them (next commit)."""
+        self._acks.append((table, first, last))
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # space commits out so each one carries more (fewer, larger writes)
+            gap = self._last_commit + self.config.commit_interval - time.monotonic()
+            if gap > 0 and self._pending_readings < self.config.commit_max_rows \
+                    and not self._closing:
+                await asyncio.sleep(gap)
+            batch, self._pending = self._pending, []
+            self._pending_readings = 0
+            events, self._pending_events = self._pending_events, []
+            acks, self._acks = self._acks, []
+            if not (batch or events or acks):
+                if self._closing:
+                    return
+                continue
+            self._last_commit = time.monotonic()
+            try:
+                await loop.run_in_executor(
+                    self._executor, self._commit_sync, [b[0] for b in batch],
+                    [(e[0], e[1], e[2]) for e in events], acks)
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - refuse, keep running, retry next time
+                ok = False
+                self.m_errors.inc()
+                log.error("outbox write failed: %s: %s; refusing %d batch(es) (devices will "
+                          "retry)", type(exc).__name__, exc, len(batch))
+                self._acks[:0] = acks  # deleting can wait for the next commit
+            self.m_commits.inc()
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(ok)
+            for *_, fut in events:
+                if not fut.done():
+                    fut.set_result(ok)
+            if ok and (batch or events):
+                self.new_data.set()
+            if self._closing and not (self._pending or self._pending_events or self._acks):
+                return
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _sid(self, device: str, metric: str, unit: str | None) -> int:
+        key = (device, metric, unit)
+        sid = self._series.get(key)
+        if sid is None:
+            assert self._db is not None
+            cur = self._db.execute("INSERT INTO series(device, metric, unit) VALUES (?, ?, ?)",
+                                   key)
+            sid = int(cur.lastrowid or 0)
+            self._series[key] = sid
+            self._series_by_id[sid] = key
+            self._new_series.append(key)
+        return sid
+
+    def _insert_sync(self, batches: Sequence[Sequence[Reading]]) -> None:
+        db = self._db
+        assert db is not None
+        rows = []
+        sid_of = self._series.get
+        oldest = self._oldest
+        for readings in batches:
+            if not readings:
+                continue
+            t0 = readings[0].ts
+            base = round(t0 * 1000)
+            flat: list[Any] = [base]
+            for r in readings:
+                sid = sid_of((r.device, r.metric, r.unit)) or self._sid(r.device, r.metric, r.unit)
+                v = r.value
+                if isinstance(v, float) and not math.isfinite(v):
+                    v = str(v)
+                ts = r.ts
+                flat.extend((sid, v, 0 if ts == t0 else round(ts * 1000) - base))
+            rows.append((self._next_id, len(readings), json.dumps(flat, separators=(",", ":"))))
+            self._next_id += 1
+            if oldest is None or t0 < oldest:
+                oldest = t0
+        if rows:
+            db.executemany("INSERT INTO telemetry(id, n, blob) VALUES (?, ?, ?)", rows)
+            self._rows += len(rows)
+            self._readings += sum(r[1] for r in rows)
+            self._oldest = oldest
+
+    def _commit_sync(self, batches: list[Sequence[Reading]],
+                     events: list[tuple[str, dict[str, Any], float]],
+                     acks: list[tuple[str, int, int]]) -> None:
+        db = self._db
+        assert db is not None
+        snapshot = (self._next_id, self._rows, self._readings, self._events, self._oldest)
+        self._new_series: list[tuple[str, str, str | None]] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._insert_sync(batches)
+            if events:
+                rows = []
+                for kind, body, ts in events:
+                    rows.append((self._next_id, kind, ts, json.dumps(body, separators=(",", ":"),
+                                                                     default=str)))
+                    self._next_id += 1
+                db.executemany("INSERT INTO events(id, kind, ts, body) VALUES (?, ?, ?, ?)", rows)
+                self._events += len(rows)
+            deleted_any = False
+            for table, first, last in acks:
+                if table == "telemetry":
+                    n = db.execute("SELECT count(*), total(n) FROM telemetry WHERE id BETWEEN ? "
+                                   "AND ?", (first, last)).fetchone()
+                    db.execute("DELETE FROM telemetry WHERE id BETWEEN ? AND ?", (first, last))
+                    self._rows -= n[0]
+                    self._readings -= int(n[1])
+                else:
+                    cur = db.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (first, last))
+                    self._events -= cur.rowcount
+                deleted_any = True
+            dropped = self._enforce_bounds_sync()
+            if deleted_any or dropped:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_id', ?)",
+                           (self._next_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            (self._next_id, self._rows, self._readings, self._events, self._oldest) = snapshot
+            for key in self._new_series:
+                self._series_by_id.pop(self._series.pop(key), None)
+            raise
+        if acks or dropped:
+            self._refresh_oldest()
+        self._refresh_size()
+
+    def _refresh_size(self) -> None:
+        assert self._db is not None
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        self._bytes = (pages - free) * page_size
+
+    def _refresh_oldest(self) -> None:
+        assert self._db is not None
+        row = self._db.execute("SELECT blob FROM telemetry ORDER BY id LIMIT 1").fetchone()
+        self._oldest = json.loads(row[0])[0] / 1000 if row else None
+
+    def _drop_oldest_sync(self, table: str, rows: int, reason: str,
+                          cutoff_ms: float | None = None) -> int:
+        """Delete up to ``rows`` oldest rows of ``table``; return the readings dropped."""
+        db = self._db
+        assert db is not None
+        if table == "telemetry":
+            ids = db.execute("SELECT id, n, blob FROM telemetry ORDER BY id LIMIT ?",
+                             (rows,)).fetchall()
+            if cutoff_ms is not None:
+                kept = []
+                for rid, n, blob in ids:
+                    if json.loads(blob)[0] >= cutoff_ms:
+                        break
+                    kept.append((rid, n, blob))
+                ids = kept
+            if not ids:
+                return 0
+            last = ids[-1][0]
+            count = sum(r[1] for r in ids)
+            db.execute("DELETE FROM telemetry WHERE id <= ?", (last,))
+            self._rows -= len(ids)
+            self._readings -= count
+            self._dropped += count
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dropped', ?)",
+                       (self._dropped,))
+            self.m_dropped.labels("telemetry", reason).inc(count)
+            return count
+        cur = db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id "
+                         "LIMIT ?)", (rows,))
+        self._events -= cur.rowcount
+        self._dropped_events += cur.rowcount
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dropped_events', ?)",
+                   (self._dropped_events,))
+        self.m_dropped.labels("events", reason).inc(cur.rowcount)
+        return cur.rowcount
+
+    def _enforce_bounds_sync(self) -> int:
+        dropped = 0
+        # age: readings older than max_age (by their timestamp) are dropped, oldest first
+        if self._oldest is not None and self._oldest < time.time() - self.config.max_age:
+            cutoff = (time.time() - self.config.max_age) * 1000
+            n = self._drop_oldest_sync("telemetry", _DROP_CHUNK, "age", cutoff)
+            dropped += n
+            if n:
+                self._refresh_oldest()
+                log.warning("outbox: dropped %d reading(s) older than %.0f s", n,
+                            self.config.max_age)
+        # bytes: drop the oldest telemetry down to 90 % of the bound (hysteresis)
+        self._refresh_size()
+        if self._bytes > self.config.max_bytes:
+            target = int(self.config.max_bytes * 0.9)
+            total_rows = self._rows + self._events
+            per_row = max(1.0, self._bytes / max(1, total_rows))
+            excess_rows = max(1, math.ceil((self._bytes - target) / per_row))
+            table = "telemetry" if self._rows else "events"
+            n = self._drop_oldest_sync(table, min(excess_rows, _DROP_CHUNK), "bytes")
+            dropped += n
+            self._refresh_oldest()
+            if n:
+                log.warning("outbox full (%d of %d bytes): dropped the %d oldest %s",
+                            self._bytes, self.config.max_bytes, n,
+                            "reading(s)" if table == "telemetry" else "event(s)")
+        return dropped
+
+    # -- reading (for the uplink) -------------------------------------------------------
+
+    async def read_telemetry(self, after: int, max_readings: int) -> list[TelemetryRow]:
+        """Oldest committed telemetry batches with id > ``after``, up to ~``max_readings``."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._read_telemetry_sync, after, max_readings)
+
+    def _read_telemetry_sync(self, after: int, max_readings: int) -> list[TelemetryRow]:
+        assert self._db is not None
+        cur = self._db.execute("SELECT id, n, blob FROM telemetry WHERE id > ? ORDER BY id",
+                               (after,))
+        out: list[TelemetryRow] = []
+        total = 0
+        series = self._series_by_id
+        try:
+            while total < max_readings:
+                chunk = cur.fetchmany(256)
+                if not chunk:
+                    break
+                for rid, n, blob in chunk:
+                    if out and total + n > max_readings:
+                        return out
+                    out.append(TelemetryRow(rid, _unpack(blob, series)))
+                    total += n
+        finally:
+            cur.close()
+        return out
+
+    async def read_events(self, after: int, limit: int) -> list[EventRow]:
+        """Oldest committed events with id > ``after``."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._read_events_sync, after, limit)
+
+    def _read_events_sync(self, after: int, limit: int) -> list[EventRow]:
+        assert self._db is not None
+        rows = self._db.execute("SELECT id, kind, body, ts FROM events WHERE id > ? ORDER BY id "
+                                "LIMIT ?", (after, limit)).fetchall()
+        return [EventRow(rid, kind, json.loads(body), ts) for rid, kind, body, ts in rows]
+
+    def stats(self) -> OutboxStats:
+        return OutboxStats(
+            epoch=self.epoch, depth=self._readings, rows=self._rows, events=self._events,
+            bytes=self._bytes, oldest_ts=self._oldest, dropped=self._dropped,
+            dropped_events=self._dropped_events, last_id=self._next_id - 1,
+            pending=self._pending_readings,
+        )
+
+    def add_alert_listener(self, fn: Callable[[str], None]) -> None:
+        self._alerts.append(fn)
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit everything queued, checkpoint, mark a clean shutdown, close."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            try:
+                await self._writer
+            except Exception as exc:  # noqa: BLE001
+                log.error("outbox writer stopped with %s", exc)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_sync)
+        self._executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._db is None:
+            return
+        try:
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_id', ?)",
+                             (self._next_id,))
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 1)")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.error("outbox: could not mark clean shutdown: %s", exc)
+        finally:
+            self._db.close()
+            self._db = None
+
+
+def _unpack(blob: str | bytes, series: dict[int, tuple[str, str, str | None]]) -> list[Reading]:
+    flat = json.loads(blob)
+    base = flat[0]
+    out = []
+    for i in range(1, len(flat), 3):
+        device, metric, unit = series[flat[i]]
+        v = flat[i + 1]
+        if v in ("nan", "inf", "-inf"):
+            v = float(v)
+        out.append(Reading(device, metric, v, unit, (base + flat[i + 2]) / 1000))
+    return out

@@ -1,0 +1,1 @@
+"""The cloud connection: batching, TLS, acknowledgements, status and downlink topics."""

@@ -1,0 +1,45 @@
+"""The ``uplink:`` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from gateway.config.types import Duration, Section
+
+
+class TlsConfig(Section):
+    enabled: bool = True
+    ca_file: str | None = Field(default=None, description="default: the system CA store")
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class UplinkConfig(Section):
+    """MQTT 5 connection to the cloud broker."""
+
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = Field(default=8883, ge=1, le=65535)
+    client_id: str | None = Field(default=None, description="default: the gateway id")
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    topic_prefix: str = "gateway"
+    format: Literal["json", "senml", "thingsboard"] = "json"
+    batch_max_readings: int = Field(default=2000, gt=0, le=100_000)
+    batch_linger: Duration = Field(default=0.2, ge=0, le=60)
+    max_inflight: int = Field(default=8, gt=0, le=1000)
+    keepalive: Duration = Field(default=60.0, ge=5, le=3600)
+    ack_timeout: Duration = Field(default=30.0, gt=0)
+    backoff_initial: Duration = Field(default=1.0, gt=0)
+    backoff_max: Duration = Field(default=60.0, gt=0)
+    qos: Literal[1] = 1
