@@ -1,0 +1,48 @@
+"""Shared fixtures: real mosquitto brokers and the real daemon, on loopback only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.brokers import Mosquitto
+from tests.daemon import GatewayProcess
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., Mosquitto]]:
+    """Start brokers: ``mosquitto_factory(extra="...", name="cloud")``; all stopped at teardown."""
+    started: list[Mosquitto] = []
+
+    def make(extra: str = "", name: str = "broker", **kw: Any) -> Mosquitto:
+        broker = Mosquitto(tmp_path / f"mosquitto-{name}-{len(started)}", extra=extra, **kw)
+        started.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    """One plain broker on a free loopback port."""
+    return mosquitto_factory(name="default")
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Start daemons from config dicts; every one is stopped (by PID) at teardown."""
+    started: list[GatewayProcess] = []
+
+    def make(config: dict[str, Any], name: str = "gw", **kw: Any) -> GatewayProcess:
+        gw = GatewayProcess(tmp_path / name, config, **kw)
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
