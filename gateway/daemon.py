@@ -21,6 +21,7 @@ from gateway.adapters.base import AdapterContext
 from gateway.adapters.registry import adapter_class
 from gateway.config.model import ConfigError, GatewayConfig, load_config
 from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
+from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Supervisor
 from gateway.logs import setup_logging
 from gateway.store.outbox import Outbox
@@ -81,7 +82,15 @@ class Gateway:
             log.error("observer %s failed: %s: %s", name, type(exc).__name__, exc)
 
         self.pipeline = Pipeline(self.outbox, observer_failed)
-        yield
+        registry = DeviceRegistry(self.config.devices, self.config.state_dir / "devices.json",
+                                  self.metrics, events=self.outbox.append_event)
+        await registry.start()
+        self.pipeline.observers.append(registry.observe)
+        self.devices = registry
+        try:
+            yield
+        finally:
+            await registry.stop()
 
     @contextlib.asynccontextmanager
     async def _adapters(self) -> AsyncIterator[None]:

@@ -41,6 +41,10 @@ class DeclaredDevice(Section):
     type: str | None = None
     location: str | None = None
     tags: list[str] = Field(default_factory=list)
+    model: str | None = None
+    manufacturer: str | None = None
+    offline_after: Duration | None = Field(default=None, gt=0,
+                                           description="overrides the type's silence timeout")
 
 
 class DevicesSection(Section):
