@@ -24,6 +24,7 @@ from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
 from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Supervisor
 from gateway.logs import setup_logging
+from gateway.notify import Notifier
 from gateway.store.outbox import Outbox
 from gateway.uplink.client import Uplink
 
@@ -43,6 +44,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
         self.devices: Any = None  # device registry, when present
+        self.api: Any = None  # control API server, when enabled
         self.components: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
 
@@ -123,13 +125,29 @@ class Gateway:
         finally:
             await self.supervisor.stop()
 
+    @contextlib.asynccontextmanager
+    async def _api(self) -> AsyncIterator[None]:
+        if not self.config.api.enabled:
+            log.info("control API disabled in config: gateway status/devices/pair will not work")
+            yield
+            return
+        from gateway.api.server import ApiServer  # aiohttp is loaded only when the API is on
+
+        self.api = ApiServer(self)
+        await self.api.start()
+        try:
+            yield
+        finally:
+            await self.api.stop()
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         t0 = time.monotonic()
         try:
             for name, component in (("store", self._store), ("uplink", self._uplink),
-                                    ("core", self._core), ("adapters", self._adapters)):
+                                    ("core", self._core), ("adapters", self._adapters),
+                                    ("api", self._api)):
                 await self._stack.enter_async_context(component())
                 log.debug("%s started", name)
         except BaseException:
@@ -154,11 +172,19 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     gw = Gateway(config)
-    await gw.start()
+    notifier = Notifier()
+    # pings come from this loop: if it stalls, they stop and systemd restarts the service
+    notifier.start_watchdog()
     try:
-        await stop.wait()
+        await gw.start()
+        notifier.ready(f"running {len(config.adapters)} adapter(s)")
+        try:
+            await stop.wait()
+        finally:
+            notifier.stopping()
+            await gw.stop()
     finally:
-        await gw.stop()
+        await notifier.close()
 
 
 def run(config_path: str) -> int:
