@@ -15,7 +15,7 @@ class StoreConfig(Section):
     path: str | None = Field(default=None, description="default: <state_dir>/outbox.db")
     max_bytes: ByteSize = Field(default=256 * 1024**2, gt=0)
     max_age: Duration = Field(default=7 * 86400.0, gt=0)
-    commit_interval: Duration = Field(default=0.05, gt=0, le=5)
+    commit_interval: Duration = Field(default=0.02, gt=0, le=5)
     commit_max_rows: int = Field(default=5000, gt=0)
     max_pending: int = Field(default=50_000, gt=0)
     synchronous: Literal["full", "normal"] = "full"

@@ -302,6 +302,15 @@ class Outbox:
         self._wake.set()
         return await fut
 
+    async def flush(self) -> bool:
+        """Wait until everything queued before this call (acks included) is committed."""
+        if self._closing:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append(((), fut))
+        self._wake.set()
+        return await fut
+
     def ack(self, table: str, first: int, last: int) -> None:
         """The cloud confirmed rows ``first..last`` of ``table``: delete them (next commit)."""
         self._acks.append((table, first, last))

@@ -1,14 +1,429 @@
-"""Placeholder: replaced by the real uplink."""
+"""The uplink: drains the outbox to the cloud broker over MQTT 5, oldest first.
+
+- One connection at a time, QoS 1, a bounded window of publishes in flight (also bounded
+  by the broker's Receive Maximum).
+- A batch's rows leave the outbox only after a PUBACK whose reason code is a success
+  (< 0x80). gmqtt 0.8 ignores PUBACK reason codes (its handler has a TODO), so the uplink
+  installs its own PUBACK handler on the connection and reads them itself.
+- A refused publish (reason >= 0x80), a missing acknowledgement or a lost connection all
+  end the connection: the uplink reconnects with jittered backoff and resends from the
+  oldest unacknowledged row, so nothing is lost and per-device order is kept (the cloud
+  may see a batch twice; it de-duplicates on ``(gw, epoch, seq)``).
+- Retained online/offline status on ``<prefix>/<id>/status`` with a last will.
+- Commands arrive on ``<prefix>/<id>/commands`` and their results are published back.
+"""
+
 from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
+
+from gmqtt import Client, Message
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from gateway.core.backoff import Backoff
+from gateway.reading import Command, CommandResult
+from gateway.store.outbox import Outbox
+from gateway.uplink.config import UplinkConfig
+from gateway.uplink.formats import Format, make_format
+
+log = logging.getLogger("gateway.uplink")
+
+CommandHandler = Callable[[Command], Awaitable[CommandResult]]
+
+#: MQTT 5 reason codes worth naming in a log line
+REASONS = {
+    0x10: "no matching subscribers", 0x80: "unspecified error",
+    0x83: "implementation specific error", 0x87: "not authorized",
+    0x90: "topic name invalid", 0x91: "packet identifier in use",
+    0x97: "quota exceeded", 0x99: "payload format invalid",
+}
+
+
+class PublishRefused(Exception):
+    """The broker answered a publish with a failure reason code."""
+
+    def __init__(self, topic: str, reason: int) -> None:
+        name = REASONS.get(reason, "refused")
+        super().__init__(f"broker refused publish to {topic}: reason 0x{reason:02x} ({name})")
+        self.reason = reason
+
+
+class ConnectionEnded(Exception):
+    pass
+
+
+@dataclass
+class _Batch:
+    table: str
+    first: int
+    last: int
+    readings: int
+    mids: set[int] = field(default_factory=set)
+    topic: str = ""
+    sent_at: float = 0.0
+
+
+class _Client(Client):  # type: ignore[misc]
+    """gmqtt client whose reconnects, resends and PUBACKs are the uplink's business."""
+
+    def __init__(self, client_id: str, on_puback: Callable[[int, int], None],
+                 **kwargs: Any) -> None:
+        super().__init__(client_id, **kwargs)
+        self.lost = asyncio.Event()
+        self._on_puback = on_puback
+        # gmqtt's PUBACK handler drops the MQTT 5 reason code: read it ourselves
+        self._package_handler._handle_puback_packet = self._handle_puback
+
+    def _handle_puback(self, cmd: int, packet: bytes) -> None:
+        (mid,) = struct.unpack("!H", packet[:2])
+        reason = packet[2] if len(packet) > 2 else 0  # absent means success (MQTT 5 §3.4.2.1)
+        self._package_handler.id_generator.free_id(mid)
+        self._on_puback(mid, reason)
+
+    async def reconnect(self, delay: bool = False) -> None:
+        # gmqtt would reconnect and replay on its own; the uplink does both from the outbox
+        self.lost.set()
+
+    def publish_qos1(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        """Send a QoS 1 PUBLISH and return its packet id (not kept for gmqtt's replay)."""
+        mid, _ = self._connection.publish(Message(topic, payload, qos=1, retain=retain))
+        return int(mid)
+
+    @property
+    def receive_maximum(self) -> int:
+        props = getattr(self._package_handler, "_connack_properties", {}) or {}
+        value = props.get("receive_maximum")
+        if isinstance(value, list):
+            value = value[0] if value else None
+        return int(value) if value else 65535
 
 
 class Uplink:
-    def __init__(self, config: Any, gateway_id: str, outbox: Any, metrics: Any = None) -> None:
+    """Keeps the outbox flowing to the cloud broker while the daemon runs."""
+
+    def __init__(self, config: UplinkConfig, gateway_id: str, outbox: Outbox,
+                 metrics: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.gateway_id = gateway_id
+        self.outbox = outbox
+        self.format: Format = make_format(config.format, gateway_id, config.topic_prefix)
         self.connected = False
+        self.on_command: CommandHandler | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._client: _Client | None = None
+        self._inflight: dict[int, _Batch] = {}
+        self._batches: list[_Batch] = []
+        self._window: asyncio.Semaphore = asyncio.Semaphore(config.max_inflight)
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
+        self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        reg = metrics or CollectorRegistry()
+        self.m_connected = Gauge("gateway_uplink_connected", "1 while connected to the cloud",
+                                 registry=reg)
+        self.m_publishes = Counter("gateway_uplink_publishes", "Batches published",
+                                   ["kind"], registry=reg)
+        self.m_acks = Counter("gateway_uplink_acks", "Batches acknowledged with success",
+                              ["kind"], registry=reg)
+        self.m_refusals = Counter("gateway_uplink_refusals", "Publishes refused by the broker",
+                                  ["reason"], registry=reg)
+        self.m_readings = Counter("gateway_uplink_readings", "Readings acknowledged by the cloud",
+                                  registry=reg)
+        self.m_bytes = Counter("gateway_uplink_bytes", "Payload bytes published", registry=reg)
+        self.m_connects = Counter("gateway_uplink_connects", "Connection attempts",
+                                  ["result"], registry=reg)
+        self.m_latency = Histogram("gateway_uplink_ack_seconds", "Publish to PUBACK time",
+                                   buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
+                                   registry=reg)
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        return None
+        """Start connecting in the background; readings queue in the outbox meanwhile."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="uplink")
 
-    async def stop(self) -> None:
-        return None
+    async def stop(self, drain: float = 5.0) -> None:
+        """Wait briefly for publishes in flight, send offline status, disconnect."""
+        self._stopping.set()
+        deadline = time.monotonic() + drain
+        while self._inflight and self.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await self._close_client(graceful=True)
+
+    # -- connection loop ------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | bool:
+        tls = self.config.tls
+        if tls is None or not tls.enabled:
+            return False
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file and tls.key_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        ctx.check_hostname = tls.verify_hostname
+        return ctx
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                await self._connect()
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: back off and reconnect
+                self.last_error = str(exc) or type(exc).__name__
+                if not isinstance(exc, (ConnectionEnded, PublishRefused)):
+                    log.warning("uplink to %s:%d: %s", self.config.host, self.config.port,
+                                self.last_error)
+            finally:
+                await self._close_client(graceful=False)
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > 60:
+                self._backoff.reset()
+            delay = self._backoff.next_delay()
+            log.info("uplink: reconnecting in %.1f s", delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _connect(self) -> None:
+        cfg = self.config
+        status_topic, offline = self.format.status(False)
+        client = _Client(
+            cfg.client_id or self.gateway_id, self._on_puback,
+            clean_session=True,
+            will_message=Message(status_topic, offline, qos=1, retain=True),
+            session_expiry_interval=0,
+        )
+        client.on_message = self._on_message
+        client.on_disconnect = lambda *a: client.lost.set()
+        if cfg.username:
+            client.set_auth_credentials(
+                cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+        self._client = client
+        try:
+            await asyncio.wait_for(
+                client.connect(cfg.host, cfg.port, ssl=self._ssl_context(),
+                               keepalive=int(cfg.keepalive)),
+                timeout=max(10.0, cfg.keepalive / 2))
+        except Exception:
+            self.m_connects.labels("failed").inc()
+            raise
+        self.m_connects.labels("ok").inc()
+        self._window = asyncio.Semaphore(min(cfg.max_inflight, client.receive_maximum))
+        self.connected = True
+        self.connected_since = time.time()
+        self.m_connected.set(1)
+        self.last_error = None
+        log.info("uplink connected to %s:%d as %s", cfg.host, cfg.port,
+                 cfg.client_id or self.gateway_id)
+        topic, online = self.format.status(True)
+        client.publish(topic, online, qos=1, retain=True)
+        for t in self.format.command_topics():
+            client.subscribe(t, qos=1)
+
+    async def _close_client(self, graceful: bool) -> None:
+        client, self._client = self._client, None
+        was_connected = self.connected
+        self.connected = False
+        self.connected_since = None
+        self.m_connected.set(0)
+        self._inflight.clear()
+        self._batches.clear()
+        self._failed.clear()
+        self._failure = None
+        if client is None:
+            return
+        try:
+            if graceful and was_connected:
+                topic, offline = self.format.status(False)
+                client.publish(topic, offline, qos=1, retain=True)
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(client.disconnect(), 5)
+        except Exception:  # noqa: BLE001 - the connection is going away regardless
+            pass
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def _session(self) -> None:
+        """Send batches until the connection ends; raise why it ended."""
+        client = self._client
+        assert client is not None
+        # rows acknowledged on the previous connection may still await deletion: settle
+        # them first so they are not sent again
+        await self.outbox.flush()
+        cursor = {"events": 0, "telemetry": 0}
+        watchdog = asyncio.get_running_loop().create_task(self._ack_watchdog(client))
+        try:
+            while True:
+                self._raise_if_ended(client)
+                await self._acquire_window(client)
+                batch = await self._next_batch(client, cursor)
+                if batch is None:
+                    self._window.release()
+                    await self._wait_for_data(client)
+        finally:
+            watchdog.cancel()
+
+    def _raise_if_ended(self, client: _Client) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if client.lost.is_set() or not client.is_connected:
+            raise ConnectionEnded("connection lost")
+
+    async def _acquire_window(self, client: _Client) -> None:
+        acquire = asyncio.ensure_future(self._window.acquire())
+        lost = asyncio.ensure_future(client.lost.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({acquire, lost, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (lost, failed):
+                f.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            self._raise_if_ended(client)
+        elif lost.done() or failed.done():
+            self._window.release()
+            self._raise_if_ended(client)
+
+    async def _wait_for_data(self, client: _Client) -> None:
+        new = asyncio.ensure_future(self.outbox.new_data.wait())
+        lost = asyncio.ensure_future(client.lost.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({new, lost, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (new, lost, failed):
+                f.cancel()
+        self._raise_if_ended(client)
+        if self.config.batch_linger and self._inflight:
+            # the link is busy anyway: let the next batch fill up a little
+            await asyncio.sleep(self.config.batch_linger)
+
+    async def _next_batch(self, client: _Client, cursor: dict[str, int]) -> _Batch | None:
+        self.outbox.new_data.clear()
+        events = await self.outbox.read_events(cursor["events"], 100)
+        if events:
+            msgs = self.format.events(events, self.outbox.epoch)
+            batch = _Batch("events", events[0].id, events[-1].id, 0)
+            cursor["events"] = events[-1].id
+        else:
+            rows = await self.outbox.read_telemetry(cursor["telemetry"],
+                                                    self.config.batch_max_readings)
+            if not rows:
+                return None
+            msgs = self.format.telemetry(rows, self.outbox.epoch)
+            batch = _Batch("telemetry", rows[0].id, rows[-1].id,
+                           sum(len(r.readings) for r in rows))
+            cursor["telemetry"] = rows[-1].id
+        self._raise_if_ended(client)
+        batch.sent_at = time.monotonic()
+        size = 0
+        for topic, payload in msgs:
+            mid = client.publish_qos1(topic, payload)
+            batch.mids.add(mid)
+            batch.topic = topic
+            self._inflight[mid] = batch
+            size += len(payload)
+        self._batches.append(batch)
+        self.m_publishes.labels(batch.table).inc()
+        self.m_bytes.inc(size)
+        if not batch.mids:  # nothing to send for these rows (format skipped them)
+            self._settle(batch)
+        return batch
+
+    def _on_puback(self, mid: int, reason: int) -> None:
+        batch = self._inflight.pop(mid, None)
+        if batch is None:
+            return  # status publishes and batches of an earlier connection
+        if reason >= 0x80:
+            self.m_refusals.labels(f"0x{reason:02x}").inc()
+            err = PublishRefused(batch.topic, reason)
+            log.error("uplink: %s; %d row(s) kept in the outbox, will retry after backoff",
+                      err, batch.last - batch.first + 1)
+            self.last_error = str(err)
+            if self._failure is None:
+                self._failure = err
+                self._failed.set()
+            return
+        batch.mids.discard(mid)
+        if not batch.mids:
+            self.m_latency.observe(time.monotonic() - batch.sent_at)
+            self._settle(batch)
+
+    def _settle(self, batch: _Batch) -> None:
+        """A batch is fully acknowledged: free its window slot, delete its rows."""
+        self._window.release()
+        self.outbox.ack(batch.table, batch.first, batch.last)
+        self.m_acks.labels(batch.table).inc()
+        if batch.readings:
+            self.m_readings.inc(batch.readings)
+        self._backoff.reset()
+        try:
+            self._batches.remove(batch)
+        except ValueError:
+            pass
+
+    async def _ack_watchdog(self, client: _Client) -> None:
+        """A publish unacknowledged for ack_timeout means the link is stuck: reconnect."""
+        while True:
+            await asyncio.sleep(min(1.0, self.config.ack_timeout / 4))
+            now = time.monotonic()
+            for batch in self._batches:
+                if now - batch.sent_at > self.config.ack_timeout:
+                    if self._failure is None:
+                        self._failure = ConnectionEnded(
+                            f"no PUBACK within {self.config.ack_timeout:.0f} s")
+                        log.warning("uplink: %s; reconnecting", self._failure)
+                        self._failed.set()
+                    return
+
+    # -- downlink commands ------------------------------------------------------------------
+
+    async def _on_message(self, client: _Client, topic: str, payload: bytes, qos: int,
+                          properties: dict[str, Any]) -> int:
+        if topic not in self.format.command_topics():
+            return 0
+        request_id = None
+        try:
+            body = json.loads(payload)
+            if not isinstance(body, dict):
+                raise ValueError("expected a JSON object")
+            request_id = body.get("id") or str(uuid.uuid4())
+            command = Command(str(body["device"]), str(body["action"]),
+                              dict(body.get("params") or {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("uplink: bad command on %s: %s", topic, exc)
+            result = CommandResult.error(f"bad command: {exc}; expected "
+                                         '{"id", "device", "action", "params"}')
+        else:
+            if self.on_command is None:
+                result = CommandResult.refused("gateway is starting; try again")
+            else:
+                log.info("cloud command %s: %s %s", request_id, command.device, command.action)
+                result = await self.on_command(command)
+        if client.is_connected:
+            reply = {"id": request_id, "ok": result.ok, "status": result.status,
+                     "detail": result.detail}
+            client.publish(self.format.result_topic(), json.dumps(reply).encode(), qos=1)
+        return 0
