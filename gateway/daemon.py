@@ -119,6 +119,8 @@ class Gateway:
 
             factories[cfg.name] = (cfg.type, factory)
         self.supervisor = Supervisor(factories, self.metrics)
+        if self.uplink is not None:
+            self.uplink.on_command = self.supervisor.send  # cloud downlink commands
         await self.supervisor.start()
         try:
             yield

@@ -225,3 +225,24 @@ def make_format(name: str, gateway_id: str, prefix: str) -> Format:
     formats: dict[str, Any] = {"json": JsonBatchFormat, "senml": SenmlFormat,
                                "thingsboard": ThingsBoardFormat}
     return formats[name](gateway_id, prefix)  # type: ignore[no-any-return]
+
+
+def decode_json_batch(payload: bytes | str) -> list[Reading]:
+    """Readings of one ``json`` telemetry batch, in order: what a cloud consumer does."""
+    body = json.loads(payload)
+    if body.get("v") != 1:
+        raise ValueError(f"unknown batch version {body.get('v')!r}")
+    t0 = body["t0"]
+    units = body.get("units", {})
+    out = []
+    for device, dev in body["devices"].items():
+        overrides = dev.get("_u", {})
+        times = dev["_t"]
+        for metric, column in dev.items():
+            if metric.startswith("_"):
+                continue
+            unit = overrides.get(metric, units.get(metric))
+            for t, v in zip(times, column, strict=True):
+                if v is not None:
+                    out.append(Reading(device, metric, v, unit, (t0 + t) / 1000))
+    return out
