@@ -16,7 +16,7 @@ from gateway.config.secrets import ReferenceError_, resolve_references
 from gateway.config.types import Section
 from gateway.config.yamlmarks import Loc, Marks, YamlError, load_yaml
 from gateway.core.config import DevicesSection, GatewaySection
-from gateway.rules.config import FilterSpec, RuleSpec
+from gateway.rules.config import FilterSpec, RuleSpec, cross_check
 from gateway.store.config import StoreConfig
 from gateway.uplink.config import UplinkConfig
 
@@ -125,6 +125,9 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
     except ValidationError as exc:
         problems.extend(_problems(exc, marks))
         top = None
+    if top is not None:
+        for loc_, message in cross_check(top.rules, top.filters):
+            problems.append(f"{_where(marks, loc_)}: {_dotted(loc_)}: {message}")
 
     adapters: list[AdapterConfig] = []
     names: dict[str, int] = {}
