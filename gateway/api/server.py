@@ -354,6 +354,7 @@ class ApiServer:
         data["max_bytes"] = store.max_bytes
         data["max_age"] = store.max_age
         data["path"] = str(self.gw.config.outbox_path)
+        data["uplink_enabled"] = self.gw.config.uplink.enabled
         data["uplink_connected"] = bool(getattr(self.gw.uplink, "connected", False))
         return json_response(data)
 

@@ -1,0 +1,450 @@
+"""CLI subcommands that talk to a running daemon through its control API.
+
+``gateway status | devices | outbox | send | pair``. Tables for people, ``--json`` for
+scripts. Exit codes: 0 done, 1 the daemon answered but refused or is unhealthy, 2 bad
+usage, 3 the daemon cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.api.client import (
+    ApiClient,
+    ApiError,
+    DaemonUnreachable,
+    default_socket,
+    device_path,
+    socket_from_config,
+)
+from gateway.cli import DEFAULT_CONFIG, command
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- shared plumbing ----------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                   help=f"config of the running gateway, to find its socket (default "
+                        f"{DEFAULT_CONFIG})")
+    p.add_argument("-s", "--socket", help="control socket path (overrides --config)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def client_for(args: argparse.Namespace) -> ApiClient:
+    """The client for ``--socket``, or for the socket named by ``--config``."""
+    if args.socket:
+        return ApiClient(args.socket, args.timeout)
+    if args.config == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).exists():
+        return ApiClient(default_socket(), args.timeout)
+    return ApiClient(socket_from_config(args.config), args.timeout)
+
+
+def _talks(fn: Handler) -> Handler:
+    """Turn an unreachable daemon or an API error into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except DaemonUnreachable as exc:
+            print(f"gateway: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        except ApiError as exc:
+            print(f"gateway: {exc.message}", file=sys.stderr)
+            return EXIT_FAILED
+
+    return wrapper
+
+
+def _print_json(data: Any, out: TextIO | None = None) -> None:
+    print(json.dumps(data, indent=2, default=str), file=out or sys.stdout)
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``5m 3s``, ``2h 10m``, ``3d 4h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    """``3s ago``, or ``never``."""
+    if not ts:
+        return "never"
+    return duration((now or time.time()) - ts) + " ago"
+
+
+def size(n: float) -> str:
+    """``512 B``, ``20.0 KiB``, ``256.0 MiB``: binary units, as the config's sizes usually are."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _values(values: Any, limit: int = 60) -> str:
+    if not isinstance(values, dict) or not values:
+        return "-"
+    parts = []
+    for metric, v in values.items():
+        unit = v.get("unit") if isinstance(v, dict) else None
+        value = v.get("value") if isinstance(v, dict) else v
+        parts.append(f"{metric}={value}" + (f" {unit}" if unit else ""))
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# -- gateway status -----------------------------------------------------------------------
+
+@_talks
+def status(args: argparse.Namespace) -> int:
+    """Health of the running daemon; exit 1 unless it is ready and nothing is wrong."""
+    code, data = client_for(args).request("GET", "/healthz")
+    if not isinstance(data, dict) or "status" not in data:
+        raise ApiError(code, f"unexpected answer from /healthz (HTTP {code})")
+    if args.json:
+        _print_json(data)
+    else:
+        print(format_status(data))
+    return 0 if data["status"] == "ok" else EXIT_FAILED
+
+
+def format_status(data: dict[str, Any]) -> str:
+    """The human-readable ``gateway status`` report."""
+    now = time.time()
+    lines = [f"gateway {data.get('gateway')} {data.get('version')}: {data['status']}, "
+             f"up {duration(data.get('uptime', 0))}"]
+    uplink = data.get("uplink") or {}
+    link = ("disabled" if not uplink.get("enabled")
+            else "connected" if uplink.get("connected") else "NOT CONNECTED")
+    ob = data.get("outbox") or {}
+    dev = data.get("devices") or {}
+    lines += [
+        f"uplink   {link}",
+        f"outbox   {ob.get('depth', 0)} reading(s), {ob.get('events', 0)} event(s), "
+        f"{size(ob.get('bytes', 0))}, oldest {duration(ob.get('oldest_age', 0))}, "
+        f"{ob.get('dropped', 0)} dropped",
+        f"devices  {dev.get('known', 0)} known, {dev.get('online', 0)} online",
+        "",
+    ]
+    rows = [(name, a.get("type"), a.get("state"), a.get("restarts"), ago(a.get("since"), now),
+             a.get("last_error")) for name, a in (data.get("adapters") or {}).items()]
+    if rows:
+        lines.append(table(rows, ("ADAPTER", "TYPE", "STATE", "RESTARTS", "SINCE",
+                                  "LAST ERROR")))
+    else:
+        lines.append("no adapters configured")
+    problems = data.get("problems") or []
+    if problems:
+        lines += ["", "problems:"] + [f"  - {p}" for p in problems]
+    return "\n".join(lines)
+
+
+status.arguments = _common  # type: ignore[attr-defined]
+command("status", "health of the running gateway: adapters, uplink, outbox")(status)
+
+
+# -- gateway devices ----------------------------------------------------------------------
+
+@_talks
+def devices(args: argparse.Namespace) -> int:
+    """List known devices, or show one."""
+    client = client_for(args)
+    if args.device:
+        one = client.call("GET", device_path(args.device))
+        if args.json:
+            _print_json(one)
+        else:
+            print(format_device(one))
+        return 0
+    query = []
+    if args.adapter:
+        query.append(f"adapter={args.adapter}")
+    if args.online is not None:
+        query.append(f"online={'true' if args.online else 'false'}")
+    listed = client.call("GET", "/api/devices" + ("?" + "&".join(query) if query else ""))
+    if args.json:
+        _print_json(listed)
+        return 0
+    if not listed:
+        print("no devices known yet")
+        return 0
+    now = time.time()
+    rows = [(d.get("id"), d.get("name"), d.get("type"), d.get("online"),
+             ago(d.get("last_seen"), now), _values(d.get("values"))) for d in listed]
+    print(table(rows, ("ID", "NAME", "TYPE", "ONLINE", "LAST SEEN", "VALUES")))
+    online = sum(1 for d in listed if d.get("online"))
+    print(f"\n{len(listed)} device(s), {online} online")
+    return 0
+
+
+def format_device(d: dict[str, Any]) -> str:
+    """Every field of one device, one per line, values last."""
+    now = time.time()
+    lines = []
+    for key, value in d.items():
+        if key == "values":
+            continue
+        if key in ("first_seen", "last_seen"):
+            value = ago(value, now)
+        lines.append(f"{key:<13}{_cell(value)}")
+    values = d.get("values") or {}
+    if values:
+        lines.append("values")
+        for metric, v in values.items():
+            unit = f" {v.get('unit')}" if v.get("unit") else ""
+            lines.append(f"  {metric:<16}{v.get('value')}{unit}  ({ago(v.get('ts'), now)})")
+    return "\n".join(lines)
+
+
+def _devices_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("device", nargs="?", help="show this device only (e.g. sim:sim-1)")
+    p.add_argument("--adapter", help="only devices of this adapter")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--online", dest="online", action="store_true", default=None,
+                       help="only devices online")
+    state.add_argument("--offline", dest="online", action="store_false",
+                       help="only devices offline")
+
+
+devices.arguments = _devices_args  # type: ignore[attr-defined]
+command("devices", "list known devices, their state and latest values")(devices)
+
+
+# -- gateway outbox -----------------------------------------------------------------------
+
+@_talks
+def outbox(args: argparse.Namespace) -> int:
+    """Depth, size, age and drops of the outbox."""
+    data = client_for(args).call("GET", "/api/outbox")
+    if args.json:
+        _print_json(data)
+        return 0
+    print(format_outbox(data))
+    return 0
+
+
+def format_outbox(d: dict[str, Any]) -> str:
+    """The human-readable ``gateway outbox`` report."""
+    link = ("disabled" if d.get("uplink_enabled") is False
+            else "connected" if d.get("uplink_connected") else "not connected")
+    return "\n".join([
+        f"waiting   {d.get('depth', 0)} reading(s) in {d.get('rows', 0)} batch(es), "
+        f"{d.get('events', 0)} event(s)",
+        f"oldest    {duration(d.get('oldest_age', 0))} (dropped beyond "
+        f"{duration(d.get('max_age', 0))})",
+        f"size      {size(d.get('bytes', 0))} of {size(d.get('max_bytes', 0))}",
+        f"dropped   {d.get('dropped', 0)} reading(s), {d.get('dropped_events', 0)} event(s)",
+        f"pending   {d.get('pending', 0)} reading(s) waiting for a commit",
+        f"uplink    {link}",
+        f"file      {d.get('path')} (epoch {d.get('epoch')}, last id {d.get('last_id')})",
+    ])
+
+
+outbox.arguments = _common  # type: ignore[attr-defined]
+command("outbox", "what waits in the outbox for the cloud")(outbox)
+
+
+# -- gateway send -------------------------------------------------------------------------
+
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``["level=50", "on=true", "name=hall"]`` → ``{"level": 50, "on": True, "name": "hall"}``.
+
+    Values that parse as JSON (numbers, true/false/null, lists, objects) are taken as such;
+    anything else is a string.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected key=value, got {item!r}")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
+
+
+@_talks
+def send(args: argparse.Namespace) -> int:
+    """Send a command to a device; exit 1 unless it was sent or delivered."""
+    try:
+        params = parse_params(args.params)
+    except ValueError as exc:
+        print(f"gateway send: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    code, result = client_for(args).request(
+        "POST", device_path(args.device, "/commands"), {"action": args.action, "params": params})
+    if not isinstance(result, dict) or "status" not in result:
+        message = result.get("error") if isinstance(result, dict) else result
+        raise ApiError(code, str(message or f"HTTP {code}"))
+    if args.json:
+        _print_json(result)
+    else:
+        detail = f": {result['detail']}" if result.get("detail") else ""
+        print(f"{result['status']}{detail}", file=sys.stdout if result.get("ok") else sys.stderr)
+    return 0 if result.get("ok") else EXIT_FAILED
+
+
+def _send_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("device", help="device id, e.g. zigbee:00:12:4b:00:01:02:03:04")
+    p.add_argument("action", help="what to do, e.g. on, off, toggle, set")
+    p.add_argument("params", nargs="*", metavar="key=value",
+                   help="parameters; JSON values (50, true, [1,2]) keep their type")
+
+
+send.arguments = _send_args  # type: ignore[attr-defined]
+command("send", "send a command to a device")(send)
+
+
+# -- gateway pair -------------------------------------------------------------------------
+
+#: fields worth showing as a joining device is interviewed
+_PAIR_FIELDS = ("model", "manufacturer", "interview", "interview_state")
+
+
+def _pair_view(d: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(d.get(k) for k in _PAIR_FIELDS)
+
+
+def _joined(seen: dict[str, Any], before: dict[str, Any]) -> int:
+    return sum(1 for d in seen if d not in before)
+
+
+def _pair_line(d: dict[str, Any], known: bool) -> str:
+    interview = d.get("interview", d.get("interview_state"))
+    parts = [f"model {_cell(d.get('model'))}", f"manufacturer {_cell(d.get('manufacturer'))}"]
+    if interview is not None:
+        parts.append(f"interview {interview}")
+    return f"{'~' if known else '+'} {d.get('id')}: " + ", ".join(parts)
+
+
+@_talks
+def pair(args: argparse.Namespace) -> int:
+    """Open joining, count down, and show each device as it joins and is interviewed."""
+    client = client_for(args)
+    before = {d["id"]: d for d in client.call("GET", "/api/devices")}
+    body: dict[str, Any] = {"seconds": args.seconds}
+    if args.adapter:
+        body["adapter"] = args.adapter
+    opened = client.call("POST", "/api/permit-join", body)
+    names = [n for n, r in (opened.get("adapters") or {}).items() if r.get("ok")]
+    failed = {n: r.get("error") for n, r in (opened.get("adapters") or {}).items()
+              if not r.get("ok")}
+    for name, error in failed.items():
+        print(f"gateway pair: {name}: {error}", file=sys.stderr)
+    out = sys.stdout
+    tty = out.isatty() and not args.json
+    if not args.json:
+        print(f"joining open on {', '.join(names)} for {args.seconds} s: put devices in pairing "
+              "mode now (Ctrl-C closes joining)", flush=True)
+    seen: dict[str, tuple[Any, ...]] = {}
+    deadline = time.monotonic() + args.seconds
+    next_note = time.monotonic() + 10.0
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            for d in client.call("GET", "/api/devices"):
+                dev_id = d.get("id")
+                if dev_id in before and _pair_view(before[dev_id]) == _pair_view(d):
+                    continue
+                view = _pair_view(d)
+                if seen.get(dev_id) == view:
+                    continue
+                if args.json:
+                    print(json.dumps(d, default=str), flush=True)
+                else:
+                    if tty:
+                        out.write("\r\033[K")
+                    print(_pair_line(d, dev_id in seen or dev_id in before), flush=True)
+                seen[dev_id] = view
+            if remaining <= 0:
+                break
+            if tty:
+                out.write(f"\r\033[K{int(remaining + 0.999)} s left, "
+                          f"{_joined(seen, before)} new device(s)")
+                out.flush()
+            elif not args.json and time.monotonic() >= next_note:
+                print(f"{int(remaining + 0.999)} s left, {_joined(seen, before)} new device(s)",
+                      flush=True)
+                next_note += 10.0
+            time.sleep(min(args.interval, max(0.0, remaining)))
+    except KeyboardInterrupt:
+        if tty:
+            out.write("\n")
+        try:
+            client.call("POST", "/api/permit-join", {**body, "seconds": 0})
+            print("joining closed", file=sys.stderr)
+        except (DaemonUnreachable, ApiError) as exc:
+            print(f"gateway pair: could not close joining: {exc}", file=sys.stderr)
+        return 130
+    if tty:
+        out.write("\r\033[K")
+    if not args.json:
+        print(f"joining closed: {_joined(seen, before)} new device(s)")
+    return 0
+
+
+def _pair_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--seconds", type=_seconds, default=60,
+                   help="how long joining stays open, 1 to 254 (default 60)")
+    p.add_argument("--adapter", help="open joining on this adapter only")
+    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+
+
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, got {text!r}"
+                                         ) from None
+    if not 1 <= value <= 254:
+        raise argparse.ArgumentTypeError("expected 1 to 254 seconds (Zigbee's limit)")
+    return value
+
+
+pair.arguments = _pair_args  # type: ignore[attr-defined]
+command("pair", "allow new Zigbee devices to join and watch them arrive")(pair)
