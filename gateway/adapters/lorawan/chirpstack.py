@@ -1,0 +1,176 @@
+"""A thin client for the parts of ChirpStack v4's gRPC API the adapter uses.
+
+Every call carries ``authorization: Bearer <token>``. Refusals that retrying cannot fix
+(UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT) become :class:`ChirpStackRefused`
+with a message saying what to fix; transient ones (UNAVAILABLE...) become
+:class:`ChirpStackUnavailable`, which callers retry with backoff.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from chirpstack_api.api import (
+    application_pb2,
+    application_pb2_grpc,
+    device_pb2,
+    device_pb2_grpc,
+    internal_pb2,
+    internal_pb2_grpc,
+)
+from google.protobuf import struct_pb2
+
+FATAL = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                   grpc.StatusCode.INVALID_ARGUMENT})
+
+
+class ChirpStackError(Exception):
+    """A ChirpStack call failed."""
+
+
+class ChirpStackRefused(ChirpStackError):
+    """ChirpStack refused a call for a reason retrying will not fix: configuration is wrong."""
+
+    def __init__(self, message: str, code: grpc.StatusCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ChirpStackUnavailable(ChirpStackError):
+    """ChirpStack could not be reached or failed transiently: try again later."""
+
+
+class ChirpStackNotFound(ChirpStackError):
+    """The object (device, application) does not exist in ChirpStack."""
+
+
+def explain(exc: grpc.aio.AioRpcError, what: str, server: str) -> ChirpStackError:
+    """Turn a gRPC error into an exception whose message says what to do next."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return ChirpStackRefused(
+            f"ChirpStack at {server} rejected the API token while {what} (UNAUTHENTICATED: "
+            f"{details}). Create an API key in ChirpStack (tenant → API keys, or an admin key) "
+            "and point api_token at it with ${credential:NAME} or ${file:PATH}", code)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return ChirpStackRefused(
+            f"ChirpStack at {server} denied {what} (PERMISSION_DENIED: {details}). The API "
+            "key must belong to the tenant in tenant_id (or be an admin key) and the "
+            "applications listed must be in that tenant", code)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ChirpStackRefused(
+            f"ChirpStack at {server} refused {what} as invalid (INVALID_ARGUMENT: {details}). "
+            "Check tenant_id and the application ids (UUIDs from the ChirpStack web UI)", code)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ChirpStackNotFound(f"{what}: not found in ChirpStack ({details})")
+    return ChirpStackUnavailable(f"{what} failed: {code.name}: {details}")
+
+
+def struct_from(obj: Mapping[str, Any]) -> struct_pb2.Struct:
+    """A protobuf Struct (what ChirpStack's codec encoder takes) from a plain mapping."""
+    s = struct_pb2.Struct()
+    s.update(dict(obj))
+    return s
+
+
+class ChirpStackClient:
+    """One gRPC channel to ChirpStack, with the token on every call."""
+
+    def __init__(self, server: str, token: str, *, tls: bool = False,
+                 ca_file: str | None = None, timeout: float = 10.0) -> None:
+        self.server = server
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        # keepalive pings find a dead connection under an idle event stream within minutes
+        options = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+                   ("grpc.http2.max_pings_without_data", 0)]
+        if tls:
+            root = Path(ca_file).read_bytes() if ca_file else None
+            creds = grpc.ssl_channel_credentials(root_certificates=root)
+            self._channel = grpc.aio.secure_channel(server, creds, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(server, options=options)
+        self._apps = application_pb2_grpc.ApplicationServiceStub(self._channel)
+        self._devices = device_pb2_grpc.DeviceServiceStub(self._channel)
+        self._internal = internal_pb2_grpc.InternalServiceStub(self._channel)
+
+    async def close(self) -> None:
+        """Close the channel; streams still open end with CANCELLED."""
+        await self._channel.close(grace=None)
+
+    async def list_applications(self, tenant_id: str, page_size: int
+                                ) -> list[application_pb2.ApplicationListItem]:
+        """Every application of a tenant, page by page (limit 0 would return only the count)."""
+        out: list[application_pb2.ApplicationListItem] = []
+        offset = 0
+        while True:
+            req = application_pb2.ListApplicationsRequest(tenant_id=tenant_id, limit=page_size,
+                                                          offset=offset)
+            try:
+                resp = await self._apps.List(req, metadata=self._metadata, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise explain(exc, f"listing the applications of tenant {tenant_id}",
+                              self.server) from None
+            out.extend(resp.result)
+            offset += len(resp.result)
+            if not resp.result or offset >= resp.total_count:
+                return out
+
+    async def list_devices(self, application_id: str, page_size: int
+                           ) -> list[device_pb2.DeviceListItem]:
+        """Every device of an application, page by page."""
+        out: list[device_pb2.DeviceListItem] = []
+        offset = 0
+        while True:
+            req = device_pb2.ListDevicesRequest(application_id=application_id, limit=page_size,
+                                                offset=offset)
+            try:
+                resp = await self._devices.List(req, metadata=self._metadata,
+                                                timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                raise explain(exc, f"listing the devices of application {application_id}",
+                              self.server) from None
+            out.extend(resp.result)
+            offset += len(resp.result)
+            if not resp.result or offset >= resp.total_count:
+                return out
+
+    def stream_device_events(self, dev_eui: str) -> Any:
+        """Open ``InternalService.StreamDeviceEvents``: an async iterator of ``LogItem``.
+
+        ChirpStack first replays the device's short event history, then sends new events;
+        the returned call is cancelled with ``.cancel()``.
+        """
+        return self._internal.StreamDeviceEvents(
+            internal_pb2.StreamDeviceEventsRequest(dev_eui=dev_eui), metadata=self._metadata)
+
+    async def enqueue(self, dev_eui: str, f_port: int, *, data: bytes | None = None,
+                      obj: Mapping[str, Any] | None = None, confirmed: bool = False,
+                      expires_at: float | None = None, flush_queue: bool = False) -> str:
+        """Queue a downlink; returns ChirpStack's queue item id."""
+        item = device_pb2.DeviceQueueItem(dev_eui=dev_eui, f_port=f_port, confirmed=confirmed)
+        if data is not None:
+            item.data = data
+        if obj is not None:
+            item.object.CopyFrom(struct_from(obj))
+        if expires_at is not None:
+            item.expires_at.FromDatetime(
+                datetime.datetime.fromtimestamp(expires_at, tz=datetime.UTC))
+        req = device_pb2.EnqueueDeviceQueueItemRequest(queue_item=item, flush_queue=flush_queue)
+        try:
+            resp = await self._devices.Enqueue(req, metadata=self._metadata,
+                                               timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise explain(exc, f"queueing a downlink for {dev_eui}", self.server) from None
+        return str(resp.id)
+
+
+async def aiter_items(call: Any) -> AsyncIterator[internal_pb2.LogItem]:
+    """Iterate a stream call (typed, for mypy)."""
+    async for item in call:
+        yield item

@@ -1,0 +1,291 @@
+"""The two uplink sources behind one interface: per-device gRPC streams, or MQTT.
+
+Both call a :data:`Handler` with each :class:`Delivery` and commit only once it returned
+True: the gRPC source by saving the device's cursor (the LogItem id), the MQTT source by
+sending PUBACK. When the handler returns False (the adapter is stopping with readings
+refused), nothing is committed and the event comes again: replayed from ChirpStack's
+history, or redelivered by the broker from the persistent session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import grpc
+import grpc.aio
+from gmqtt import Client as MQTTClient
+from gmqtt.mqtt.constants import MQTTv50
+
+from gateway.adapters.lorawan.chirpstack import FATAL, ChirpStackClient, explain
+from gateway.adapters.lorawan.config import MqttIntegrationConfig, StreamConfig
+from gateway.adapters.lorawan.events import (
+    Delivery,
+    Handler,
+    MalformedEvent,
+    dev_eui_of,
+    parse_json,
+    parse_payload,
+)
+from gateway.adapters.lorawan.state import DeviceStateStore
+from gateway.core.backoff import Backoff
+
+#: a stream that delivered events or stayed up this long counts as healthy: backoff restarts
+STREAM_HEALTHY_AFTER = 30.0
+
+
+class UplinkSource(Protocol):
+    """Where integration events come from."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def track(self, dev_euis: Iterable[str]) -> None:
+        """The devices to follow (the gRPC source streams each; MQTT needs no list)."""
+        ...
+
+
+class SourceHooks(Protocol):
+    """What sources report to the adapter besides deliveries."""
+
+    def malformed(self, reason: str, detail: str) -> None: ...
+
+    def replay_skipped(self, n: int) -> None: ...
+
+    def reconnected(self, source: str) -> None: ...
+
+    def fatal(self, exc: BaseException) -> None: ...
+
+
+class GrpcStreamSource:
+    """``InternalService.StreamDeviceEvents``, one stream per device, jittered reconnects.
+
+    ChirpStack replays the device's recent history (ten events by default) on every
+    stream call; items at or before the saved cursor are skipped.
+    """
+
+    def __init__(self, client: ChirpStackClient, state: DeviceStateStore, handler: Handler,
+                 hooks: SourceHooks, config: StreamConfig, log: logging.Logger) -> None:
+        self.client = client
+        self.state = state
+        self.handler = handler
+        self.hooks = hooks
+        self.config = config
+        self.log = log
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._calls: dict[str, Any] = {}
+        self._stopping = False
+
+    async def start(self) -> None:
+        return None
+
+    def track(self, dev_euis: Iterable[str]) -> None:
+        wanted = set(dev_euis)
+        for eui in list(self._tasks):
+            if eui not in wanted:
+                self._cancel(eui)
+        if self._stopping:
+            return
+        loop = asyncio.get_running_loop()
+        for eui in sorted(wanted - set(self._tasks)):
+            task = loop.create_task(self._follow(eui), name=f"lorawan-stream:{eui}")
+            self._tasks[eui] = task
+            task.add_done_callback(functools.partial(self._done, eui))
+
+    def _done(self, eui: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(eui) is task:
+            del self._tasks[eui]
+        if not task.cancelled() and task.exception() is not None:
+            self.hooks.fatal(task.exception() or RuntimeError("stream task failed"))
+
+    def _cancel(self, eui: str) -> None:
+        call = self._calls.pop(eui, None)
+        if call is not None:
+            call.cancel()
+        task = self._tasks.pop(eui, None)
+        if task is not None:
+            task.cancel()
+
+    @property
+    def streams(self) -> int:
+        """Streams currently followed."""
+        return len(self._tasks)
+
+    async def _follow(self, eui: str) -> None:
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        first = True
+        while not self._stopping:
+            if not first:
+                self.hooks.reconnected("grpc")
+            first = False
+            opened = time.monotonic()
+            delivered = 0
+            call = self.client.stream_device_events(eui)
+            self._calls[eui] = call
+            reason = "closed by the server"
+            try:
+                delivered = await self._consume(eui, call)
+                if self._stopping:
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if self._stopping:
+                    return
+                if exc.code() in FATAL:
+                    raise explain(exc, f"streaming the events of device {eui}",
+                                  self.client.server) from None
+                reason = f"{exc.code().name}: {exc.details()}"
+            finally:
+                if self._calls.get(eui) is call:
+                    del self._calls[eui]
+                call.cancel()
+            if delivered or time.monotonic() - opened >= STREAM_HEALTHY_AFTER:
+                backoff.reset()
+            delay = backoff.next_delay()
+            self.log.info("event stream of %s ended (%s); reconnecting in %.1f s", eui, reason,
+                          delay)
+            await asyncio.sleep(delay)
+
+    async def _consume(self, eui: str, call: Any) -> int:
+        delivered = skipped = 0
+        try:
+            async for item in call:
+                if self._stopping:
+                    break
+                if self.state.already_seen(eui, item.id):
+                    skipped += 1
+                    continue
+                kind = item.description
+                try:
+                    event = parse_json(kind, item.body)
+                except MalformedEvent as exc:
+                    # poison: skip it for good, or every reconnect would stumble on it again
+                    self.hooks.malformed(exc.reason, f"device {eui}, item {item.id}: {exc}")
+                    self.state.record(eui, cursor=item.id)
+                    await self.state.save()
+                    continue
+                if not await self.handler(Delivery(kind, event, eui, item.id)):
+                    break  # stopping with readings refused: the next run replays them
+                delivered += 1
+        finally:
+            if skipped:
+                self.hooks.replay_skipped(skipped)
+        return delivered
+
+    async def stop(self) -> None:
+        """Stop reading; an event already being handled finishes (its cursor is saved)."""
+        self._stopping = True
+        for call in list(self._calls.values()):
+            call.cancel()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            for task in pending:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+        self._tasks.clear()
+
+
+class _Stopping(Exception):
+    """Raised from a message handler so that no PUBACK is sent: the broker redelivers."""
+
+
+class MqttIntegrationSource:
+    """ChirpStack's MQTT integration, persistent session, QoS 1, PUBACK after acceptance."""
+
+    def __init__(self, config: MqttIntegrationConfig, client_id: str, handler: Handler,
+                 hooks: SourceHooks, log: logging.Logger,
+                 on_device: Callable[[Delivery], None] | None = None) -> None:
+        self.config = config
+        self.client_id = client_id
+        self.handler = handler
+        self.hooks = hooks
+        self.log = log
+        self._stopping = False
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._connected = asyncio.Event()
+        self._client: MQTTClient | None = None
+        self._ever_connected = False
+
+    def track(self, dev_euis: Iterable[str]) -> None:
+        return None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        """Connect (raising if the broker cannot be reached) and subscribe."""
+        c = self.config
+        client = MQTTClient(self.client_id, clean_session=False, optimistic_acknowledgement=False,
+                            session_expiry_interval=int(c.session_expiry),
+                            receive_maximum=100)
+        client.set_config({"reconnect_retries": -1, "reconnect_delay": c.reconnect_delay})
+        if c.username:
+            client.set_auth_credentials(
+                c.username, c.password.get_secret_value() if c.password else None)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        await client.connect(c.host, c.port, keepalive=int(c.keepalive), version=MQTTv50)
+
+    def _on_connect(self, client: MQTTClient, flags: int, rc: int, properties: Any) -> None:
+        if self._ever_connected:
+            self.hooks.reconnected("mqtt")
+        self._ever_connected = True
+        for topic in self.config.topics:
+            client.subscribe(topic, qos=1)
+        self._connected.set()
+        self.log.info("MQTT integration source connected to %s:%d (session present: %s)",
+                      self.config.host, self.config.port, bool(flags))
+
+    def _on_disconnect(self, client: MQTTClient, packet: Any, exc: Any = None) -> None:
+        self._connected.clear()
+        if not self._stopping:
+            self.log.warning("MQTT integration source lost %s:%d; reconnecting",
+                             self.config.host, self.config.port)
+
+    async def _on_message(self, client: MQTTClient, topic: str, payload: bytes, qos: int,
+                          properties: Any) -> int:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            return await self._handle(topic, payload)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _handle(self, topic: str, payload: bytes) -> int:
+        kind = topic.rsplit("/", 1)[-1]
+        try:
+            event = parse_payload(kind, payload, self.config.encoding)
+        except MalformedEvent as exc:
+            # acknowledged and dropped: redelivering a payload that cannot parse fixes nothing
+            self.hooks.malformed(exc.reason, f"topic {topic}: {exc}")
+            return 0
+        eui = dev_eui_of(event)
+        if not eui:
+            self.hooks.malformed("no_device", f"topic {topic}: {kind} event without device_info")
+            return 0
+        if not await self.handler(Delivery(kind, event, eui)):
+            raise _Stopping("stopping before the readings were accepted; left for redelivery")
+        return 0
+
+    async def stop(self) -> None:
+        """Let messages being handled finish (each PUBACKs or stays unacknowledged), then leave."""
+        self._stopping = True
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=5.0)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.disconnect(), 5.0)
+        self._connected.clear()
