@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -64,7 +64,7 @@ class CommandTemplate(Section):
 
     f_port: int = Field(ge=1, le=223)
     data: str | None = Field(default=None, description="payload as hex, e.g. 0101")
-    object: dict[str, object] | None = Field(default=None,
+    object: dict[str, Any] | None = Field(default=None,
                                              description="for the profile codec's encoder")
     confirmed: bool = False
 
