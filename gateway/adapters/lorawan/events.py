@@ -23,7 +23,6 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "join": integration.JoinEvent,
     "log": integration.LogEvent,
     "location": integration.LocationEvent,
-    "integration": integration.IntegrationEvent,
 }
 
 
