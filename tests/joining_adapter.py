@@ -1,0 +1,62 @@
+"""A plugin adapter for control-API tests: it can permit joining, or fail on purpose.
+
+It stands in for a Zigbee radio (no stick here): ``permit_join`` makes one device
+"join" and go through an interview, the way zigpy reports it. It is loaded by the real
+daemon through a real ``gateway.adapters`` entry point (see :func:`install_plugin`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pydantic import Field
+
+from gateway.adapters.base import Adapter, AdapterConfig
+from gateway.reading import Command, CommandResult, Reading, now
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class JoiningConfig(AdapterConfig):
+    step: float = Field(default=0.3, gt=0, description="seconds between join stages")
+    fail_start: bool = False
+
+
+class JoiningAdapter(Adapter):
+    """On permit_join(N > 0): a device joins, is interviewed, then sends a reading."""
+
+    Config = JoiningConfig
+    config: JoiningConfig
+
+    async def start(self) -> None:
+        if self.config.fail_start:
+            raise ConnectionError("no radio on /dev/ttyUSB9")
+
+    async def send(self, command: Command) -> CommandResult:
+        return CommandResult.unsupported("test adapter")
+
+    async def permit_join(self, seconds: int) -> None:
+        self.log.info("permit_join %d", seconds)
+        if seconds:
+            self.spawn(self._join(), name="join")
+
+    async def _join(self) -> None:
+        device = f"{self.prefix}:00:11:22:33:44:55:66:77"
+        await asyncio.sleep(self.config.step)
+        self.ctx.devices.declare(device, model="TS0201", manufacturer="_TZ3000_test",
+                                 interview="started")
+        await asyncio.sleep(self.config.step)
+        self.ctx.devices.declare(device, interview="done")
+        await self.ctx.sink.accept([Reading(device, "temperature", 21.5, "Cel", now())])
+
+
+def install_plugin(directory: Path) -> dict[str, str]:
+    """Register ``type: joining`` in ``directory``; return env for a daemon that sees it."""
+    info = directory / "gateway_test_joining-0.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gateway-test-joining\n"
+                                   "Version: 0\n")
+    (info / "entry_points.txt").write_text(
+        "[gateway.adapters]\njoining = tests.joining_adapter:JoiningAdapter\n")
+    return {"PYTHONPATH": f"{directory}:{REPO}"}
