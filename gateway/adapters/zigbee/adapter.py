@@ -1,0 +1,643 @@
+"""``type: zigbee`` — a Zigbee coordinator stick, driven by zigpy and a radio library.
+
+zigpy does the protocol: network formation and restore, joins, the interview (node
+descriptor, endpoints, simple descriptors, Basic model/manufacturer), ZCL parsing and its
+own SQLite database. This adapter wires it in: it binds and configures reporting for the
+clusters it knows once a device is interviewed (and again when a sleepy device next
+talks, until that succeeds), enrolls IAS zones, turns attribute reports into readings
+through the unit table (``clusters.py``), carries commands out, exports coordinator
+backups, and tells the device registry what it learns.
+
+Neither zigpy nor bellows reconnects after ``connection_lost``: the adapter then fails,
+and the supervisor shuts it down and starts it again with backoff. The network survives
+in the stick and in zigpy's database (``<state_dir>/<name>/zigbee.db``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import json
+import os
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
+from gateway.adapters.zigbee import backup as backups
+from gateway.adapters.zigbee import commands
+from gateway.adapters.zigbee.clusters import (
+    IAS_ZONE,
+    METRICS,
+    REPORTING,
+    SCALING_ATTRIBUTES,
+    normalise,
+)
+from gateway.adapters.zigbee.config import ZigbeeConfig
+from gateway.adapters.zigbee.radios import controller_class
+from gateway.reading import Command, CommandResult, Reading
+
+#: bounds on waiting for the radio to come up (bellows' startup is ~130 exchanges)
+STARTUP_TIMEOUT = 60.0
+#: how long stop() waits for readings still queued to reach the pipeline
+DRAIN_TIMEOUT = 5.0
+#: most readings handed to the pipeline in one call
+BATCH = 500
+PERMIT_MAX = 254
+
+
+class _Metrics:
+    """The adapter's Prometheus metrics, registered once per registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.dropped = Counter("gateway_zigbee_readings_dropped",
+                               "Zigbee readings given up on (pipeline refused for too long,"
+                               " or too many waiting)", ["adapter", "reason"], registry=registry)
+        self.malformed = Counter("gateway_zigbee_malformed",
+                                 "Zigbee attribute values or commands that could not be"
+                                 " understood", ["adapter"], registry=registry)
+        self.commands = Counter("gateway_zigbee_commands", "Zigbee commands by result",
+                                ["adapter", "status"], registry=registry)
+        self.connection_lost = Counter("gateway_zigbee_connection_lost",
+                                       "Times the link to the Zigbee stick dropped", ["adapter"],
+                                       registry=registry)
+        self.backups = Counter("gateway_zigbee_backups", "Coordinator backups exported",
+                               ["adapter"], registry=registry)
+        self.devices = Gauge("gateway_zigbee_devices", "Devices in the Zigbee network",
+                             ["adapter"], registry=registry)
+        self.pending = Gauge("gateway_zigbee_readings_pending",
+                             "Zigbee readings waiting for the pipeline", ["adapter"],
+                             registry=registry)
+
+
+# one set per registry: the supervisor builds a new adapter object on every restart
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_for(registry: CollectorRegistry) -> _Metrics:
+    m = _METRICS.get(registry)
+    if m is None:
+        m = _METRICS[registry] = _Metrics(registry)
+    return m
+
+
+class ZigbeeAdapter(Adapter):
+    """A Zigbee network: pairing, interview, readings from reports, commands, backups."""
+
+    Config = ZigbeeConfig
+    config: ZigbeeConfig
+
+    def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
+        super().__init__(config, ctx)
+        assert isinstance(config, ZigbeeConfig)
+        self.dir: Path = Path(ctx.state_dir) / ctx.name
+        self.app: Any = None
+        self._m = _metrics_for(ctx.metrics)
+        self._pending: collections.deque[Reading] = collections.deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._watched: dict[Any, list[Callable[[], None]]] = {}
+        self._configured: set[str] = set()
+        self._configuring: dict[str, asyncio.Task[Any]] = {}
+        self._last_configure: dict[str, float] = {}
+        self._last_link: dict[str, float] = {}
+        self._permit_until = 0.0
+        self._forwarder: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._configured = self._load_configured()
+        cls = controller_class(self.config.radio_type)
+        zconf = self.config.zigpy_config(str(self.dir / "zigbee.db"))
+        # new(start_radio=False) only opens the database: seed it from the exported
+        # backup first, so a replaced stick (or a lost database) restores the old network
+        app = await cls.new(zconf, auto_form=True, start_radio=False)
+        self.app = app
+        try:
+            if app.backups.most_recent_backup() is None:
+                try:
+                    seeded = backups.load_latest(self.dir)
+                except ValueError as exc:
+                    self.log.warning("zigbee: %s; not restoring from it", exc)
+                    seeded = None
+                if seeded is not None:
+                    self.log.info("zigbee: database has no network backup; using %s",
+                                  self.dir / backups.LATEST)
+                    app.backups.add_backup(seeded)
+            async with asyncio.timeout(STARTUP_TIMEOUT):
+                await app.startup(auto_form=True)
+        except BaseException:
+            self.app = None
+            with contextlib.suppress(Exception):
+                await app.shutdown()
+            raise
+        app.add_listener(self)
+        info = app.state.network_info
+        self.log.info("zigbee: %s radio on %s up: channel %s, PAN 0x%04X, %d device(s)",
+                      self.config.radio_type, self.config.port, info.channel, info.pan_id,
+                      len(self._devices()))
+        for device in self._devices():
+            self._watch(device)
+            self._declare(device, interview=self._interview_state(device))
+        self._m.devices.labels(self.prefix).set(len(self._devices()))
+        self._forwarder = self.spawn(self._forward(), name=f"{self.prefix}:forward")
+        self.spawn(self._backup_loop(), name=f"{self.prefix}:backup")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        app, self.app = self.app, None
+        for task in list(self._configuring.values()):
+            task.cancel()
+        for unsubscribe in [u for subs in self._watched.values() for u in subs]:
+            with contextlib.suppress(Exception):
+                unsubscribe()
+        self._watched.clear()
+        if app is not None:
+            app.remove_listener(self)
+            try:
+                await app.shutdown()
+            except Exception as exc:  # noqa: BLE001 - a dead stick must not block the drain
+                self.log.warning("zigbee: radio shutdown failed: %s", exc)
+        # the radio is quiet now: hand what is still queued to the pipeline
+        if self._forwarder is not None and not self._forwarder.done():
+            self._wake.set()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._drained()), DRAIN_TIMEOUT)
+        if self._pending:
+            self._drop(len(self._pending), "shutdown")
+            self._pending.clear()
+        await super().stop()
+
+    async def _drained(self) -> None:
+        for _ in range(int(DRAIN_TIMEOUT / 0.01) + 1):
+            if not self._pending:
+                return
+            await asyncio.sleep(0.01)
+
+    # -- zigpy application listener (called synchronously by zigpy) -----------------------
+
+    def connection_lost(self, exc: Exception) -> None:
+        """The stick is gone (unplugged, link dropped, watchdog): restart the adapter."""
+        if self._stopping:
+            return
+        self._m.connection_lost.labels(self.prefix).inc()
+        self.log.error("zigbee: connection to the stick lost: %s", exc)
+        self.fail(ConnectionError(f"Zigbee stick connection lost: {exc}"))
+
+    def device_joined(self, device: Any) -> None:
+        """A new device is on the network; zigpy interviews it next."""
+        self.log.info("zigbee: device %s joined (nwk 0x%04X)", device.ieee, device.nwk)
+        self._configured.discard(str(device.ieee))
+        self._declare(device, interview="interviewing")
+        self._m.devices.labels(self.prefix).set(len(self._devices()))
+
+    def device_initialized(self, device: Any) -> None:
+        """The interview finished: watch its clusters, then bind and configure reporting."""
+        if self._is_coordinator(device):
+            return
+        self._watch(device)
+        ieee = str(device.ieee)
+        configured = ieee in self._configured
+        self._declare(device, interview="configured" if configured else "interviewed")
+        self.log.info("zigbee: device %s interviewed: %s / %s, endpoints %s", ieee,
+                      device.manufacturer, device.model,
+                      [ep.endpoint_id for ep in device.non_zdo_endpoints])
+        if not configured:
+            self._schedule_configure(device)
+
+    def device_reinterviewed(self, device: Any) -> None:
+        """zigpy replaced the device object after a re-interview."""
+        self.device_initialized(device)
+
+    def device_init_failure(self, device: Any) -> None:
+        """The interview did not finish (zigpy retries when the device talks again)."""
+        self.log.warning("zigbee: interview of %s did not finish", device.ieee)
+        self._declare(device, interview="failed")
+
+    def device_left(self, device: Any) -> None:
+        """The device announced it left the network."""
+        self.log.info("zigbee: device %s left the network", device.ieee)
+        self._declare(device, interview="left")
+
+    def device_removed(self, device: Any) -> None:
+        """The device was removed from zigpy's database."""
+        self._unwatch(device)
+        self._configured.discard(str(device.ieee))
+        self._save_configured()
+        self._m.devices.labels(self.prefix).set(len(self._devices()))
+
+    def handle_message(self, device: Any, profile: int, cluster: int, src_ep: int,
+                       dst_ep: int, message: bytes) -> None:
+        """Any frame from a device: it is awake now, so retry what it missed."""
+        if self._stopping or self._is_coordinator(device):
+            return
+        ieee = str(device.ieee)
+        now = time.monotonic()
+        if (device.is_initialized and ieee not in self._configured
+                and now - self._last_configure.get(ieee, -1e9) >= self.config.configure_retry):
+            self._schedule_configure(device)
+        if now - self._last_link.get(ieee, -1e9) >= self.config.link_update_interval:
+            self._last_link[ieee] = now
+            self.ctx.devices.declare(self.device_id(device), lqi=device.lqi, rssi=device.rssi)
+
+    # -- devices ---------------------------------------------------------------------------
+
+    def device_id(self, device: Any) -> str:
+        """The gateway-wide id of a zigpy device: ``<adapter name>:<ieee>``."""
+        return f"{self.prefix}:{device.ieee}"
+
+    def _is_coordinator(self, device: Any) -> bool:
+        app = self.app
+        return app is not None and device.ieee == app.state.node_info.ieee
+
+    def _devices(self) -> list[Any]:
+        app = self.app
+        if app is None:
+            return []
+        return [d for d in app.devices.values()
+                if not self._is_coordinator(d) and hasattr(d, "endpoints")]
+
+    def _find(self, device_id: str) -> Any:
+        if not self.owns(device_id):
+            return None
+        native = device_id[len(self.prefix) + 1:].lower()
+        for device in self._devices():
+            if str(device.ieee) == native:
+                return device
+        return None
+
+    @staticmethod
+    def _interview_state(device: Any) -> str:
+        return "interviewed" if device.is_initialized else "interviewing"
+
+    def _declare(self, device: Any, **extra: Any) -> None:
+        info: dict[str, Any] = {"model": device.model, "manufacturer": device.manufacturer,
+                                "lqi": device.lqi, "rssi": device.rssi, "protocol": "zigbee",
+                                "nwk": f"0x{device.nwk:04X}"}
+        desc = device.node_desc
+        if desc is not None:
+            info["type"] = "mains" if desc.is_mains_powered else "battery"
+            info["role"] = ("router" if desc.is_router else
+                            "end_device" if desc.is_end_device else "coordinator")
+        endpoints = [{"id": ep.endpoint_id, "profile": ep.profile_id,
+                      "device_type": int(ep.device_type) if ep.device_type is not None else None,
+                      "in_clusters": sorted(ep.in_clusters),
+                      "out_clusters": sorted(ep.out_clusters)}
+                     for ep in device.non_zdo_endpoints]
+        if endpoints:
+            info["endpoints"] = endpoints
+        info.update(extra)
+        if extra.get("interview") == "configured":
+            self._configured.add(str(device.ieee))
+        try:
+            self.ctx.devices.declare(self.device_id(device), **info)
+        except Exception as exc:  # noqa: BLE001 - the registry must not break the radio
+            self.log.warning("zigbee: registry refused %s: %s", self.device_id(device), exc)
+
+    # -- readings --------------------------------------------------------------------------
+
+    def _watch(self, device: Any) -> None:
+        """Subscribe to every cluster of ``device`` (again, after zigpy replaced it)."""
+        self._unwatch(device)
+        subs: list[Callable[[], None]] = []
+        for ep in device.non_zdo_endpoints:
+            for cluster in ep.in_clusters.values():
+                subs.append(cluster.on_event(
+                    "attribute_report",
+                    lambda ev, d=device, c=cluster: self._on_attribute(d, c, ev, True)))
+                subs.append(cluster.on_event(
+                    "attribute_read",
+                    lambda ev, d=device, c=cluster: self._on_attribute(d, c, ev, False)))
+                if cluster.cluster_id == IAS_ZONE:
+                    watcher = _ZoneWatcher(self, device, cluster)
+                    cluster.add_listener(watcher)
+                    subs.append(functools.partial(cluster.remove_listener, watcher))
+        self._watched[device.ieee] = subs
+
+    def _unwatch(self, device: Any) -> None:
+        for unsubscribe in self._watched.pop(device.ieee, []):
+            with contextlib.suppress(Exception):
+                unsubscribe()
+
+    def _metric_suffix(self, device: Any, cluster: Any) -> str:
+        # a metric on a second endpoint (double switches) gets the endpoint number appended
+        first = min((ep.endpoint_id for ep in device.non_zdo_endpoints
+                     if cluster.cluster_id in ep.in_clusters), default=None)
+        ep_id = cluster.endpoint.endpoint_id
+        return "" if first is None or ep_id == first else f"_{ep_id}"
+
+    def _on_attribute(self, device: Any, cluster: Any, event: Any, reported: bool) -> None:
+        try:
+            if not reported and (cluster.cluster_id, event.attribute_id) not in METRICS \
+                    and not (cluster.cluster_id == IAS_ZONE and event.attribute_id == 0x0002):
+                return  # reads of anything else (scaling factors, zone type) are not data
+            zone_type = None
+            if cluster.cluster_id == IAS_ZONE:
+                zone_type = _int_or_none(cluster.get("zone_type"))
+            values = normalise(cluster.cluster_id, event.attribute_id, event.value,
+                               lambda attr: cluster.get(attr), cluster.ep_attribute,
+                               event.attribute_name, zone_type)
+        except Exception as exc:  # noqa: BLE001 - a bad value is counted, never fatal
+            self._m.malformed.labels(self.prefix).inc()
+            self.log.warning("zigbee: cannot read attribute 0x%04X of cluster 0x%04X from %s:"
+                             " %s: %s", event.attribute_id, cluster.cluster_id, device.ieee,
+                             type(exc).__name__, exc)
+            return
+        self._emit(device, cluster, values)
+
+    def _emit(self, device: Any, cluster: Any, values: list[tuple[str, Any, str | None]]) -> None:
+        if not values or self._stopping:
+            return
+        ts = time.time()
+        dev_id = self.device_id(device)
+        suffix = self._metric_suffix(device, cluster)
+        for metric, value, unit in values:
+            if len(self._pending) >= self.config.max_pending:
+                self._drop(1, "overflow")
+                continue
+            self._pending.append(Reading(dev_id, metric + suffix, value, unit, ts))
+        self._m.pending.labels(self.prefix).set(len(self._pending))
+        self._wake.set()
+
+    def _drop(self, n: int, reason: str) -> None:
+        self._m.dropped.labels(self.prefix, reason).inc(n)
+        self.log.warning("zigbee: dropped %d reading(s) (%s)", n, reason)
+
+    async def _forward(self) -> None:
+        """Hand queued readings to the pipeline; a refusal is retried, then counted."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
+                deadline = time.monotonic() + self.config.retry_for
+                delay = 0.05
+                while not await self.ctx.sink.accept(batch):
+                    if time.monotonic() >= deadline:
+                        self._drop(len(batch), "refused")
+                        break
+                    # the store is full or failing: the device will not resend, so hold on
+                    await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                    delay = min(delay * 2, 2.0)
+                for _ in range(len(batch)):
+                    self._pending.popleft()
+                self._m.pending.labels(self.prefix).set(len(self._pending))
+
+    # -- binding, reporting, IAS enrollment -------------------------------------------------
+
+    def _schedule_configure(self, device: Any) -> None:
+        ieee = str(device.ieee)
+        running = self._configuring.get(ieee)
+        if running is not None and not running.done():
+            return
+        self._last_configure[ieee] = time.monotonic()
+        task = asyncio.get_running_loop().create_task(self._configure(device),
+                                                      name=f"{self.prefix}:configure:{ieee}")
+        self._configuring[ieee] = task
+        task.add_done_callback(functools.partial(self._configure_done, ieee))
+
+    def _configure_done(self, ieee: str, task: asyncio.Task[Any]) -> None:
+        if self._configuring.get(ieee) is task:
+            del self._configuring[ieee]
+
+    async def _configure(self, device: Any) -> None:
+        """Bind known clusters to the coordinator and ask for reports; mark done on success."""
+        from zigpy.zcl import foundation
+        from zigpy.zcl.helpers import ReportingConfig
+
+        ieee = str(device.ieee)
+        desc = device.node_desc
+        mains = bool(desc is not None and desc.is_mains_powered)
+        max_interval = int(self.config.report_max_interval_mains if mains
+                           else self.config.report_max_interval_battery)
+        problems: list[str] = []
+        try:
+            for ep in device.non_zdo_endpoints:
+                for cid, cluster in sorted(ep.in_clusters.items()):
+                    wanted = REPORTING.get(cid)
+                    if wanted is None:
+                        continue
+                    async with asyncio.timeout(self.config.command_timeout * 3):
+                        rsp = await cluster.bind()
+                        status = rsp[0] if isinstance(rsp, (list, tuple)) and rsp else None
+                        if status is not None and int(status) != 0:
+                            problems.append(f"bind 0x{cid:04X}: {getattr(status, 'name', status)}")
+                        if cid == IAS_ZONE:
+                            await self._enroll(cluster)
+                        # scaling factors first, so the first values are scaled right
+                        scaling = list(SCALING_ATTRIBUTES.get(cid, ()))
+                        if scaling:
+                            await cluster.read_attributes(scaling)
+                        config = {}
+                        for rep in wanted:
+                            try:
+                                attr = cluster.find_attribute(rep.attribute)
+                            except KeyError:
+                                continue
+                            config[attr] = ReportingConfig(
+                                min_interval=rep.min_interval,
+                                max_interval=min(rep.max_interval or max_interval, 0xFFFE),
+                                reportable_change=rep.reportable_change)
+                        results = await cluster.configure_reporting_multiple(config)
+                        for attr, st in results.items():
+                            if st not in (foundation.Status.SUCCESS,
+                                          foundation.Status.UNSUPPORTED_ATTRIBUTE):
+                                problems.append(f"report {cluster.name}.{attr.name}: {st.name}")
+                        # current values, so a new device has readings before its first report
+                        await cluster.read_attributes([a.id for a in config])
+        except TimeoutError as exc:
+            self.log.info("zigbee: %s did not answer while being configured (%s); retrying when"
+                          " it next talks", ieee, type(exc).__name__)
+            return
+        except Exception as exc:  # noqa: BLE001 - zigpy's delivery errors, parsing errors...
+            self.log.info("zigbee: configuring %s failed: %s: %s; retrying when it next talks",
+                          ieee, type(exc).__name__, exc)
+            return
+        if problems:
+            self.log.warning("zigbee: %s configured with problems: %s", ieee, "; ".join(problems))
+        self._configured.add(ieee)
+        self._save_configured()
+        self._declare(device, interview="configured")
+        self.log.info("zigbee: %s bound and reporting", ieee)
+
+    async def _enroll(self, cluster: Any) -> None:
+        """IAS zones report alarms only to their CIE: write our address, then enroll."""
+        from zigpy.zcl.clusters.security import IasZone
+
+        assert self.app is not None
+        await cluster.write_attributes({"cie_addr": self.app.state.node_info.ieee})
+        await cluster.read_attributes(["zone_type", "zone_state"])
+        # auto-enroll response: many sensors never send an enroll request
+        await cluster.enroll_response(enroll_response_code=IasZone.EnrollResponse.Success,
+                                      zone_id=0, expect_reply=False)
+
+    def _on_zone_command(self, device: Any, cluster: Any, command_id: int, args: Any) -> None:
+        try:
+            if command_id == 0x00:  # status change notification
+                zone_type = _int_or_none(cluster.get("zone_type"))
+                values = normalise(IAS_ZONE, 0x0002, int(args.zone_status), lambda a: None,
+                                   zone_type=zone_type)
+                self._emit(device, cluster, values)
+            elif command_id == 0x01:  # enroll request
+                from zigpy.zcl.clusters.security import IasZone
+
+                self.log.info("zigbee: %s asks to enroll (zone type %s)", device.ieee,
+                              getattr(args, "zone_type", "?"))
+                asyncio.get_running_loop().create_task(cluster.enroll_response(
+                    enroll_response_code=IasZone.EnrollResponse.Success, zone_id=0,
+                    expect_reply=False))
+        except Exception as exc:  # noqa: BLE001
+            self._m.malformed.labels(self.prefix).inc()
+            self.log.warning("zigbee: bad IAS zone command 0x%02X from %s: %s", command_id,
+                             device.ieee, exc)
+
+    def _load_configured(self) -> set[str]:
+        path = self.dir / "configured.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as exc:
+            self.log.warning("zigbee: %s unreadable (%s); devices will be configured again",
+                             path, exc)
+            return set()
+        return {str(x) for x in data} if isinstance(data, list) else set()
+
+    def _save_configured(self) -> None:
+        path = self.dir / "configured.json"
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(sorted(self._configured)), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.log.warning("zigbee: cannot save %s: %s", path, exc)
+
+    # -- the control interface ---------------------------------------------------------------
+
+    async def permit_join(self, seconds: int) -> dict[str, Any]:
+        """Open the network for joining for ``seconds`` (0 closes it, at most 254)."""
+        if not isinstance(seconds, int) or isinstance(seconds, bool) \
+                or not 0 <= seconds <= PERMIT_MAX:
+            raise ValueError(f"seconds: expected 0 to {PERMIT_MAX}, got {seconds!r}")
+        app = self._running()
+        await app.permit(seconds)
+        self._permit_until = time.time() + seconds
+        self.log.info("zigbee: joining %s", f"open for {seconds} s" if seconds else "closed")
+        return {"adapter": self.prefix, "seconds": seconds, "until": self._permit_until,
+                "devices": [self.device_id(d) for d in self._devices()]}
+
+    async def backup(self) -> dict[str, Any]:
+        """Take a coordinator backup now and export it; returns where it went."""
+        app = self._running()
+        taken = await app.backups.create_backup(load_devices=True)
+        path = await asyncio.to_thread(backups.export, self.dir, taken, self.config.backups_kept)
+        self._m.backups.labels(self.prefix).inc()
+        self.log.info("zigbee: coordinator backup exported to %s", path)
+        return {"adapter": self.prefix, "path": str(path),
+                "latest": str(self.dir / backups.LATEST),
+                "backup_time": taken.backup_time.isoformat(),
+                "devices": len(taken.network_info.children)
+                + len(taken.network_info.nwk_addresses),
+                "channel": int(taken.network_info.channel),
+                "pan_id": f"0x{int(taken.network_info.pan_id):04X}"}
+
+    async def remove(self, device: str) -> CommandResult:
+        """Ask ``device`` to leave the network and forget it."""
+        dev = self._find(device)
+        if dev is None:
+            return CommandResult(False, "unknown_device", f"no Zigbee device {device!r}")
+        app = self._running()
+        result: CommandResult
+        try:
+            async with asyncio.timeout(self.config.command_timeout):
+                rsp = await dev.zdo.leave()
+            status = rsp[0] if isinstance(rsp, (list, tuple)) and rsp else None
+            result = (CommandResult.delivered("left the network")
+                      if status is None or int(status) == 0 else
+                      CommandResult.refused(f"leave: {getattr(status, 'name', status)}"))
+        except TimeoutError:
+            result = CommandResult.timeout("no answer to the leave request; removed anyway")
+        except Exception as exc:  # noqa: BLE001 - delivery failures: still remove locally
+            result = CommandResult.timeout(f"leave not delivered ({exc}); removed anyway")
+        self._unwatch(dev)
+        await app.remove(dev.ieee)
+        self._configured.discard(str(dev.ieee))
+        self._save_configured()
+        forget = getattr(self.ctx.devices, "remove", None)
+        if callable(forget):
+            with contextlib.suppress(Exception):
+                forget(device)
+        self.log.info("zigbee: %s removed (%s)", device, result.status)
+        return result
+
+    def _running(self) -> Any:
+        if self.app is None:
+            raise RuntimeError(f"Zigbee adapter {self.prefix!r} is not running (stick"
+                               " disconnected or restarting); try again shortly")
+        return self.app
+
+    async def send(self, command: Command) -> CommandResult:
+        dev = self._find(command.device)
+        if dev is None:
+            result = CommandResult(False, "unknown_device",
+                                   f"no Zigbee device {command.device!r} (paired devices:"
+                                   f" {len(self._devices())})")
+        else:
+            try:
+                async with asyncio.timeout(self.config.command_timeout):
+                    result = await commands.run(dev, command.action, command.params)
+            except commands.UnsupportedAction as exc:
+                result = CommandResult.unsupported(str(exc))
+            except commands.CommandError as exc:
+                result = CommandResult.refused(str(exc))
+            except TimeoutError:
+                result = CommandResult.timeout(
+                    f"no answer from {command.device} within {self.config.command_timeout:g} s")
+            except Exception as exc:  # noqa: BLE001 - zigpy DeliveryError and friends
+                name = type(exc).__name__
+                if name == "DeliveryError":
+                    result = CommandResult.timeout(f"not delivered: {exc}")
+                else:
+                    result = CommandResult.error(f"{name}: {exc}")
+        self._m.commands.labels(self.prefix, result.status).inc()
+        return result
+
+    # -- periodic backup -----------------------------------------------------------------
+
+    async def _backup_loop(self) -> None:
+        interval = self.config.backup_interval
+        await asyncio.sleep(min(interval, 30.0))  # let the network settle first
+        while True:
+            try:
+                await self.backup()
+            except Exception as exc:  # noqa: BLE001 - a failed backup is retried next round
+                self.log.warning("zigbee: coordinator backup failed: %s: %s",
+                                 type(exc).__name__, exc)
+            await asyncio.sleep(interval)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class _ZoneWatcher:
+    """Legacy zigpy cluster listener: IAS zone commands arrive only as ``cluster_command``."""
+
+    def __init__(self, adapter: ZigbeeAdapter, device: Any, cluster: Any) -> None:
+        self.adapter = adapter
+        self.device = device
+        self.cluster = cluster
+
+    def cluster_command(self, tsn: int, command_id: int, args: Any) -> None:
+        self.adapter._on_zone_command(self.device, self.cluster, command_id, args)

@@ -1,0 +1,65 @@
+"""Radio types: which zigpy ``ControllerApplication`` drives which kind of stick.
+
+The one place that maps the ``radio_type`` users write to a radio library. ``ezsp``
+(bellows, Silicon Labs sticks) ships with the gateway; radio libraries that advertise
+themselves in zigpy's ``zigpy.radio`` entry-point group are found too, and
+``module:Class`` names any other ``ControllerApplication`` subclass.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+#: radio type → "module:attribute" of its ControllerApplication
+BUILTIN: dict[str, str] = {
+    "ezsp": "bellows.zigbee.application:ControllerApplication",
+}
+
+#: what each built-in radio type is for (shown by ``gateway hardware``)
+DESCRIPTIONS: dict[str, str] = {
+    "ezsp": "Silicon Labs EmberZNet (EZSP) sticks: Sonoff ZBDongle-E, SkyConnect/ZBT-1...",
+}
+
+ENTRY_POINT_GROUP = "zigpy.radio"
+
+
+class UnknownRadioType(LookupError):
+    """No radio library is installed for a radio type."""
+
+
+def known_radio_types() -> list[str]:
+    """Built-in radio types and those advertised by installed radio libraries."""
+    return sorted({*BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+
+
+def _target(radio_type: str) -> str:
+    if radio_type in BUILTIN:
+        return BUILTIN[radio_type]
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == radio_type:
+            return str(ep.value)
+    if ":" in radio_type:
+        return radio_type
+    raise UnknownRadioType(
+        f"unknown radio type {radio_type!r} (known: {', '.join(known_radio_types())}; "
+        "or module:Class of a zigpy ControllerApplication)")
+
+
+def controller_class(radio_type: str) -> type[Any]:
+    """The zigpy ``ControllerApplication`` subclass for ``radio_type``."""
+    import zigpy.application
+
+    module_name, _, attr = _target(radio_type).partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownRadioType(f"radio type {radio_type!r}: cannot load {module_name}:{attr}"
+                               f" ({exc})") from None
+    if not (isinstance(cls, type)
+            and issubclass(cls, zigpy.application.ControllerApplication)):
+        raise UnknownRadioType(f"radio type {radio_type!r}: {module_name}:{attr} is not a zigpy"
+                               " ControllerApplication")
+    return cls
