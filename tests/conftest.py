@@ -46,3 +46,20 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield make
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture
+def cloud_sink_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start cloud-side subscribers (separate processes) on a broker port; stopped at teardown."""
+    from tests.cloud_sink import CloudSink
+
+    started: list[CloudSink] = []
+
+    def make(port: int, name: str = "cloud", topic: str = "gateway/#") -> CloudSink:
+        sink = CloudSink(port, tmp_path / f"{name}.jsonl", topic)
+        started.append(sink)
+        return sink
+
+    yield make
+    for sink in started:
+        sink.stop()

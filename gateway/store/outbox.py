@@ -40,6 +40,8 @@ log = logging.getLogger("gateway.outbox")
 
 #: cap on how much one bound enforcement deletes per transaction (bounded work per commit)
 _DROP_CHUNK = 20_000
+#: files up to this size get a full quick_check at every start (well under a second)
+_ALWAYS_CHECK_BELOW = 64 * 1024**2
 
 
 class TelemetryRow(NamedTuple):
@@ -181,8 +183,10 @@ class Outbox:
         if version:
             row = db.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
             clean = bool(row and row[0] == 1)
-        if not clean and version:
-            # after a crash or power cut look at every page; after a clean stop trust the file
+        small = self.path.stat().st_size <= _ALWAYS_CHECK_BELOW
+        if (small or not clean) and version:
+            # check every page of small files, and of any file after a crash or power cut;
+            # a large file after a clean stop is trusted to keep cold start fast
             result = db.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
@@ -256,29 +260,34 @@ class Outbox:
         try:
             series = {sid: (d, m, u) for sid, d, m, u in
                       old.execute("SELECT id, device, metric, unit FROM series")}
-            last = 0
-            while True:
-                try:
-                    rows = old.execute("SELECT id, blob FROM telemetry WHERE id > ? ORDER BY id "
-                                       "LIMIT 1000", (last,)).fetchall()
-                except sqlite3.Error:
-                    break
-                if not rows:
-                    break
-                batches = []
-                for rid, blob in rows:
-                    last = rid
+            max_id = old.execute("SELECT max(id) FROM telemetry").fetchone()[0] or 0
+        except sqlite3.Error:
+            old.close()
+            return 0
+        last = 0
+        probes = 0
+        jump = 1
+        after = 0
+        # walk the table in id order; where a page is unreadable, seek past it with
+        # growing jumps (ids are the b-tree key, so seeking skips the damaged leaf)
+        while after < max_id and probes < 2000:
+            probes += 1
+            try:
+                for rid, blob in old.execute("SELECT id, blob FROM telemetry WHERE id > ? "
+                                             "ORDER BY id", (after,)):
+                    last = after = rid
+                    jump = 1
                     try:
-                        batches.append(_unpack(blob, series))
+                        readings = _unpack(blob, series)
                     except (ValueError, TypeError, KeyError, IndexError):
                         continue
-                for readings in batches:
                     self._insert_sync([readings])
                     salvaged += len(readings)
-        except sqlite3.Error:
-            pass
-        finally:
-            old.close()
+                break
+            except sqlite3.Error:
+                after = last + jump
+                jump *= 2
+        old.close()
         return salvaged
 
     # -- appending ------------------------------------------------------------------------
@@ -345,7 +354,10 @@ class Outbox:
                 self.m_errors.inc()
                 log.error("outbox write failed: %s: %s; refusing %d batch(es) (devices will "
                           "retry)", type(exc).__name__, exc, len(batch))
-                self._acks[:0] = acks  # deleting can wait for the next commit
+                if _is_corruption(exc):
+                    await self._quarantine_at_runtime(str(exc))
+                else:
+                    self._acks[:0] = acks  # deleting can wait for the next commit
             self.m_commits.inc()
             for _, fut in batch:
                 if not fut.done():
@@ -357,6 +369,16 @@ class Outbox:
                 self.new_data.set()
             if self._closing and not (self._pending or self._pending_events or self._acks):
                 return
+
+    async def _quarantine_at_runtime(self, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            kind, body = await loop.run_in_executor(self._executor, self._quarantine, reason)
+        except Exception as exc:  # noqa: BLE001 - nothing more to do than say so
+            log.critical("outbox: could not replace the corrupt file: %s", exc)
+            return
+        self._pending_events.append((kind, body, time.time(), loop.create_future()))
+        self._wake.set()
 
     # -- the writer thread ----------------------------------------------------------------
 
@@ -530,8 +552,14 @@ class Outbox:
 
     async def read_telemetry(self, after: int, max_readings: int) -> list[TelemetryRow]:
         """Oldest committed telemetry batches with id > ``after``, up to ~``max_readings``."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._read_telemetry_sync, after, max_readings)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._read_telemetry_sync, after, max_readings)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corruption(exc):
+                raise
+            await self._quarantine_at_runtime(str(exc))
+            return []
 
     def _read_telemetry_sync(self, after: int, max_readings: int) -> list[TelemetryRow]:
         assert self._db is not None
