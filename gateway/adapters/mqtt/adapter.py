@@ -1,0 +1,513 @@
+"""``type: mqtt`` — local devices through the broker on the gateway (mosquitto).
+
+Accept-then-acknowledge: gmqtt runs with ``optimistic_acknowledgement=False`` and an
+``async`` on_message, so the PUBACK carries the reason code our coroutine returns and
+leaves only once the readings are durable. Messages arriving in the same loop turn are
+pushed to the sink as one batch (one outbox row, one commit wait), which is what keeps
+the per-message cost low.
+
+When the sink refuses (queue full, store failing) the default is to *hold* the message:
+no PUBACK until a retry is accepted. mosquitto treats a PUBACK with an error code as
+final and discards the message, so answering 0x97 would lose it; holding keeps it in
+our session, and the broker's in-flight window (``receive_maximum``) throttles the
+flow meanwhile. ``on_refused: nack`` answers 0x97 at once instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import gmqtt
+from gmqtt.mqtt.constants import MQTTv50, PubRecReasonCode
+from gmqtt.storage import PersistentStorage
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
+from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
+from gateway.adapters.mqtt.decoders import DecodeError, Decoder
+from gateway.adapters.mqtt.topics import TopicTemplate
+from gateway.reading import Command, CommandResult, Reading
+
+OK = int(PubRecReasonCode.SUCCESS)
+NO_SUBSCRIBERS = int(PubRecReasonCode.NO_MATCHING_SUBSCRIBERS)
+QUOTA_EXCEEDED = int(PubRecReasonCode.QUOTA_EXCEEDED)
+PAYLOAD_INVALID = int(PubRecReasonCode.PAYLOAD_FORMAT_INVALID)
+IMPLEMENTATION_ERROR = int(PubRecReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
+
+#: readings per sink call at most (one outbox row each)
+MAX_BATCH = 5000
+#: distinct devices tracked for per-device malformed counts and once-only logs
+MAX_TRACKED = 1000
+#: held (refused) messages retry after this, doubling up to the max
+RETRY_INITIAL, RETRY_MAX = 0.05, 2.0
+#: stop() waits this long for accepted work before disconnecting
+DRAIN_TIMEOUT = 8.0
+_EXCERPT = 80
+
+
+class _Metrics:
+    """The adapter's metrics, registered once per registry (adapters restart)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter(
+            "gateway_mqtt_messages", "MQTT messages by outcome (accepted, malformed, "
+            "oversized, unmatched, refused)", ["adapter", "result"], registry=registry)
+        self.malformed = Counter(
+            "gateway_mqtt_malformed", "Undecodable MQTT payloads per device and reason",
+            ["adapter", "device", "reason"], registry=registry)
+        self.held = Gauge("gateway_mqtt_held", "Messages held unacknowledged after a refusal",
+                          ["adapter"], registry=registry)
+        self.connected = Gauge("gateway_mqtt_connected", "1 while connected to the broker",
+                               ["adapter"], registry=registry)
+        self.commands = Counter("gateway_mqtt_commands", "Commands and publishes by result",
+                                ["adapter", "result"], registry=registry)
+
+
+_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = \
+    weakref.WeakKeyDictionary()
+
+
+def _metrics(registry: CollectorRegistry) -> _Metrics:
+    m = _metrics_by_registry.get(registry)
+    if m is None:
+        m = _metrics_by_registry[registry] = _Metrics(registry)
+    return m
+
+
+class _MidRecorder(PersistentStorage):  # type: ignore[misc]
+    """gmqtt's in-flight store, remembering the packet id of the last publish.
+
+    ``Client.publish`` does not return the packet id; we need it to match the PUBACK.
+    """
+
+    last_mid = 0
+
+    def push_message(self, mid: int, raw_package: bytes) -> None:
+        self.last_mid = mid
+        super().push_message(mid, raw_package)
+
+
+def _excerpt(payload: bytes) -> str:
+    text = payload[:_EXCERPT].decode("utf-8", "replace")
+    return repr(text) + ("..." if len(payload) > _EXCERPT else "")
+
+
+class _Route:
+    __slots__ = ("template", "decoder", "sub")
+
+    def __init__(self, sub: SubscriptionConfig, prefix: str) -> None:
+        self.sub = sub
+        self.template = TopicTemplate(sub.topic)
+        self.decoder = Decoder(sub, prefix)
+
+
+class MqttAdapter(Adapter):
+    """Subscribes to device topics on a local broker; publishes commands back."""
+
+    Config = MqttConfig
+    config: MqttConfig
+
+    def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
+        super().__init__(config, ctx)
+        assert isinstance(config, MqttConfig)
+        self._routes = [_Route(s, self.prefix) for s in config.subscriptions]
+        self._route_cache: dict[str, tuple[_Route, dict[str, str]] | None] = {}
+        self._command_topic = TopicTemplate(config.commands.topic) if config.commands else None
+        m = _metrics(ctx.metrics)
+        name = ctx.name
+        self._m_accepted = m.messages.labels(name, "accepted")
+        self._m_malformed = m.messages.labels(name, "malformed")
+        self._m_oversized = m.messages.labels(name, "oversized")
+        self._m_unmatched = m.messages.labels(name, "unmatched")
+        self._m_refused = m.messages.labels(name, "refused")
+        self._m_bad_device = m.malformed
+        self._m_held = m.held.labels(name)
+        self._m_connected = m.connected.labels(name)
+        self._m_commands = m.commands
+        self._client: gmqtt.Client | None = None
+        self._storage = _MidRecorder()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batch: list[Reading] = []
+        self._batch_fut: asyncio.Future[bool] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._closed: asyncio.Future[None] | None = None
+        self._acks: dict[int, asyncio.Future[int]] = {}
+        self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        self._typed: set[str] = set()
+        self._logged: set[str] = set()
+        self._connected = asyncio.Event()
+        self.connects = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        loop = self._loop = asyncio.get_running_loop()
+        self._closed = loop.create_future()
+        client = gmqtt.Client(
+            cfg.client_id, clean_session=False, optimistic_acknowledgement=False,
+            persistent_storage=self._storage, logger=logging.getLogger("gateway.adapter.gmqtt"),
+            session_expiry_interval=int(cfg.session_expiry), receive_maximum=cfg.receive_maximum)
+        client.set_config({"reconnect_delay": cfg.reconnect_delay, "reconnect_retries": -1})
+        if cfg.username:
+            client.set_auth_credentials(cfg.username, cfg.password)
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        # gmqtt drops the reason code of PUBACKs to our publishes (a TODO in its handler);
+        # commands must know whether the broker took them, so read it here first
+        handler = client._package_handler
+        original = handler._handle_puback_packet
+
+        def on_puback(cmd: int, packet: bytes) -> None:
+            (mid,) = struct.unpack("!H", packet[:2])
+            code = packet[2] if len(packet) > 2 else OK
+            original(cmd, packet)
+            fut = self._acks.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(code)
+
+        handler._handle_puback_packet = on_puback
+        self._client = client
+        where = f"mqtt://{cfg.host}:{cfg.port}"
+        try:
+            await asyncio.wait_for(client.connect(cfg.host, cfg.port, keepalive=cfg.keepalive,
+                                                  version=MQTTv50), cfg.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            await self._give_up(client)
+            raise ConnectionError(f"cannot reach the device broker at {where}: "
+                                  f"{exc or type(exc).__name__}; is mosquitto running?") from None
+        except Exception as exc:
+            await self._give_up(client)
+            raise ConnectionError(f"device broker at {where} refused the connection: {exc} "
+                                  "(check username/password and the broker's ACL)") from None
+        try:
+            await self._subscribe()
+        except Exception:
+            await self._give_up(client)
+            raise
+        self.log.info("mqtt %s: connected to %s as %s, %d subscription(s): %s", self.prefix,
+                      where, cfg.client_id, len(self._routes),
+                      ", ".join(r.template.filter for r in self._routes))
+
+    async def _give_up(self, client: gmqtt.Client) -> None:
+        try:
+            await asyncio.wait_for(client.disconnect(), 2.0)
+        except Exception:  # noqa: BLE001 - already failing; the first error is the one to show
+            pass
+        self._client = None
+
+    async def _subscribe(self) -> None:
+        client = self._client
+        assert client is not None and self._loop is not None
+        subs = [gmqtt.Subscription(r.template.filter, qos=r.sub.qos) for r in self._routes]
+        mid = client.subscribe(subs)
+        fut = self._subacks[mid] = self._loop.create_future()
+        try:
+            granted = await asyncio.wait_for(fut, self.config.connect_timeout)
+        finally:
+            self._subacks.pop(mid, None)
+        refused = [s.topic for s, g in zip(subs, granted, strict=False) if g >= 0x80]
+        if refused:
+            raise PermissionError(f"broker refused subscription(s) {refused} (check its ACL)")
+
+    async def stop(self) -> None:
+        """Finish what is being accepted, acknowledge it, then disconnect.
+
+        Messages not accepted by then stay unacknowledged: the broker keeps them in our
+        session and sends them again when we reconnect.
+        """
+        self._stopping = True
+        self._flush_batch()
+        try:
+            await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
+        except TimeoutError:
+            self.log.warning("mqtt %s: %d message(s) still being accepted at stop; the broker "
+                             "will send them again", self.prefix, self._busy)
+        await asyncio.sleep(0)  # let gmqtt write the PUBACKs of the last accepted messages
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await asyncio.wait_for(client.disconnect(), 5.0)
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("mqtt %s: disconnect failed: %s", self.prefix, exc)
+        self._m_connected.set(0)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.cancel()
+        await super().stop()
+
+    # -- connection events -------------------------------------------------------------------
+
+    def _on_connect(self, client: gmqtt.Client, flags: int, rc: int, properties: Any) -> None:
+        self.connects += 1
+        self._connected.set()
+        self._m_connected.set(1)
+        if self.connects > 1:
+            self.log.info("mqtt %s: reconnected (session present: %s)", self.prefix,
+                          bool(flags))
+            if not flags and not self._stopping:
+                # the broker lost our session (expired or restarted without persistence)
+                self.spawn(self._resubscribe(), name=f"{self.prefix}:resubscribe")
+
+    async def _resubscribe(self) -> None:
+        try:
+            await self._subscribe()
+        except (TimeoutError, ConnectionError) as exc:
+            self.log.warning("mqtt %s: resubscribe failed: %s (retrying on next connect)",
+                             self.prefix, exc)
+
+    def _on_disconnect(self, client: gmqtt.Client, packet: Any, exc: Any = None) -> None:
+        self._connected.clear()
+        self._m_connected.set(0)
+        if not self._stopping:
+            self.log.warning("mqtt %s: lost the device broker; reconnecting every %.0f s",
+                             self.prefix, self.config.reconnect_delay)
+
+    def _on_subscribe(self, client: gmqtt.Client, mid: int, qos: tuple[int, ...],
+                      properties: Any) -> None:
+        fut = self._subacks.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(tuple(qos))
+
+    # -- receiving --------------------------------------------------------------------------
+
+    def _route(self, topic: str) -> tuple[_Route, dict[str, str]] | None:
+        hit = self._route_cache.get(topic, False)
+        if hit is False:
+            hit = None
+            for route in self._routes:
+                slots = route.template.match(topic)
+                if slots is not None:
+                    hit = (route, slots)
+                    break
+            if len(self._route_cache) < 50_000:
+                self._route_cache[topic] = hit
+        return hit  # type: ignore[return-value]
+
+    async def _on_message(self, client: gmqtt.Client, topic: str, payload: bytes, qos: int,
+                          properties: Any) -> int:
+        """Decode, accept, and return the PUBACK reason code (0 only once durable)."""
+        self._busy += 1
+        self._idle.clear()
+        try:
+            return await self._handle(topic, payload)
+        except Exception as exc:  # noqa: BLE001 - gmqtt would send no PUBACK at all
+            self.log.error("mqtt %s: failed on %s: %s: %s", self.prefix, topic,
+                           type(exc).__name__, exc, exc_info=True)
+            return IMPLEMENTATION_ERROR
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def _handle(self, topic: str, payload: bytes) -> int:
+        if self._stopping:
+            return await self._withhold()
+        hit = self._route(topic)
+        if hit is None:
+            self._m_unmatched.inc()
+            self._log_once(f"topic:{topic}", "mqtt %s: no subscription template matches %s "
+                           "(a subscription left in the broker session?); ignored",
+                           self.prefix, topic)
+            return OK
+        route, slots = hit
+        if len(payload) > self.config.max_payload:
+            self._m_oversized.inc()
+            self._bad(route, slots, "oversized", f"{len(payload)} bytes, more than max_payload "
+                      f"{self.config.max_payload}", topic, payload)
+            return PAYLOAD_INVALID
+        try:
+            readings = route.decoder.decode(slots, payload, time.time())
+        except DecodeError as exc:
+            self._m_malformed.inc()
+            self._bad(route, slots, exc.reason, str(exc), topic, payload)
+            return PAYLOAD_INVALID
+        if route.sub.device_type is not None:
+            self._declare_type(readings, route.sub.device_type)
+        ok = await self._submit(readings)
+        if not ok:
+            if self.config.on_refused == "nack":
+                self._m_refused.inc()
+                self._log_once("refused", "mqtt %s: outbox refused %d reading(s) from %s; "
+                               "answered 0x97 (on_refused: nack)", self.prefix, len(readings),
+                               topic)
+                return QUOTA_EXCEEDED
+            ok = await self._hold(readings, topic)
+            if not ok:
+                return await self._withhold()
+        self._m_accepted.inc()
+        return OK
+
+    async def _hold(self, readings: list[Reading], topic: str) -> bool:
+        """Retry a refused message until it is accepted (True) or we stop (False)."""
+        self._m_refused.inc()
+        self._m_held.inc()
+        self._log_once("held", "mqtt %s: outbox refused readings from %s; holding the "
+                       "message unacknowledged and retrying (logged once)", self.prefix, topic)
+        delay = RETRY_INITIAL
+        try:
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                if self._stopping:
+                    break
+                if await self._submit(readings):
+                    return True
+            return False
+        finally:
+            self._m_held.dec()
+
+    async def _withhold(self) -> int:
+        """Never acknowledge: wait until disconnected (the broker sends it again later)."""
+        assert self._closed is not None
+        self._busy -= 1
+        if not self._busy:
+            self._idle.set()
+        try:
+            await asyncio.shield(self._closed)
+        finally:
+            self._busy += 1
+        return IMPLEMENTATION_ERROR  # goes nowhere: the connection is closed
+
+    def _declare_type(self, readings: Sequence[Reading], device_type: str) -> None:
+        device = readings[0].device
+        if device in self._typed:
+            return
+        if len(self._typed) < 100_000:
+            self._typed.add(device)
+        self.ctx.devices.declare(device, type=device_type)
+
+    def _bad(self, route: _Route, slots: dict[str, str], reason: str, detail: str, topic: str,
+             payload: bytes) -> None:
+        native = slots.get("device")
+        device = f"{self.prefix}:{native}" if native else "unknown"
+        label = device if device in self._logged or len(self._logged) < MAX_TRACKED else "other"
+        self._m_bad_device.labels(self.prefix, label, reason).inc()
+        self._log_once(device, "mqtt %s: cannot decode %s payload on %s (%s): %s; payload "
+                       "%s (further bad payloads from %s are counted in "
+                       "gateway_mqtt_malformed, not logged)", self.prefix, route.sub.format,
+                       topic, reason, detail, _excerpt(payload), device)
+
+    def _log_once(self, key: str, msg: str, *args: Any) -> None:
+        if key in self._logged:
+            return
+        if len(self._logged) < MAX_TRACKED:
+            self._logged.add(key)
+        self.log.warning(msg, *args)
+
+    # -- batching into the sink ---------------------------------------------------------------
+
+    def _submit(self, readings: list[Reading]) -> asyncio.Future[bool]:
+        """Join the batch of this loop turn; resolves True once the batch is durable."""
+        fut = self._batch_fut
+        if fut is None:
+            assert self._loop is not None
+            fut = self._batch_fut = self._loop.create_future()
+            self._loop.call_soon(self._flush_batch)
+        self._batch.extend(readings)
+        if len(self._batch) >= MAX_BATCH:
+            self._flush_batch()
+        return fut
+
+    def _flush_batch(self) -> None:
+        fut, readings = self._batch_fut, self._batch
+        if fut is None:
+            return
+        self._batch_fut, self._batch = None, []
+        assert self._loop is not None
+        task = self._loop.create_task(self._accept(readings, fut))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _accept(self, readings: list[Reading], fut: asyncio.Future[bool]) -> None:
+        try:
+            ok = await self.ctx.sink.accept(readings)
+        except Exception as exc:  # noqa: BLE001 - a sink bug is a refusal, not a lost message
+            self.log.error("mqtt %s: sink failed: %s: %s", self.prefix, type(exc).__name__, exc)
+            ok = False
+        if not fut.done():
+            fut.set_result(ok)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1,
+                      retain: bool = False) -> CommandResult:
+        """Publish to a local topic; with QoS 1, wait for the broker's PUBACK."""
+        timeout = self.config.commands.timeout if self.config.commands else 5.0
+        result = await self._publish(topic, payload, qos, retain, timeout)
+        self._m_commands.labels(self.prefix, result.status).inc()
+        return result
+
+    async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                       timeout: float) -> CommandResult:
+        if not topic or "+" in topic or "#" in topic or topic.startswith("$"):
+            return CommandResult.refused(f"cannot publish to {topic!r}: a topic name has no "
+                                         "wildcards and does not start with $")
+        if qos not in (0, 1):
+            return CommandResult.unsupported(f"QoS {qos}: the gateway publishes with 0 or 1")
+        client = self._client
+        if client is None or not self._connected.is_set() or self._stopping:
+            return CommandResult.refused("not connected to the device broker; try again")
+        client.publish(topic, payload, qos=qos, retain=retain)
+        if qos == 0:
+            return CommandResult.sent(f"published to {topic} (QoS 0)")
+        assert self._loop is not None
+        fut = self._acks[self._storage.last_mid] = self._loop.create_future()
+        try:
+            code = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return CommandResult.timeout(f"no PUBACK for {topic} within {timeout:.1f} s "
+                                         "(it is sent again on reconnect)")
+        except asyncio.CancelledError:
+            if self._stopping:
+                return CommandResult.refused("adapter stopping")
+            raise
+        if code >= 0x80:
+            return CommandResult.refused(f"broker refused the publish to {topic} with reason "
+                                         f"code 0x{code:02x} (check its ACL)")
+        if code == NO_SUBSCRIBERS:
+            return CommandResult.sent(f"published to {topic}; no subscriber")
+        return CommandResult.sent(f"published to {topic}")
+
+    async def send(self, command: Command) -> CommandResult:
+        """Publish the command to the device's command topic (QoS 1 by default)."""
+        cmds = self.config.commands
+        if cmds is None or self._command_topic is None:
+            return CommandResult.unsupported(f"adapter {self.prefix} has no commands: topic "
+                                             "configured")
+        native = command.device.split(":", 1)[1] if ":" in command.device else ""
+        tmpl = self._command_topic
+        params = dict(command.params)
+        if cmds.payload == "envelope":
+            body: Any = {"action": command.action, "params": params}
+        elif "action" in tmpl.names or command.action == "set":
+            body = params
+        else:
+            return CommandResult.unsupported(
+                f"{tmpl.text!r} has no {{action}} and payload is params: only action 'set' "
+                f"can be sent, not {command.action!r}")
+        try:
+            topic = tmpl.fill(device=native, action=command.action)
+            payload = json.dumps(body, separators=(",", ":")).encode()
+        except (ValueError, TypeError) as exc:
+            return CommandResult.refused(f"cannot build the command: {exc}")
+        result = await self._publish(topic, payload, cmds.qos, cmds.retain, cmds.timeout)
+        if result.ok and result.detail.endswith("no subscriber") and not cmds.retain:
+            result = CommandResult.refused(f"no device is subscribed to {topic}")
+        self._m_commands.labels(self.prefix, result.status).inc()
+        return result
