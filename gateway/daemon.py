@@ -25,6 +25,7 @@ from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Supervisor
 from gateway.logs import setup_logging
 from gateway.notify import Notifier
+from gateway.rules.runtime import rules_and_filters
 from gateway.store.outbox import Outbox
 from gateway.uplink.client import Uplink
 
@@ -90,7 +91,8 @@ class Gateway:
         self.pipeline.observers.append(registry.observe)
         self.devices = registry
         try:
-            yield
+            async with rules_and_filters(self):
+                yield
         finally:
             await registry.stop()
 

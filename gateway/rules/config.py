@@ -188,12 +188,18 @@ def _deadband(value: Any) -> Any:
     return str(value)
 
 
+AggregateFn = Literal["avg", "min", "max", "count", "sum", "last"]
+
+
+def _default_functions() -> list[AggregateFn]:
+    return ["avg", "min", "max"]
+
+
 class AggregateSpec(Section):
     """Send one value per function per window instead of raw values."""
 
     window: Duration = Field(gt=0)
-    functions: list[Literal["avg", "min", "max", "count", "sum", "last"]] = Field(
-        default_factory=lambda: ["avg", "min", "max"], min_length=1)
+    functions: list[AggregateFn] = Field(default_factory=_default_functions, min_length=1)
 
 
 class FilterSpec(Section):

@@ -1,0 +1,711 @@
+"""The rule engine: evaluates rules on accepted readings and runs their actions.
+
+- ``observe`` is a pipeline observer on the hot path: it updates the engine's own
+  per-device latest values and windows, looks up the rules relevant to the reading's
+  (device, metric) in a cache built on first sight, and evaluates only those.
+- Each (rule, device) pair has a small state: active, pending since (``for``), last
+  fired (``cooldown``). Rules fire on the rising edge (``mode: edge``) or on every
+  reading while the condition holds (``mode: level``, rate-limited by ``cooldown``).
+- Actions never block the pipeline: they are rendered at firing time and run in their
+  own task. A failing action is logged and counted; nothing else notices.
+- State is written to ``rules-state.json`` in the state directory soon after a firing,
+  at most every few seconds otherwise, and at stop, so a ``for`` in progress and
+  cooldowns survive a restart without firing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from gateway.reading import Command, Reading
+from gateway.rules.config import ActionSpec, RuleSpec
+from gateway.rules.expr import (
+    ABSENT,
+    Compiled,
+    EvalError,
+    Program,
+    Template,
+    compile_expr,
+    compile_template,
+)
+
+log = logging.getLogger("gateway.rules")
+
+STATE_FILE = "rules-state.json"
+STATE_VERSION = 1
+#: a firing reaches the state file this soon; other changes within STATE_FLUSH_INTERVAL
+STATE_MIN_SPACING = 0.5
+STATE_FLUSH_INTERVAL = 5.0
+TICK = 1.0
+ACTION_TIMEOUT = 10.0
+#: firings whose actions are still running; beyond this new ones are dropped and counted
+MAX_PENDING_ACTIONS = 1000
+#: values kept per (device, metric) window, whatever its length
+WINDOW_MAX_ITEMS = 10_000
+#: device descriptions (name, type, tags) are re-read from the registry this often
+INFO_TTL = 10.0
+#: (device, metric) pairs remembered with their relevant rules before the cache restarts
+PLAN_MAX = 200_000
+ERROR_LOG_EVERY = 60.0
+
+#: rules whose actions produced the reading being accepted: they do not see it again
+_ORIGIN: ContextVar[frozenset[str]] = ContextVar("gateway_rules_origin", default=frozenset())
+_EMPTY: dict[str, Any] = {}
+
+
+class _Env:
+    """What a condition sees for one evaluation (reused across readings)."""
+
+    __slots__ = ("device", "metric", "value", "unit", "ts", "now", "values", "engine", "_info")
+
+    def __init__(self, engine: RuleEngine) -> None:
+        self.engine = engine
+        self.device = ""
+        self.metric = ""
+        self.value: Any = ABSENT
+        self.unit: str | None = None
+        self.ts = 0.0
+        self.now = 0.0
+        self.values: dict[str, Any] = _EMPTY
+        self._info: dict[str, Any] | None = None
+
+    def load(self, device: str, reading: Reading | None, now: float) -> _Env:
+        self.device = device
+        if reading is None:
+            self.metric, self.value, self.unit, self.ts = "", ABSENT, None, now
+        else:
+            self.metric, self.value, self.unit, self.ts = (reading.metric, reading.value,
+                                                           reading.unit, reading.ts)
+        self.now = now
+        self.values = self.engine._latest.get(device, _EMPTY)
+        self._info = None
+        return self
+
+    def latest(self, metric: str) -> Any:
+        if metric == self.metric:
+            return self.value
+        return self.values.get(metric, ABSENT)
+
+    def window(self, metric: str) -> Sequence[tuple[float, Any]]:
+        return self.engine._windows.get((self.device, metric), ())
+
+    def info(self, key: str) -> Any:
+        if key == "id":
+            return self.device
+        if key == "online":
+            return self.engine.is_online(self.device)
+        if self._info is None:
+            self._info = self.engine.device_info(self.device)
+        v = self._info.get(key)
+        if v is None:
+            return [] if key == "tags" else ABSENT
+        return v
+
+
+class _Action:
+    """One configured action, compiled."""
+
+    def __init__(self, spec: ActionSpec) -> None:
+        self.spec = spec
+        self.kind = spec.kind
+        self.templates: dict[str, Template] = {}
+        self.value: Program | None = None
+        if spec.alert is not None:
+            self.templates["message"] = compile_template(spec.alert.message)
+        elif spec.command is not None:
+            if spec.command.device is not None:
+                self.templates["device"] = compile_template(spec.command.device)
+        elif spec.publish is not None:
+            self.templates["topic"] = compile_template(spec.publish.topic)
+            if spec.publish.payload is not None:
+                self.templates["payload"] = compile_template(spec.publish.payload)
+        elif spec.set is not None:
+            self.value = compile_expr(spec.set.value)
+            if spec.set.device is not None:
+                self.templates["device"] = compile_template(spec.set.device)
+
+    def programs(self) -> list[Program]:
+        out = [p for t in self.templates.values() for p in t.programs]
+        if self.value is not None:
+            out.append(self.value)
+        return out
+
+
+class _Rule:
+    __slots__ = ("index", "name", "spec", "when", "clear", "for_", "cooldown", "level",
+                 "devices", "metrics", "triggers", "any_metric", "uses_online", "actions",
+                 "on_clear", "fingerprint", "programs")
+
+    def __init__(self, index: int, spec: RuleSpec) -> None:
+        self.index = index
+        self.name = spec.name
+        self.spec = spec
+        when = compile_expr(spec.when)
+        clear = compile_expr(spec.clear) if spec.clear is not None else None
+        self.when: Compiled = when.fn
+        self.clear: Compiled | None = clear.fn if clear is not None else None
+        self.for_ = spec.for_
+        self.cooldown = spec.cooldown
+        self.level = spec.mode == "level"
+        self.devices = tuple(spec.device)
+        self.metrics = tuple(spec.metric) if spec.metric is not None else None
+        conds = [when] + ([clear] if clear is not None else [])
+        self.triggers: set[str] = set()
+        for p in conds:
+            self.triggers |= p.metrics
+        # a condition that names no metric but reads the reading's value runs on every metric
+        self.any_metric = not self.triggers and any(p.reading_fields for p in conds)
+        self.uses_online = any("online" in p.device_fields for p in conds)
+        self.actions = [_Action(a) for a in spec.actions]
+        self.on_clear = [_Action(a) for a in spec.on_clear]
+        self.programs: list[Program] = conds + [p for a in self.actions + self.on_clear
+                                                for p in a.programs()]
+        key = json.dumps([spec.when, spec.clear, spec.for_, spec.device, spec.metric],
+                         sort_keys=True)
+        self.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
+
+    def matches_device(self, device: str) -> bool:
+        return any(p == "*" or fnmatch.fnmatchcase(device, p) for p in self.devices)
+
+    def triggered_by(self, metric: str) -> bool:
+        if self.metrics is not None:
+            return any(fnmatch.fnmatchcase(metric, p) for p in self.metrics)
+        return metric in self.triggers or self.any_metric
+
+
+class _State:
+    __slots__ = ("active", "since", "fired", "reading")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.since: float | None = None  # condition true since (waiting out ``for``)
+        self.fired: float | None = None
+        self.reading: Reading | None = None  # what the pending condition last saw
+
+    def idle(self, cooldown: float, now: float) -> bool:
+        return not self.active and self.since is None and (
+            self.fired is None or now - self.fired >= cooldown)
+
+
+Job = Callable[[], Awaitable[None]]
+
+
+class RuleEngine:
+    """Evaluates rules on accepted readings; see the module docstring.
+
+    ``host`` is the running gateway (or anything with ``outbox``, ``supervisor``,
+    ``pipeline`` and ``devices`` attributes); they are looked up when an action runs,
+    because the supervisor starts after the core.
+    """
+
+    def __init__(self, rules: Sequence[RuleSpec], host: Any, metrics: CollectorRegistry,
+                 state_dir: Path | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.host = host
+        self.clock = clock
+        self.rules = [_Rule(i, spec) for i, spec in enumerate(rules) if spec.enabled]
+        self.state_path = state_dir / STATE_FILE if state_dir is not None else None
+        self._states: dict[tuple[int, str], _State] = {}
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._windows: dict[tuple[str, str], deque[tuple[float, Any]]] = {}
+        self._online: dict[str, bool] = {}
+        self._info: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._plan: dict[tuple[str, str], tuple[_Rule, ...]] = {}
+        self._env = _Env(self)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dirty = False
+        self._urgent = asyncio.Event()
+        self._last_write = 0.0
+        self._runner: asyncio.Task[None] | None = None
+        self._listening = False
+        self._error_logged: dict[str, float] = {}
+        self.referenced: set[str] = set()
+        self.window_len: dict[str, float] = {}
+        self._online_rules = [r for r in self.rules if r.uses_online]
+        for rule in self.rules:
+            for p in rule.programs:
+                self.referenced |= p.metrics
+                for m, secs in p.windows.items():
+                    self.window_len[m] = max(self.window_len.get(m, 0.0), secs)
+        self.m_fired = Counter("gateway_rule_fired", "Rule firings (actions started)", ["rule"],
+                               registry=metrics)
+        self.m_cleared = Counter("gateway_rule_cleared", "Rules that cleared", ["rule"],
+                                 registry=metrics)
+        self.m_suppressed = Counter("gateway_rule_suppressed",
+                                    "Firings suppressed by the rule's cooldown", ["rule"],
+                                    registry=metrics)
+        self.m_errors = Counter("gateway_rule_eval_errors",
+                                "Conditions that failed to evaluate (treated as absent)",
+                                ["rule"], registry=metrics)
+        self.m_actions = Counter("gateway_rule_actions", "Actions that completed",
+                                 ["rule", "action"], registry=metrics)
+        self.m_action_failures = Counter("gateway_rule_action_failures", "Actions that failed",
+                                         ["rule", "action"], registry=metrics)
+        self.m_alerts = Counter("gateway_alerts", "Alerts raised by rules", ["severity"],
+                                registry=metrics)
+        self.m_dropped = Counter("gateway_rule_actions_dropped",
+                                 "Firings whose actions were dropped (too many still running)",
+                                 registry=metrics)
+        self.m_state_errors = Counter("gateway_rule_state_write_errors",
+                                      "Failed writes of the rule state file", registry=metrics)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load saved state and start the timer (``for`` deadlines, state writes)."""
+        if self.state_path is not None:
+            self._load_state()
+        self._listen()
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="rules")
+        if self.rules:
+            log.info("rules: %d rule(s) loaded, %d state(s) restored", len(self.rules),
+                     len(self._states))
+
+    async def stop(self) -> None:
+        """Let running actions finish (bounded), then write the state a last time."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=ACTION_TIMEOUT)
+        await self.save(force=True)
+
+    def _listen(self) -> None:
+        devices = getattr(self.host, "devices", None)
+        if self._listening or devices is None or not hasattr(devices, "add_listener"):
+            return
+        devices.add_listener(self.on_online)
+        self._listening = True
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent.wait(), TICK)
+            self._listen()  # the registry may appear after the core started
+            self.tick()
+            if self._urgent.is_set():
+                # a firing: write soon, but never more often than STATE_MIN_SPACING
+                gap = STATE_MIN_SPACING - (time.monotonic() - self._last_write)
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                self._urgent.clear()
+                await self.save()
+            elif self._dirty and time.monotonic() - self._last_write >= STATE_FLUSH_INTERVAL:
+                await self.save()
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def observe(self, readings: Sequence[Reading]) -> None:
+        """Pipeline observer: update values and windows, evaluate the relevant rules."""
+        now = self.clock()
+        latest = self._latest
+        referenced = self.referenced
+        windowed = self.window_len
+        for r in readings:
+            m = r.metric
+            if m in referenced:
+                vals = latest.get(r.device)
+                if vals is None:
+                    vals = latest[r.device] = {}
+                vals[m] = r.value
+                if m in windowed:
+                    self._add_window(r, windowed[m])
+        skip = _ORIGIN.get()
+        plan = self._plan
+        env = self._env
+        for r in readings:
+            rules = plan.get((r.device, r.metric))
+            if rules is None:
+                rules = self._plan_for(r.device, r.metric)
+            if not rules:
+                continue
+            env.load(r.device, r, now)
+            for rule in rules:
+                if skip and rule.name in skip:
+                    continue
+                self._evaluate(rule, env, r)
+
+    def _add_window(self, r: Reading, span: float) -> None:
+        key = (r.device, r.metric)
+        dq = self._windows.get(key)
+        if dq is None:
+            dq = self._windows[key] = deque(maxlen=WINDOW_MAX_ITEMS)
+        dq.append((r.ts, r.value))
+        edge = r.ts - span
+        while dq[0][0] <= edge:
+            dq.popleft()
+
+    def _plan_for(self, device: str, metric: str) -> tuple[_Rule, ...]:
+        if len(self._plan) >= PLAN_MAX:
+            self._plan.clear()
+        rules = tuple(r for r in self.rules if r.triggered_by(metric) and r.matches_device(device))
+        self._plan[(device, metric)] = rules
+        return rules
+
+    def _evaluate(self, rule: _Rule, env: _Env, reading: Reading | None) -> None:
+        try:
+            res = rule.when(env)
+        except Exception as exc:  # noqa: BLE001 - a bad value must not stop the pipeline
+            self._eval_failed(rule, env, exc)
+            return
+        key = (rule.index, env.device)
+        st = self._states.get(key)
+        if st is None:
+            if res is ABSENT or not res:
+                return
+            st = self._states[key] = _State()
+        if st.active:
+            if rule.clear is not None:
+                try:
+                    cleared = rule.clear(env)
+                except Exception as exc:  # noqa: BLE001
+                    self._eval_failed(rule, env, exc)
+                    return
+                if cleared is not ABSENT and cleared:
+                    self._clear(rule, st, env)
+                    return
+            elif res is not ABSENT and not res:
+                self._clear(rule, st, env)
+                return
+            if rule.level and res is not ABSENT and res:
+                self._fire(rule, st, env)
+            return
+        if res is ABSENT:
+            return
+        if not res:
+            if st.since is not None:
+                st.since = None
+                st.reading = None
+                self._dirty = True
+            return
+        if rule.for_:
+            st.reading = reading
+            if st.since is None:
+                st.since = env.now
+                self._dirty = True
+            if env.now - st.since < rule.for_:
+                return
+        self._fire(rule, st, env)
+
+    def _eval_failed(self, rule: _Rule, env: _Env, exc: Exception) -> None:
+        self.m_errors.labels(rule.name).inc()
+        last = self._error_logged.get(rule.name, 0.0)
+        now = time.monotonic()
+        if now - last >= ERROR_LOG_EVERY:
+            self._error_logged[rule.name] = now
+            kind = "" if isinstance(exc, EvalError) else f"{type(exc).__name__}: "
+            log.warning("rule %s: condition failed on %s %s=%r: %s%s (treated as absent; "
+                        "logged once a minute)", rule.name, env.device, env.metric or "-",
+                        env.value, kind, exc)
+
+    # -- transitions --------------------------------------------------------------------------
+
+    def _fire(self, rule: _Rule, st: _State, env: _Env) -> None:
+        now = env.now
+        st.since = None
+        st.reading = None
+        if rule.cooldown and st.fired is not None and now - st.fired < rule.cooldown:
+            if not st.active:
+                self._dirty = True
+            st.active = True
+            self.m_suppressed.labels(rule.name).inc()
+            log.debug("rule %s on %s: in cooldown, not firing", rule.name, env.device)
+            return
+        st.active = True
+        st.fired = now
+        self._dirty = True
+        self._urgent.set()
+        self.m_fired.labels(rule.name).inc()
+        log.info("rule %s fired on %s (%s=%r)", rule.name, env.device, env.metric or "-",
+                 env.value if env.value is not ABSENT else None)
+        self._launch(rule, [(a.kind, self._prepare(rule, a, env, "firing"))
+                           for a in rule.actions])
+
+    def _clear(self, rule: _Rule, st: _State, env: _Env) -> None:
+        st.active = False
+        st.since = None
+        st.reading = None
+        self._dirty = True
+        self.m_cleared.labels(rule.name).inc()
+        log.info("rule %s cleared on %s", rule.name, env.device)
+        if rule.on_clear:
+            self._launch(rule, [(a.kind, self._prepare(rule, a, env, "cleared"))
+                               for a in rule.on_clear])
+
+    def tick(self, now: float | None = None) -> None:
+        """Fire rules whose ``for`` ran out without a new reading; drop idle states."""
+        now = self.clock() if now is None else now
+        by_index = {r.index: r for r in self.rules}
+        for key, st in list(self._states.items()):
+            rule = by_index.get(key[0])
+            if rule is None:
+                continue
+            if not st.active and st.since is not None and now - st.since >= rule.for_:
+                env = _Env(self).load(key[1], st.reading, now)
+                self._fire(rule, st, env)
+            elif st.idle(rule.cooldown, now):
+                del self._states[key]
+                self._dirty = True
+
+    def on_online(self, device: str, online: bool) -> None:
+        """Device registry listener: re-evaluate rules that read ``device.online``."""
+        self._online[device] = online
+        if not self._online_rules:
+            return
+        env = _Env(self).load(device, None, self.clock())
+        skip = _ORIGIN.get()
+        for rule in self._online_rules:
+            if rule.name not in skip and rule.matches_device(device):
+                self._evaluate(rule, env, None)
+
+    # -- device facts ---------------------------------------------------------------------------
+
+    def is_online(self, device: str) -> Any:
+        o = self._online.get(device)
+        if o is not None:
+            return o
+        devices = getattr(self.host, "devices", None)
+        if devices is not None and hasattr(devices, "is_online"):
+            return bool(devices.is_online(device))
+        return ABSENT
+
+    def device_info(self, device: str) -> dict[str, Any]:
+        now = time.monotonic()
+        hit = self._info.get(device)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        info: dict[str, Any] = {}
+        devices = getattr(self.host, "devices", None)
+        if devices is not None and hasattr(devices, "get"):
+            try:
+                got = devices.get(device)
+            except Exception as exc:  # noqa: BLE001 - a registry bug must not stop rules
+                log.warning("device registry lookup of %s failed: %s", device, exc)
+                got = None
+            if isinstance(got, dict):
+                info = {k: v for k, v in got.items() if k != "values"}
+        if ":" in device:
+            info.setdefault("adapter", device.split(":", 1)[0])
+        if len(self._info) >= PLAN_MAX:
+            self._info.clear()
+        self._info[device] = (now + INFO_TTL, info)
+        return info
+
+    # -- actions ----------------------------------------------------------------------------------
+
+    def _prepare(self, rule: _Rule, action: _Action, env: _Env, state: str) -> Job:
+        """Render an action now (values as they are at firing); return what runs later."""
+        value = None if env.value is ABSENT else env.value
+        event: dict[str, Any] = {
+            "rule": rule.name, "state": state, "device": env.device,
+            "metric": env.metric or None, "value": value, "unit": env.unit,
+            "ts": env.ts,
+        }
+        t = action.templates
+        spec = action.spec
+        if spec.alert is not None:
+            severity = spec.alert.severity
+            body = {**event, "severity": severity, "message": t["message"].render(env)}
+            return lambda: self._alert(body)
+        if spec.command is not None:
+            device = t["device"].render(env) if "device" in t else env.device
+            command = Command(device, spec.command.action, dict(spec.command.params))
+            return lambda: self._command(command)
+        if spec.publish is not None:
+            pub = spec.publish
+            topic = t["topic"].render(env)
+            payload = t["payload"].render(env) if "payload" in t else json.dumps(event)
+            return lambda: self._publish(pub.adapter, topic, payload, pub.qos, pub.retain)
+        assert spec.set is not None and action.value is not None
+        s = spec.set
+        try:
+            derived = action.value.fn(env)
+        except EvalError as exc:
+            raise_later = f"set {s.metric}: {exc}"
+            return lambda: self._fail(raise_later)
+        device = t["device"].render(env) if "device" in t else env.device
+        if derived is ABSENT:
+            return lambda: self._skip(f"set {s.metric}: value is absent")
+        if isinstance(derived, float) and derived != derived:
+            return lambda: self._fail(f"set {s.metric}: value is not a number")
+        reading = Reading(device, s.metric, derived, s.unit, env.ts)
+        return lambda: self._set(reading)
+
+    def _launch(self, rule: _Rule, jobs: list[tuple[str, Job]]) -> None:
+        if len(self._tasks) >= MAX_PENDING_ACTIONS:
+            self.m_dropped.inc()
+            log.error("rule %s: %d firings still running their actions; dropping this one",
+                      rule.name, len(self._tasks))
+            return
+        origin = _ORIGIN.get() | {rule.name}
+        task = asyncio.get_running_loop().create_task(self._run_jobs(rule, jobs, origin))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_jobs(self, rule: _Rule, jobs: list[tuple[str, Job]],
+                        origin: frozenset[str]) -> None:
+        _ORIGIN.set(origin)
+        for kind, job in jobs:
+            try:
+                await asyncio.wait_for(job(), ACTION_TIMEOUT)
+            except _Skipped:
+                continue
+            except Exception as exc:  # noqa: BLE001 - a failing action is counted, not fatal
+                self.m_action_failures.labels(rule.name, kind).inc()
+                detail = "timed out" if isinstance(exc, TimeoutError) else str(exc) or \
+                    type(exc).__name__
+                log.error("rule %s: %s action failed: %s", rule.name, kind, detail)
+                continue
+            self.m_actions.labels(rule.name, kind).inc()
+
+    async def _alert(self, body: dict[str, Any]) -> None:
+        severity = body["severity"]
+        self.m_alerts.labels(severity).inc()
+        level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
+        log.log(level, "ALERT %s [%s] %s: %s", body["rule"], severity, body["device"],
+                body["message"])
+        outbox = getattr(self.host, "outbox", None)
+        if outbox is None:
+            raise ActionError("no outbox to queue the alert in")
+        if not await outbox.append_event("alert", body):
+            raise ActionError("the outbox refused the alert (full or failing)")
+
+    async def _command(self, command: Command) -> None:
+        supervisor = getattr(self.host, "supervisor", None)
+        if supervisor is None:
+            raise ActionError("adapters are not running yet")
+        result = await supervisor.send(command)
+        if not result.ok:
+            raise ActionError(f"command {command.action} to {command.device}: "
+                              f"{result.status}: {result.detail}")
+
+    async def _publish(self, adapter: str | None, topic: str, payload: str, qos: int,
+                       retain: bool) -> None:
+        supervisor = getattr(self.host, "supervisor", None)
+        running = dict(getattr(supervisor, "adapters", None) or {})
+        if adapter is not None:
+            target = running.get(adapter)
+            if target is None or not callable(getattr(target, "publish", None)):
+                raise ActionError(f"adapter {adapter!r} is not running or cannot publish")
+        else:
+            target = next((a for a in running.values()
+                           if callable(getattr(a, "publish", None))), None)
+            if target is None:
+                raise ActionError("no running adapter can publish (add an mqtt adapter)")
+        await target.publish(topic, payload, qos, retain)
+
+    async def _set(self, reading: Reading) -> None:
+        pipeline = getattr(self.host, "pipeline", None)
+        if pipeline is None:
+            raise ActionError("no pipeline to feed the derived reading into")
+        if not await pipeline.accept([reading]):
+            raise ActionError(f"derived {reading.metric} of {reading.device} refused "
+                              "(outbox full or failing)")
+
+    async def _fail(self, detail: str) -> None:
+        raise ActionError(detail)
+
+    async def _skip(self, detail: str) -> None:
+        log.debug("%s; nothing derived", detail)
+        raise _Skipped()
+
+    # -- persistence --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state worth keeping across a restart, JSON-ready."""
+        now = self.clock()
+        out: dict[str, Any] = {}
+        by_index = {r.index: r for r in self.rules}
+        for (index, device), st in self._states.items():
+            rule = by_index.get(index)
+            if rule is None or st.idle(rule.cooldown, now):
+                continue
+            entry = out.setdefault(rule.name, {"fp": rule.fingerprint, "devices": {}})
+            r = st.reading
+            entry["devices"][device] = {
+                "active": st.active, "since": st.since, "fired": st.fired,
+                "reading": [r.metric, r.value, r.unit, r.ts] if r is not None else None,
+            }
+        return {"version": STATE_VERSION, "saved": now, "rules": out}
+
+    async def save(self, force: bool = False) -> None:
+        """Write the state file if anything changed (or ``force``)."""
+        if self.state_path is None or not (self._dirty or force):
+            return
+        self._dirty = False
+        self._last_write = time.monotonic()
+        data = self.snapshot()
+        try:
+            await asyncio.to_thread(_write_json, self.state_path, data)
+        except Exception as exc:  # noqa: BLE001 - keep running; retry on the next change
+            self._dirty = True
+            self.m_state_errors.inc()
+            log.error("could not write rule state %s: %s (will retry)", self.state_path, exc)
+
+    def _load_state(self) -> None:
+        assert self.state_path is not None
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+                raise ValueError(f"unknown format (version {data.get('version')!r})"
+                                 if isinstance(data, dict) else "not a JSON object")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("rule state %s unreadable (%s); starting without it: rules in a `for` "
+                      "or cooldown start over", self.state_path, exc)
+            return
+        by_name = {r.name: r for r in self.rules}
+        for name, entry in (data.get("rules") or {}).items():
+            rule = by_name.get(name)
+            if rule is None or not isinstance(entry, dict):
+                continue
+            if entry.get("fp") != rule.fingerprint:
+                log.info("rule %s changed since its state was saved; starting it afresh", name)
+                continue
+            for device, s in (entry.get("devices") or {}).items():
+                try:
+                    st = _State()
+                    st.active = bool(s["active"])
+                    st.since = float(s["since"]) if s.get("since") is not None else None
+                    st.fired = float(s["fired"]) if s.get("fired") is not None else None
+                    if s.get("reading"):
+                        m, v, u, ts = s["reading"]
+                        st.reading = Reading(device, m, v, u, float(ts))
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("rule state: skipping %s/%s: %s", name, device, exc)
+                    continue
+                self._states[(rule.index, device)] = st
+
+
+class ActionError(Exception):
+    """An action could not be carried out; logged and counted by the engine."""
+
+
+class _Skipped(Exception):
+    pass
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
