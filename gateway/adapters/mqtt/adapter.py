@@ -454,7 +454,7 @@ class MqttAdapter(Adapter):
         return result
 
     async def _publish(self, topic: str, payload: bytes, qos: int, retain: bool,
-                       timeout: float) -> CommandResult:
+                       ack_wait: float) -> CommandResult:
         if not topic or "+" in topic or "#" in topic or topic.startswith("$"):
             return CommandResult.refused(f"cannot publish to {topic!r}: a topic name has no "
                                          "wildcards and does not start with $")
@@ -469,9 +469,9 @@ class MqttAdapter(Adapter):
         assert self._loop is not None
         fut = self._acks[self._storage.last_mid] = self._loop.create_future()
         try:
-            code = await asyncio.wait_for(fut, timeout)
+            code = await asyncio.wait_for(fut, ack_wait)
         except TimeoutError:
-            return CommandResult.timeout(f"no PUBACK for {topic} within {timeout:.1f} s "
+            return CommandResult.timeout(f"no PUBACK for {topic} within {ack_wait:.1f} s "
                                          "(it is sent again on reconnect)")
         except asyncio.CancelledError:
             if self._stopping:
