@@ -96,7 +96,7 @@ def _round(value: float, factor: float) -> float | int:
         return int(value)
     # keep the resolution the sensor sent, not binary noise (0.1 * 213 = 21.3000...04)
     digits = max(0, -int(f"{factor:e}".split("e")[1]))
-    return round(value, digits)
+    return round(value, digits) if digits else int(round(value))
 
 
 def cayenne_lpp(data: bytes) -> list[Candidate]:

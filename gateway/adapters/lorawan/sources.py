@@ -152,29 +152,25 @@ class GrpcStreamSource:
             await asyncio.sleep(delay)
 
     async def _consume(self, eui: str, call: Any) -> int:
-        delivered = skipped = 0
-        try:
-            async for item in call:
-                if self._stopping:
-                    break
-                if self.state.already_seen(eui, item.id):
-                    skipped += 1
-                    continue
-                kind = item.description
-                try:
-                    event = parse_json(kind, item.body)
-                except MalformedEvent as exc:
-                    # poison: skip it for good, or every reconnect would stumble on it again
-                    self.hooks.malformed(exc.reason, f"device {eui}, item {item.id}: {exc}")
-                    self.state.record(eui, cursor=item.id)
-                    await self.state.save()
-                    continue
-                if not await self.handler(Delivery(kind, event, eui, item.id)):
-                    break  # stopping with readings refused: the next run replays them
-                delivered += 1
-        finally:
-            if skipped:
-                self.hooks.replay_skipped(skipped)
+        delivered = 0
+        async for item in call:
+            if self._stopping:
+                break
+            if self.state.already_seen(eui, item.id):
+                self.hooks.replay_skipped(1)
+                continue
+            kind = item.description
+            try:
+                event = parse_json(kind, item.body)
+            except MalformedEvent as exc:
+                # poison: skip it for good, or every reconnect would stumble on it again
+                self.hooks.malformed(exc.reason, f"device {eui}, item {item.id}: {exc}")
+                self.state.record(eui, cursor=item.id)
+                await self.state.save()
+                continue
+            if not await self.handler(Delivery(kind, event, eui, item.id)):
+                break  # stopping with readings refused: the next run replays them
+            delivered += 1
         return delivered
 
     async def stop(self) -> None:
