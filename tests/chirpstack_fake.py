@@ -304,7 +304,7 @@ class ThreadedFakeChirpStack:
         self.cs: FakeChirpStack | None = None
 
     def call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        """Run ``fn(*args)`` (sync or coroutine function) on the server's loop; return its result."""
+        """Run ``fn(*args)`` (plain or coroutine) on the server's loop; return the result."""
         async def run() -> Any:
             r = fn(*args, **kw)
             if asyncio.iscoroutine(r):

@@ -58,7 +58,8 @@ def make_adapter(state_dir: Path, registry: CollectorRegistry | None = None,
     return LorawanAdapter(cfg, ctx)
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0,  # noqa: ASYNC109
+                     what: str = "") -> None:
     """Poll ``cond`` every 20 ms until true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
