@@ -1,0 +1,100 @@
+"""LoRaWAN payload decoders: Cayenne LPP, declarative byte layouts, codec objects, field maps."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.adapters.lorawan.config import LayoutField, LorawanConfig, ProfileConfig
+from gateway.adapters.lorawan.decode import (
+    DecodeError,
+    apply_fields,
+    cayenne_lpp,
+    decode_layout,
+    flatten_object,
+    snake,
+)
+
+
+def test_cayenne_reference_payloads_decode_to_senml_units() -> None:
+    # the examples of the Cayenne LPP specification
+    assert cayenne_lpp(bytes.fromhex("03670110056700ff")) == [
+        ("temperature_3", 27.2, "Cel"), ("temperature_5", 25.5, "Cel")]
+    assert cayenne_lpp(bytes.fromhex("0167ffd7")) == [("temperature_1", -4.1, "Cel")]
+    assert cayenne_lpp(bytes.fromhex("067104d2fb2e0000")) == [
+        ("acceleration_x_6", round(1.234 * 9.80665, 5), "m/s2"),
+        ("acceleration_y_6", round(-1.234 * 9.80665, 5), "m/s2"),
+        ("acceleration_z_6", 0.0, "m/s2")]
+    assert cayenne_lpp(bytes.fromhex("018806765ff2960a0003e8")) == [
+        ("latitude_1", 42.3519, "lat"), ("longitude_1", -87.9094, "lon"),
+        ("altitude_1", 10.0, "m")]
+
+
+def test_cayenne_humidity_pressure_presence_and_illuminance() -> None:
+    got = cayenne_lpp(bytes.fromhex("0268610473279505660106650190"))
+    assert got == [("humidity_2", 48.5, "%RH"), ("pressure_4", 101330, "Pa"),
+                   ("presence_5", True, None), ("illuminance_6", 400, "lx")]
+
+
+@pytest.mark.parametrize("payload", ["0367", "036701", "03ff0000", "0688010203"])
+def test_cayenne_truncated_or_unknown_payload_is_an_error(payload: str) -> None:
+    with pytest.raises(DecodeError):
+        cayenne_lpp(bytes.fromhex(payload))
+
+
+def test_layout_reads_fields_in_sequence_and_at_offsets() -> None:
+    layout = [
+        LayoutField(name="temperature", type="int16", scale=0.01, unit="Cel"),
+        LayoutField(name="humidity", type="uint8", scale=0.5, unit="%RH"),
+        LayoutField(name="count", type="uint24", endian="little"),
+        LayoutField(name="door_open", type="bool", offset=6, bit=2),
+        LayoutField(name="flow", type="float32", offset=7, decimals=2, unit="m3/s"),
+    ]
+    data = bytes.fromhex("f8a4" "5b" "102700" "04" "3fc00000")
+    assert decode_layout(data, layout) == [
+        ("temperature", -18.84, "Cel"), ("humidity", 45.5, "%RH"), ("count", 10000, None),
+        ("door_open", True, None), ("flow", 1.5, "m3/s")]
+
+
+def test_layout_short_payload_names_the_field() -> None:
+    layout = [LayoutField(name="a", type="uint16"), LayoutField(name="b", type="int32")]
+    with pytest.raises(DecodeError, match="'b'"):
+        decode_layout(b"\x00\x01\x02", layout)
+
+
+def test_object_flattening_and_field_map() -> None:
+    obj = {"TempC_SHT": 21.5, "sensor": {"batV": 3.0, "status": "ok"}, "list": [1.0, 2.5],
+           "nothing": None}
+    profile = ProfileConfig(fields={"TempC_SHT": {"metric": "temperature", "unit": "Cel"},
+                                    "sensor_batV": {"metric": "battery_voltage", "unit": "V",
+                                                    "scale": 1000, "offset": 0},
+                                    "list_1": {"drop": True}})
+    got = apply_fields(flatten_object(obj), profile)
+    assert got == [("temperature", 21.5, "Cel"), ("battery_voltage", 3000, "V"),
+                   ("sensor_status", "ok", None), ("list_0", 1, None)]
+    strict = profile.model_copy(update={"unmapped": "drop"})
+    assert [m for m, _, _ in apply_fields(flatten_object(obj), strict)] == [
+        "temperature", "battery_voltage"]
+
+
+def test_snake_case_metric_names() -> None:
+    assert snake("TempC_SHT") == "temp_c_sht"
+    assert snake("batV") == "bat_v"
+    assert snake("PM2.5") == "pm2_5"
+    assert snake("1st") == "m_1st"
+
+
+def test_config_requires_scope_and_a_token() -> None:
+    with pytest.raises(ValidationError, match="tenant_id"):
+        LorawanConfig.model_validate({"type": "lorawan", "api_token": "x"})
+    with pytest.raises(ValidationError, match="api_token"):
+        LorawanConfig.model_validate({"type": "lorawan", "tenant_id": "t"})
+    with pytest.raises(ValidationError, match="layout"):
+        ProfileConfig.model_validate({"decoder": "layout"})
+    with pytest.raises(ValidationError, match="hex"):
+        LorawanConfig.model_validate({"type": "lorawan", "api_token": "x", "tenant_id": "t",
+                                      "profiles": {"p": {"commands": {
+                                          "open": {"f_port": 1, "data": "xyz"}}}}})
+    cfg = LorawanConfig.model_validate({"type": "lorawan", "api_token": "s3cret",
+                                        "applications": ["a"]})
+    assert "s3cret" not in repr(cfg)
