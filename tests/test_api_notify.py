@@ -125,7 +125,7 @@ async def test_watchdog_pings_stop_while_the_event_loop_is_stalled(
     try:
         await asyncio.sleep(0.3)
         stall_start = time.monotonic()
-        time.sleep(0.6)  # a blocking call: the loop cannot run the pinger
+        time.sleep(0.6)  # noqa: ASYNC251 - block the loop on purpose: no pinger can run
         stall_end = time.monotonic()
         await asyncio.sleep(0.3)
     finally:

@@ -432,7 +432,7 @@ def _pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=_seconds, default=60,
                    help="how long joining stays open, 1 to 254 (default 60)")
     p.add_argument("--adapter", help="open joining on this adapter only")
-    p.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
 
 def _seconds(text: str) -> int:
