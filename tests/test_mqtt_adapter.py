@@ -1,0 +1,272 @@
+"""The MQTT adapter in-process against a real mosquitto: acknowledgement, refusal, commands.
+
+Devices are real gmqtt clients on the same broker. The sink is a test stand-in for the
+core pipeline (tested on its own and end to end in test_mqtt_daemon.py), so each test can
+hold or refuse a batch at the exact moment it needs to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gmqtt
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.adapters.base import AdapterContext
+from gateway.adapters.mqtt import MqttAdapter
+from gateway.adapters.mqtt.config import MqttConfig
+from gateway.core.config import DevicesSection
+from gateway.core.registry import DeviceRegistry
+from gateway.reading import Command, Reading
+from tests.brokers import Mosquitto, free_port
+
+
+class GateSink:
+    """Records batches; can hold them (``gate``) or refuse the next ``refuse`` ones."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Reading]] = []
+        self.accepted: list[Reading] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.refuse = 0
+
+    async def accept(self, readings: Sequence[Reading]) -> bool:
+        self.calls.append(list(readings))
+        await self.gate.wait()
+        if self.refuse:
+            self.refuse -= 1
+            return False
+        self.accepted.extend(readings)
+        return True
+
+
+async def wait_for(cond: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def adapter_config(broker: Mosquitto, **kw: Any) -> MqttConfig:
+    return MqttConfig.model_validate({
+        "type": "mqtt", "name": "mqtt", "host": broker.host, "port": broker.port,
+        "client_id": "gw-test", "reconnect_delay": 0.2,
+        "subscriptions": [{"topic": "devices/{device}/telemetry", "timestamp": "ts",
+                           "device_type": "climate"},
+                          {"topic": "sensors/{device}/{metric}", "format": "value"}],
+        **kw})
+
+
+class Harness:
+    def __init__(self, broker: Mosquitto, tmp_path: Path) -> None:
+        self.broker = broker
+        self.metrics = CollectorRegistry()
+        self.sink = GateSink()
+        self.devices = DeviceRegistry(DevicesSection(), tmp_path / "devices.json", self.metrics)
+        self.tmp_path = tmp_path
+        self.adapters: list[MqttAdapter] = []
+
+    async def adapter(self, **kw: Any) -> MqttAdapter:
+        ctx = AdapterContext(name="mqtt", sink=self.sink, state_dir=self.tmp_path,
+                             metrics=self.metrics, devices=self.devices)
+        a = MqttAdapter(adapter_config(self.broker, **kw), ctx)
+        await a.start()
+        self.adapters.append(a)
+        return a
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+async def h(mosquitto: Mosquitto, tmp_path: Path) -> AsyncIterator[Harness]:
+    harness = Harness(mosquitto, tmp_path)
+    yield harness
+    harness.sink.gate.set()
+    for a in harness.adapters:
+        await a.stop()
+
+
+@pytest.fixture
+async def device(mosquitto: Mosquitto) -> AsyncIterator[gmqtt.Client]:
+    client = gmqtt.Client("device-1")
+    await client.connect(mosquitto.host, mosquitto.port, keepalive=10)
+    yield client
+    await client.disconnect()
+
+
+def telemetry(seq: int) -> bytes:
+    return json.dumps({"temperature": 20 + seq / 10, "seq": seq, "ts": time.time()}).encode()
+
+
+async def test_readings_reach_the_sink_with_device_ids_and_type(
+        h: Harness, device: gmqtt.Client) -> None:
+    await h.adapter()
+    device.publish("devices/kitchen/telemetry", telemetry(1), qos=1)
+    device.publish("sensors/garage/humidity", b"41.5", qos=1)
+    await wait_for(lambda: len(h.sink.accepted) == 3)
+    got = {(r.device, r.metric): r.value for r in h.sink.accepted}
+    assert got == {("mqtt:kitchen", "temperature"): 20.1, ("mqtt:kitchen", "seq"): 1,
+                   ("mqtt:garage", "humidity"): 41.5}
+    assert h.devices.get("mqtt:kitchen")["type"] == "climate"  # type: ignore[index]
+    assert h.metric("gateway_mqtt_messages_total", adapter="mqtt", result="accepted") == 2
+
+
+async def test_puback_is_withheld_until_the_sink_accepts(
+        h: Harness, device: gmqtt.Client) -> None:
+    adapter = await h.adapter()
+    # accepted normally: acknowledged, so a reconnect does not bring it back
+    device.publish("devices/a/telemetry", telemetry(1), qos=1)
+    await wait_for(lambda: len(h.sink.accepted) == 2)
+    # held in the sink: no PUBACK yet
+    h.sink.gate.clear()
+    device.publish("devices/b/telemetry", telemetry(2), qos=1)
+    await wait_for(lambda: len(h.sink.calls) == 2)
+    # drop the connection under the adapter (what a crash does); gmqtt reconnects with
+    # the same session and the broker sends what we never acknowledged again
+    assert adapter._client is not None
+    adapter._client._connection._transport.abort()
+    await wait_for(lambda: len(h.sink.calls) == 3 and adapter.connects == 2)
+    redelivered = {r.device for r in h.sink.calls[2]}
+    assert redelivered == {"mqtt:b"}
+    h.sink.gate.set()
+    await wait_for(lambda: len(h.sink.accepted) == 6)
+    await asyncio.sleep(0.3)
+    assert len(h.sink.calls) == 3  # mqtt:a never came back: it had been acknowledged
+
+
+async def test_refused_message_is_held_then_accepted_once(
+        h: Harness, device: gmqtt.Client) -> None:
+    await h.adapter()
+    h.sink.refuse = 3
+    device.publish("devices/a/telemetry", telemetry(7), qos=1)
+    await wait_for(lambda: len(h.sink.accepted) == 2, 10.0)
+    assert len(h.sink.calls) == 4
+    assert [r.value for r in h.sink.accepted if r.metric == "seq"] == [7]
+    assert h.metric("gateway_mqtt_messages_total", adapter="mqtt", result="refused") == 1
+    assert h.metric("gateway_mqtt_held", adapter="mqtt") == 0
+
+
+async def test_nack_mode_answers_quota_exceeded_and_counts_it(
+        h: Harness, device: gmqtt.Client) -> None:
+    await h.adapter(on_refused="nack")
+    h.sink.refuse = 1
+    device.publish("devices/a/telemetry", telemetry(1), qos=1)
+    await wait_for(lambda: h.metric("gateway_mqtt_messages_total", adapter="mqtt",
+                                    result="refused") == 1)
+    await asyncio.sleep(0.3)
+    assert len(h.sink.calls) == 1 and h.sink.accepted == []
+
+
+async def test_malformed_and_oversized_payloads_are_counted_and_nothing_else_is_lost(
+        h: Harness, device: gmqtt.Client, caplog: pytest.LogCaptureFixture) -> None:
+    await h.adapter(max_payload=256)
+    device.publish("devices/bad/telemetry", b"{not json", qos=1)
+    device.publish("devices/bad/telemetry", b"[1,2,3]", qos=1)
+    device.publish("devices/big/telemetry", b'{"x": "' + b"a" * 300 + b'"}', qos=1)
+    device.publish("sensors/s1/temperature", b"warm", qos=1)
+    device.publish("devices/good/telemetry", telemetry(1), qos=1)
+    await wait_for(lambda: len(h.sink.accepted) == 2)
+    assert {r.device for r in h.sink.accepted} == {"mqtt:good"}
+    m = h.metric
+    assert m("gateway_mqtt_messages_total", adapter="mqtt", result="malformed") == 3
+    assert m("gateway_mqtt_messages_total", adapter="mqtt", result="oversized") == 1
+    assert m("gateway_mqtt_malformed_total", adapter="mqtt", device="mqtt:bad",
+             reason="bad_json") == 1
+    assert m("gateway_mqtt_malformed_total", adapter="mqtt", device="mqtt:bad",
+             reason="not_object") == 1
+    assert m("gateway_mqtt_malformed_total", adapter="mqtt", device="mqtt:big",
+             reason="oversized") == 1
+    # logged once per device, with an excerpt
+    bad_logs = [r.getMessage() for r in caplog.records if "mqtt:bad" in r.getMessage()]
+    assert len(bad_logs) == 1 and "'{not json'" in bad_logs[0]
+
+
+async def test_command_is_published_at_qos1_and_the_result_reported(
+        h: Harness, mosquitto: Mosquitto) -> None:
+    adapter = await h.adapter(commands={"topic": "devices/{device}/set"})
+    got: list[tuple[str, bytes, int]] = []
+    plug = gmqtt.Client("plug")
+    plug.on_message = lambda c, t, p, q, props: got.append((t, p, q))
+    await plug.connect(mosquitto.host, mosquitto.port)
+    plug.subscribe("devices/plug/set", qos=1)
+    await asyncio.sleep(0.2)
+    try:
+        result = await adapter.send(Command("mqtt:plug", "set", {"state": "ON"}))
+        assert result.ok and result.status == "sent", result
+        await wait_for(lambda: len(got) == 1)
+        assert got == [("devices/plug/set", b'{"state":"ON"}', 1)]
+        # nobody listens on the lamp's topic: the broker says so and the caller hears it
+        nobody = await adapter.send(Command("mqtt:lamp", "set", {"state": "ON"}))
+        assert (nobody.ok, nobody.status) == (False, "refused") and "no device" in nobody.detail
+        other = await adapter.send(Command("mqtt:plug", "reboot"))
+        assert other.status == "unsupported"
+        published = await adapter.publish("alerts/local", b"hot", qos=1)
+        assert published.ok and published.status == "sent"
+    finally:
+        await plug.disconnect()
+
+
+async def test_publish_refused_by_the_broker_acl_is_reported(
+        mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic read devices/#\ntopic read sensors/#\ntopic write allowed/#\n")
+    broker = mosquitto_factory(extra=f"acl_file {acl}", name="acl")
+    h = Harness(broker, tmp_path)
+    adapter = await h.adapter()
+    try:
+        ok = await adapter.publish("allowed/x", b"1")
+        assert ok.ok
+        denied = await adapter.publish("forbidden/x", b"1")
+        assert (denied.ok, denied.status) == (False, "refused")
+        assert "0x87" in denied.detail
+    finally:
+        await adapter.stop()
+
+
+async def test_start_fails_fast_with_a_readable_error_when_the_broker_is_down(
+        tmp_path: Path) -> None:
+    cfg = MqttConfig.model_validate({"type": "mqtt", "port": free_port(), "connect_timeout": 2,
+                                     "subscriptions": [{"topic": "d/{device}"}]})
+    ctx = AdapterContext(name="mqtt", sink=GateSink(), state_dir=tmp_path,
+                         metrics=CollectorRegistry())
+    adapter = MqttAdapter(cfg, ctx)
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match="cannot reach the device broker"):
+        await adapter.start()
+    assert time.monotonic() - t0 < 3
+
+
+async def test_messages_sent_while_the_gateway_is_away_arrive_after_it_returns(
+        h: Harness, device: gmqtt.Client) -> None:
+    first = await h.adapter()
+    await first.stop()
+    h.adapters.remove(first)
+    for seq in range(5):
+        device.publish("devices/a/telemetry", telemetry(seq), qos=1)
+    await asyncio.sleep(0.2)
+    assert h.sink.calls == []
+    await h.adapter()
+    await wait_for(lambda: len(h.sink.accepted) == 10)
+    assert [r.value for r in h.sink.accepted if r.metric == "seq"] == [0, 1, 2, 3, 4]
+
+
+async def test_stop_drains_accepted_work_and_leaves_the_rest_to_the_broker(
+        h: Harness, device: gmqtt.Client) -> None:
+    adapter = await h.adapter()
+    h.sink.refuse = 10**6  # the store is failing: everything is held
+    device.publish("devices/a/telemetry", telemetry(1), qos=1)
+    await wait_for(lambda: h.metric("gateway_mqtt_held", adapter="mqtt") == 1)
+    await asyncio.wait_for(adapter.stop(), 5)
+    h.adapters.remove(adapter)
+    h.sink.refuse = 0
+    await h.adapter()  # same session: the held message was never acknowledged
+    await wait_for(lambda: len(h.sink.accepted) == 2)
