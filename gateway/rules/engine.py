@@ -286,6 +286,12 @@ class RuleEngine:
             await asyncio.wait(list(self._tasks), timeout=ACTION_TIMEOUT)
         await self.save(force=True)
 
+    async def settle(self, within: float = ACTION_TIMEOUT) -> None:
+        """Wait (bounded) until the actions started so far have finished."""
+        deadline = time.monotonic() + within
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(list(self._tasks), timeout=deadline - time.monotonic())
+
     def _listen(self) -> None:
         devices = getattr(self.host, "devices", None)
         if self._listening or devices is None or not hasattr(devices, "add_listener"):
@@ -608,7 +614,10 @@ class RuleEngine:
                            if callable(getattr(a, "publish", None))), None)
             if target is None:
                 raise ActionError("no running adapter can publish (add an mqtt adapter)")
-        await target.publish(topic, payload, qos, retain)
+        result = await target.publish(topic, payload.encode(), qos, retain)
+        if getattr(result, "ok", True) is False:
+            raise ActionError(f"publish to {topic}: {getattr(result, 'status', 'error')}: "
+                              f"{getattr(result, 'detail', '')}")
 
     async def _set(self, reading: Reading) -> None:
         pipeline = getattr(self.host, "pipeline", None)
