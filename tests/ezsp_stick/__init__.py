@@ -1,0 +1,211 @@
+"""A simulated Silicon Labs EZSP stick on a TCP socket, for tests.
+
+It stands in for a Silicon Labs Zigbee stick (Sonoff ZBDongle-E, SkyConnect...), which
+cannot be attached here. The unmodified bellows stack reaches it through
+``socket://127.0.0.1:PORT`` (serialx opens such paths like a serial port), speaks ASH
+framing to it (:mod:`.ash`) and EZSP version 13 (:mod:`.ezsp`); behind it sit virtual
+devices that answer ZDO and ZCL (:mod:`.device`). Frames and command tables are
+bellows' and zigpy's own, so the stick and the host cannot drift apart silently.
+
+Beyond the happy path it can drop the link (a stick unplugged) and announce a reset the
+host did not ask for (a firmware crash), which is how the reconnect path is proved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import bellows.types as bt
+import zigpy.types as zt
+
+from tests.ezsp_stick.ash import AshNcp
+from tests.ezsp_stick.device import Endpoint, VirtualDevice, VirtualNode
+from tests.ezsp_stick.ezsp import Ncp, NvState
+
+__all__ = ["EzspStick", "Endpoint", "VirtualDevice", "VirtualNode"]
+
+log = logging.getLogger("tests.ezsp_stick")
+
+
+class EzspStick:
+    """An EZSP NCP listening on a loopback TCP port; one host connection at a time.
+
+    NVRAM (:attr:`nv`: formed network, keys, joined devices) survives resets and
+    reconnects, as on a real stick, so a host that reconnects finds its network again.
+    """
+
+    def __init__(self, eui64: str = "00:12:4b:00:1c:a1:b2:c3", host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.nv = NvState(eui64=zt.EUI64.convert(eui64))
+        self.devices: dict[int, VirtualDevice] = {}
+        self.ncp = Ncp(self.nv, self.devices, self._emit)
+        self.link: AshNcp | None = None
+        self.connections = 0
+        self.resets = 0
+        self._server: asyncio.Server | None = None
+        self._changed = asyncio.Event()
+
+    # -- life ---------------------------------------------------------------------------------
+
+    async def start(self) -> EzspStick:
+        """Listen; ``port`` 0 lets the kernel pick a free one."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("ezsp stick listening on %s", self.url)
+        return self
+
+    async def stop(self) -> None:
+        """Close the link and stop listening."""
+        self.drop_link()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> EzspStick:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        """The device path bellows opens: ``socket://host:port``."""
+        return f"socket://{self.host}:{self.port}"
+
+    def _protocol(self) -> AshNcp:
+        if self.link is not None:
+            # Only one host can own a stick: the newcomer wins, as after a replug
+            log.warning("ezsp stick: new connection replaces the current one")
+            self.link.close()
+        link = AshNcp(self._host_reset, self._frame, self._lost)
+        self.link = link
+        self.connections += 1
+        # A fresh connection meets a stick whose stack is not running yet
+        self.ncp.reset()
+        self._notify()
+        return link
+
+    def _host_reset(self) -> None:
+        self.resets += 1
+        self.ncp.reset()
+        self._notify()
+
+    def _frame(self, frame: bytes) -> list[bytes]:
+        frames = self.ncp.handle(frame)
+        self._notify()
+        return frames
+
+    def _lost(self, link: AshNcp) -> None:
+        if self.link is link:
+            self.link = None
+            self.ncp.reset()
+        self._notify()
+
+    def _emit(self, frame: bytes) -> None:
+        if self.link is None:
+            log.warning("ezsp stick: no host connected, callback dropped")
+            return
+        self.link.send(frame)
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0,
+                       what: str = "condition") -> None:
+        """Wait until ``predicate()`` holds (checked whenever the host talks to the stick)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"ezsp stick: {what} not reached within {timeout} s "
+                                   f"(commands so far: {dict(self.ncp.commands)})")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
+            except TimeoutError:
+                pass
+
+    def preform(self, channel: int = 15, pan_id: int = 0x1A62,
+                extended_pan_id: str = "dd:dd:dd:dd:dd:dd:dd:dd",
+                network_key: bytes = bytes(range(16))) -> None:
+        """Leave a network in NVRAM, as a stick formed on an earlier run carries one.
+
+        Starting against it skips formation (and bellows' resets around it), which keeps
+        tests that are not about formation quick.
+        """
+        self.nv.formed = True
+        self.nv.params = bt.EmberNetworkParameters(
+            extendedPanId=zt.EUI64.convert(extended_pan_id), panId=pan_id, radioTxPower=8,
+            radioChannel=channel, joinMethod=bt.EmberJoinMethod.USE_MAC_ASSOCIATION,
+            nwkManagerId=0x0000, nwkUpdateId=0, channels=zt.Channels.from_channel_list([channel]))
+        self.nv.network_key = bt.KeyData(network_key)
+        self.nv.network_key_seq = 0
+        self.nv.tc_link_key = bt.KeyData(bytes(range(0x10, 0x20)))
+        self.nv.hashed_tclk = True
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def drop_link(self) -> None:
+        """Close the TCP connection, as when the stick is unplugged."""
+        if self.link is not None:
+            log.info("ezsp stick: dropping the link")
+            self.link.close()
+
+    def unsolicited_reset(self, code: bt.NcpResetCode = bt.NcpResetCode.RESET_SOFTWARE) -> None:
+        """Reboot the NCP on its own and say so with RSTACK, as after a crash."""
+        if self.link is None:
+            raise RuntimeError("no host connected")
+        log.info("ezsp stick: unsolicited reset (%s)", code.name)
+        self.ncp.reset()
+        self.link.send_rstack(code)
+
+    # -- the radio side ------------------------------------------------------------------------
+
+    @property
+    def network_up(self) -> bool:
+        """Whether the host started (or formed) the network on the current link."""
+        return self.ncp.network_up
+
+    @property
+    def permit_joining(self) -> bool:
+        """Whether joining is open right now."""
+        return self.ncp.permit_joining
+
+    def add_device(self, device: VirtualDevice) -> VirtualDevice:
+        """Put a device in radio range; it is not part of the network until :meth:`join`."""
+        self.devices[device.nwk] = device
+        return device
+
+    def join(self, device: VirtualDevice) -> None:
+        """The device joins (joining must be open) and announces itself."""
+        if not self.ncp.permit_joining:
+            raise RuntimeError("joining is not permitted: the host must call permit first")
+        self.add_device(device)
+        self.nv.children[device.ieee] = device.nwk
+        self.ncp.callback("childJoinHandler", index=len(self.nv.children) - 1, joining=True,
+                          childId=device.nwk, childEui64=device.ieee,
+                          childType=bt.EmberNodeType.SLEEPY_END_DEVICE)
+        self.ncp.callback("trustCenterJoinHandler", newNodeId=device.nwk,
+                          newNodeEui64=device.ieee,
+                          status=bt.EmberDeviceUpdate.STANDARD_SECURITY_UNSECURED_JOIN,
+                          policyDecision=bt.EmberJoinDecision.USE_PRECONFIGURED_KEY,
+                          parentOfNewNodeId=0x0000)
+        self.ncp.deliver(device.nwk, device.announce(),
+                         kind=bt.EmberIncomingMessageType.INCOMING_BROADCAST)
+
+    def report(self, device: VirtualDevice, endpoint: int, cluster: int,
+               values: Mapping[int, Any]) -> None:
+        """The device sends a ZCL attribute report to the coordinator."""
+        if device.ieee not in self.nv.children:
+            raise RuntimeError(f"{device.ieee} has not joined")
+        if not self.ncp.network_up:
+            raise RuntimeError("the network is not up: nothing can be received")
+        self.ncp.deliver(device.nwk, device.report(endpoint, cluster, values))
