@@ -1,0 +1,143 @@
+"""Rules and filters in the real daemon: simulator and MQTT readings, outbox, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.store.config import StoreConfig
+from gateway.store.outbox import EventRow, Outbox, TelemetryRow
+from tests.brokers import Mosquitto
+from tests.daemon import GatewayProcess
+
+RULES: list[dict[str, Any]] = [
+    {"name": "sim_alive", "when": "temperature > -100",
+     "actions": [{"alert": {"severity": "info", "message": "{device} reports {value} {unit}"}}]},
+    {"name": "dew", "metric": "humidity", "mode": "level",
+     "when": "exists(temperature) and exists(humidity)",
+     "actions": [{"set": {"metric": "dew_point", "unit": "Cel",
+                          "value": "round(dewpoint(temperature, humidity), 2)"}}]},
+]
+FILTERS: list[dict[str, Any]] = [
+    {"metric": "humidity", "drop": True},
+    {"metric": "temperature", "deadband": 1000},
+]
+
+
+def sim_config(state: Path, count: int) -> dict[str, Any]:
+    return {
+        "gateway": {"id": "gw-rules", "state_dir": str(state), "log_level": "info"},
+        "store": {"commit_interval": "5ms"},
+        "uplink": {"enabled": False},
+        "api": {"enabled": False},
+        "adapters": [{"type": "simulator", "name": "sim", "devices": 2, "interval": 0.05,
+                      "metrics": ["temperature", "humidity"], "count": count}],
+        "rules": RULES,
+        "filters": FILTERS,
+    }
+
+
+def read_outbox(path: Path) -> tuple[list[TelemetryRow], list[EventRow]]:
+    async def read() -> tuple[list[TelemetryRow], list[EventRow]]:
+        box = await Outbox.open(path, StoreConfig())
+        try:
+            return await box.read_telemetry(0, 100_000), await box.read_events(0, 10_000)
+        finally:
+            await box.close()
+    return asyncio.run(read())
+
+
+def wait_until(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError("condition not met")
+
+
+def test_simulator_readings_are_filtered_and_alert_once_across_a_restart(
+        tmp_path: Path, gateway_factory: Callable[..., GatewayProcess]) -> None:
+    state = tmp_path / "state"
+    gw = gateway_factory(sim_config(state, count=20)).start()
+    gw.wait_for_log("ALERT sim_alive", count=2, timeout=20)
+    time.sleep(1.5)  # the simulator sends 20 messages per device in about 1 s
+    assert gw.stop() == 0
+    rows, events = read_outbox(state / "outbox.db")
+    readings = [r for row in rows for r in row.readings]
+    metrics = {r.metric for r in readings}
+    # humidity is dropped; temperature's huge deadband sends only each device's first value
+    assert "humidity" not in metrics
+    temps = [r for r in readings if r.metric == "temperature"]
+    assert sorted(r.device for r in temps) == ["sim:sim-1", "sim:sim-2"]
+    # dew point is derived from every message (the filters only thin the upload)
+    dew = [r for r in readings if r.metric == "dew_point"]
+    assert len(dew) >= 2 * 15 and all(r.unit == "Cel" for r in dew)
+    alerts = [e.body for e in events if e.kind == "alert"]
+    assert sorted(a["device"] for a in alerts) == ["sim:sim-1", "sim:sim-2"]
+    saved = json.loads((state / "rules-state.json").read_text())
+    assert set(saved["rules"]["sim_alive"]["devices"]) == {"sim:sim-1", "sim:sim-2"}
+
+    # restarted, the condition still holds: the rule is still active and does not fire again
+    gw2 = gateway_factory(sim_config(state, count=10), name="gw2").start()
+    gw2.wait_for_log("restored", timeout=10)
+    time.sleep(1.5)
+    assert gw2.stop() == 0
+    assert "ALERT" not in gw2.log_text()
+    _, events = read_outbox(state / "outbox.db")
+    assert len([e for e in events if e.kind == "alert"]) == 2
+
+
+def test_mqtt_readings_trigger_a_local_publish_and_an_alert(
+        tmp_path: Path, mosquitto: Mosquitto,
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    state = tmp_path / "state"
+    config = {
+        "gateway": {"id": "gw-rules", "state_dir": str(state), "log_level": "info"},
+        "store": {"commit_interval": "5ms"},
+        "uplink": {"enabled": False},
+        "api": {"enabled": False},
+        "adapters": [{"type": "mqtt", "name": "mqtt", "host": "127.0.0.1",
+                      "port": mosquitto.port, "client_id": "gw-rules-test",
+                      "subscriptions": [{"topic": "sensors/{device}", "format": "json",
+                                         "units": {"temperature": "Cel"}}]}],
+        "rules": [{"name": "hot", "when": "temperature > 30 and humidity > 60",
+                   "clear": "temperature < 28",
+                   "actions": [
+                       {"publish": {"topic": "alerts/{device}", "qos": 1,
+                                    "payload": '{{"hot": {value}, "rh": {humidity}}}'}},
+                       {"alert": {"severity": "warning", "message": "{device} hot"}}]}],
+    }
+    gw = gateway_factory(config).start()
+    gw.wait_for_log("adapter mqtt (mqtt) running", timeout=20)
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(mosquitto.port),
+                            "-t", "alerts/#", "-v", "-C", "1", "-W", "20"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # let the subscriber's SUBSCRIBE reach the broker
+        for payload in ('{"temperature": 29.5, "humidity": 70}',
+                        '{"temperature": 31.5, "humidity": 70}',
+                        '{"temperature": 29.9, "humidity": 70}',   # hysteresis: still hot
+                        '{"temperature": 32.0, "humidity": 71}'):
+            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port),
+                            "-q", "1", "-t", "sensors/kitchen", "-m", payload],
+                           check=True, timeout=10)
+        out, _ = sub.communicate(timeout=25)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait(5)
+    topic, payload = out.strip().split(" ", 1)
+    assert topic == "alerts/mqtt:kitchen"
+    assert json.loads(payload) == {"hot": 31.5, "rh": 70}
+    gw.wait_for_log("ALERT hot [warning] mqtt:kitchen", timeout=10)
+    time.sleep(0.5)
+    assert gw.stop() == 0
+    assert gw.log_text().count("rule hot fired") == 1
+    _, events = read_outbox(state / "outbox.db")
+    assert [e.body["message"] for e in events if e.kind == "alert"] == ["mqtt:kitchen hot"]
