@@ -1,0 +1,101 @@
+"""The LoRaWAN adapter inside the real daemon process, fed by the ChirpStack gRPC stand-in.
+
+ChirpStack cannot run here: tests/chirpstack_fake.py serves its gRPC API from a thread
+of this test process. The daemon is killed with SIGKILL to check that what was accepted
+stays, and that the replayed history is not accepted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.store.config import StoreConfig
+from gateway.store.outbox import Outbox
+from tests.chirpstack_fake import TENANT, FakeChirpStack, ThreadedFakeChirpStack
+from tests.daemon import GatewayProcess
+
+EUI = "0102030405060708"
+
+
+@pytest.fixture
+def chirpstack() -> Iterator[ThreadedFakeChirpStack]:
+    server = ThreadedFakeChirpStack()
+    cs = server.start()
+    server.call(lambda: cs.add_device(cs.add_application("farm"), EUI, "silo", "LHT65"))
+    yield server
+    server.stop()
+
+
+def cursor(state_dir: Path) -> str:
+    path = state_dir / "lorawan-lora.json"
+    if not path.exists():
+        return ""
+    return str(json.loads(path.read_text())["devices"].get(EUI, {}).get("cursor", ""))
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def emit_uplinks(server: ThreadedFakeChirpStack, seqs: range) -> str:
+    def emit(cs: FakeChirpStack) -> str:
+        last = ""
+        for i in seqs:
+            last = cs.emit(EUI, "up", cs.uplink(EUI, i, obj={"seq": i}))
+        return last
+    assert server.cs is not None
+    return str(server.call(emit, server.cs))
+
+
+def outbox_seqs(path: Path) -> list[Any]:
+    async def read() -> list[Any]:
+        box = await Outbox.open(path, StoreConfig())
+        try:
+            rows = await box.read_telemetry(0, 10**9)
+        finally:
+            await box.close()
+        return [r.value for row in rows for r in row.readings
+                if r.metric == "seq" and r.device == f"lora:{EUI}"]
+    return asyncio.run(read())
+
+
+def test_uplinks_survive_sigkill_and_replayed_history_is_not_duplicated(
+        tmp_path: Path, chirpstack: ThreadedFakeChirpStack,
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    assert chirpstack.cs is not None
+    token_file = tmp_path / "chirpstack-token"
+    token_file.write_text(chirpstack.cs.token + "\n")
+    state = tmp_path / "state"
+    config = {
+        "gateway": {"id": "gw-lora", "state_dir": str(state)},
+        "uplink": {"enabled": False},
+        "store": {"commit_interval": "5ms"},
+        "adapters": [{
+            "type": "lorawan", "name": "lora", "server": chirpstack.cs.address,
+            "api_token": "${file:" + str(token_file) + "}", "tenant_id": TENANT,
+            "radio_metrics": False, "stream": {"backoff_initial": 0.05, "backoff_max": 0.2}}],
+    }
+    last = emit_uplinks(chirpstack, range(0, 5))
+    gw = gateway_factory(config, name="gw1").start()
+    wait_for(lambda: cursor(state) == last, 15, "the first five uplinks accepted")
+    gw.kill()
+
+    # ChirpStack still has the first five in its history and replays them on reconnect
+    last = emit_uplinks(chirpstack, range(5, 8))
+    gw = gateway_factory(config, name="gw2").start()
+    wait_for(lambda: cursor(state) == last, 15, "the next three uplinks accepted")
+    assert gw.stop() == 0
+
+    assert outbox_seqs(state / "outbox.db") == list(range(8))
