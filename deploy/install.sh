@@ -134,9 +134,12 @@ install_python() {
     requirements > "$tmp"
     put 0644 "$tmp" "$SHARE/requirements.txt"
     rm -f "$tmp"
+    # pure-Python packages published as source only (deploy/pure-sdists.txt) may build
+    no_binary=$(sed 's/#.*//' "$SRC/deploy/pure-sdists.txt" | tr -s ' \n' ',' | sed 's/^,//; s/,$//')
     if [ -n "$ROOT" ]; then
         say "would run: python3 -m venv $VENV"
-        say "would run: $VENV/bin/pip install --only-binary=:all: -r $SHARE/requirements.txt"
+        say "would run: $VENV/bin/pip install --only-binary=:all: --no-binary=$no_binary" \
+            "-r $SHARE/requirements.txt"
         say "would run: $VENV/bin/pip install --no-deps --force-reinstall $SRC"
         return 0
     fi
@@ -147,8 +150,9 @@ install_python() {
     fi
     pip="$VENV/bin/python -m pip --disable-pip-version-check --no-input -q"
     $pip install --upgrade pip
-    # dependencies from wheels only: a Pi has no compiler and should not need one
-    $pip install --only-binary=:all: -r "$SHARE/requirements.txt"
+    # dependencies from wheels only (deploy/check_wheels.py proves they exist for aarch64):
+    # a Pi has no compiler and should not need one
+    $pip install --only-binary=:all: --no-binary="$no_binary" -r "$SHARE/requirements.txt"
     # the gateway itself is pure Python and builds from source without a compiler
     $pip install --no-deps --force-reinstall "$SRC"
 }
