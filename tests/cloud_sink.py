@@ -69,7 +69,7 @@ class CloudSink:
         self.out = Path(out)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cloud_sink", "--port", str(port), "--out",
-             str(self.out), "--topic", topic],
+             str(self.out), "--topic", topic, "--client-id", f"sink-{self.out.stem}"],
             cwd=Path(__file__).resolve().parent.parent)
         deadline = time.monotonic() + 20
         while not Path(str(self.out) + ".ready").exists():

@@ -99,21 +99,20 @@ class SimulatorAdapter(Adapter):
         n = len(devices)
         step = self.config.interval / n  # spread devices evenly over the interval
         limit = self.config.count
+        # devices send on their own clocks, not one after another's acknowledgement
+        window = asyncio.Semaphore(1000)
         tick = time.monotonic()
         i = 0
         while not self._stopping.is_set():
             dev = devices[i % n]
             if limit and dev.seq >= limit:
+                await self._drain(window)
                 self.done.set()
+                self.log.info("simulator %s: all %d messages per device sent", self.prefix,
+                              limit)
                 return
-            readings = self._message(dev, time.time())
-            # a refusal means the store is full or failing: the device keeps its message
-            # and sends it again, as a real one would
-            while not await self.ctx.sink.accept(readings):
-                await asyncio.sleep(0.5)
-                if self._stopping.is_set():
-                    return
-            self.sent_messages += 1
+            await window.acquire()
+            self.spawn(self._submit(self._message(dev, time.time()), window))
             i += 1
             tick += step
             delay = tick - time.monotonic()
@@ -122,6 +121,25 @@ class SimulatorAdapter(Adapter):
             elif i % 64 == 0:
                 await asyncio.sleep(0)  # behind schedule: still let the loop breathe
                 tick = max(tick, time.monotonic() - 1.0)
+
+    async def _submit(self, readings: list[Reading], window: asyncio.Semaphore) -> None:
+        try:
+            # a refusal means the store is full or failing: the device keeps its message
+            # and sends it again, as a real one would
+            while not await self.ctx.sink.accept(readings):
+                if self._stopping.is_set():
+                    return
+                await asyncio.sleep(0.5)
+            self.sent_messages += 1
+        finally:
+            window.release()
+
+    @staticmethod
+    async def _drain(window: asyncio.Semaphore) -> None:
+        for _ in range(1000):
+            await window.acquire()
+        for _ in range(1000):
+            window.release()
 
     async def stop(self) -> None:
         self._stopping.set()

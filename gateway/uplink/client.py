@@ -159,13 +159,13 @@ class Uplink:
         deadline = time.monotonic() + drain
         while self._inflight and self.connected and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        await self._close_client(graceful=True)
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
-        await self._close_client(graceful=True)
 
     # -- connection loop ------------------------------------------------------------------
 
@@ -254,11 +254,10 @@ class Uplink:
         if client is None:
             return
         try:
-            if graceful and was_connected:
-                topic, offline = self.format.status(False)
-                client.publish(topic, offline, qos=1, retain=True)
-                await asyncio.sleep(0.05)
-            await asyncio.wait_for(client.disconnect(), 5)
+            # 0x04 "disconnect with will message": the broker publishes the retained
+            # offline status for us, exactly as it would if the gateway had died
+            reason = 0x04 if graceful and was_connected else 0
+            await asyncio.wait_for(client.disconnect(reason_code=reason), 5)
         except Exception:  # noqa: BLE001 - the connection is going away regardless
             pass
 
