@@ -83,7 +83,7 @@ async def test_healthz_reports_ready_adapters_outbox_and_devices(daemon: Gateway
     assert body["gateway"] == "test-gw"
     assert body["adapters"]["sim"]["type"] == "simulator"
     assert body["adapters"]["sim"]["state"] == "running"
-    assert body["uplink"] == {"enabled": False, "connected": False}
+    assert body["uplink"] == {"enabled": False, "connected": False, "connected_since": None}
     assert body["outbox"]["depth"] > 0
     assert body["outbox"]["oldest_age"] >= 0
     assert body["devices"] == {"known": 3, "online": 3}

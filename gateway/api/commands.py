@@ -157,6 +157,8 @@ def format_status(data: dict[str, Any]) -> str:
     uplink = data.get("uplink") or {}
     link = ("disabled" if not uplink.get("enabled")
             else "connected" if uplink.get("connected") else "NOT CONNECTED")
+    if uplink.get("connected") and uplink.get("connected_since"):
+        link += f" for {duration(now - uplink['connected_since'])}"
     ob = data.get("outbox") or {}
     dev = data.get("devices") or {}
     lines += [

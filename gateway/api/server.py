@@ -277,7 +277,8 @@ class ApiServer:
             "status": status, "ready": gw.ready, "gateway": gw.config.gateway.id,
             "version": __version__, "started_at": gw.started_at,
             "uptime": now - gw.started_at, "adapters": adapters,
-            "uplink": {"enabled": enabled, "connected": connected},
+            "uplink": {"enabled": enabled, "connected": connected,
+                       "connected_since": getattr(gw.uplink, "connected_since", None)},
             "outbox": outbox,
             "devices": {"known": len(devices),
                         "online": sum(1 for d in devices if d.get("online"))},
@@ -411,6 +412,8 @@ class ApiServer:
                 log.warning("permit-join on %s failed: %s", name, text)
             else:
                 results[name] = {"ok": True}
+                if outcome is not None:
+                    results[name]["result"] = outcome
         opened = [n for n in names if results[n]["ok"]]
         if opened:
             log.info("permit-join %s for %d s on %s", "open" if seconds else "closed", seconds,
