@@ -24,8 +24,12 @@ class RecordingSink:
         self.accepted: list[Reading] = []
         self.refuse = False
         self.refused_calls = 0
+        #: seconds each accept takes, as a group commit does
+        self.delay = 0.0
 
     async def accept(self, readings: Sequence[Reading]) -> bool:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.refuse:
             self.refused_calls += 1
             return False

@@ -433,3 +433,57 @@ async def test_revoked_token_fails_the_adapter(tmp_path: Path,
         assert isinstance(exc, ChirpStackRefused) and "UNAUTHENTICATED" in str(exc)
     finally:
         await adapter.stop()
+
+
+async def test_device_added_later_is_found_by_the_next_discovery(
+        tmp_path: Path, chirpstack: FakeChirpStack) -> None:
+    directory = RecordingDirectory()
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink=sink, directory=directory, radio_metrics=False,
+                           discovery_interval=1, **settings(chirpstack))
+    await adapter.start()
+    try:
+        new = "00000000000000aa"
+        chirpstack.add_device(chirpstack.devices[EUI]["app"], new, "late", profile="Late")
+        chirpstack.emit(new, "up", chirpstack.uplink(new, 1, obj={"seq": 1}))
+        await wait_until(lambda: f"lora:{new}" in directory.declared, timeout=3,
+                         what="the new device declared")
+        await wait_until(lambda: sink.values("seq", f"lora:{new}") == [1], what="its uplink")
+        assert metric(adapter.ctx.metrics, "gateway_lorawan_devices", adapter="lora") == 3
+    finally:
+        await adapter.stop()
+
+
+async def test_chirpstack_unreachable_at_start_follows_known_devices(
+        tmp_path: Path, chirpstack: FakeChirpStack) -> None:
+    adapter = make_adapter(tmp_path, **settings(chirpstack))
+    await adapter.start()  # a first run: the device list is saved with the cursors
+    await adapter.stop()
+    await chirpstack.stop()
+
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink=sink, radio_metrics=False, **settings(chirpstack))
+    await adapter.start()
+    try:
+        assert set(adapter.devices) == {EUI, EUI2}
+        chirpstack.emit(EUI, "up", chirpstack.uplink(EUI, 1, obj={"seq": 1}))
+        await chirpstack.start()
+        await wait_until(lambda: sink.values("seq") == [1], timeout=5, what="uplink after start")
+        await wait_until(lambda: adapter.discovered.is_set(), timeout=5, what="discovery")
+    finally:
+        await adapter.stop()
+
+
+async def test_first_start_without_chirpstack_discovers_once_it_is_up(
+        tmp_path: Path, chirpstack: FakeChirpStack) -> None:
+    await chirpstack.stop()
+    directory = RecordingDirectory()
+    adapter = make_adapter(tmp_path, directory=directory, **settings(chirpstack))
+    await adapter.start()
+    try:
+        assert adapter.devices == {}
+        await chirpstack.start()
+        await wait_until(lambda: f"lora:{EUI}" in directory.declared, timeout=5,
+                         what="discovery after ChirpStack came up")
+    finally:
+        await adapter.stop()

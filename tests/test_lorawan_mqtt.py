@@ -227,3 +227,22 @@ async def test_ack_over_mqtt_completes_a_waiting_downlink(tmp_path: Path,
         assert (result.ok, result.status) == (True, "delivered")
     finally:
         await adapter.stop()
+
+
+async def test_burst_for_one_device_is_accepted_in_order_without_false_gaps(
+        tmp_path: Path, chirpstack: FakeChirpStack, mosquitto: Mosquitto,
+        publisher: MQTTClient) -> None:
+    sink = RecordingSink()
+    sink.delay = 0.005  # like the outbox's group commit: handlers overlap
+    adapter = mqtt_adapter(tmp_path, chirpstack, mosquitto, sink)
+    await adapter.start()
+    try:
+        for i in range(30):
+            publisher.publish(topic(chirpstack), chirpstack.uplink(EUI, i, obj={"seq": i})
+                              .SerializeToString(), qos=1)
+        await wait_until(lambda: len(sink.values("seq")) == 30, what="the burst")
+        assert sink.values("seq") == list(range(30))
+        assert metric(adapter.ctx.metrics, "gateway_lorawan_uplinks_missed_total",
+                      adapter="lora") == 0
+    finally:
+        await adapter.stop()

@@ -114,6 +114,7 @@ class LorawanAdapter(Adapter):
         self.devices: dict[str, dict[str, str]] = {}
         self._declared: dict[str, dict[str, str]] = {}
         self._pending: dict[str, _Pending] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._stopping = asyncio.Event()
         self.discovered = asyncio.Event()
         m = self.metrics
@@ -264,6 +265,15 @@ class LorawanAdapter(Adapter):
 
     async def _handle(self, d: Delivery) -> bool:
         """Handle one event; True once it is durable (or needs no storing)."""
+        # one event per device at a time, in arrival order (asyncio.Lock is FIFO): the MQTT
+        # source runs handlers concurrently, and dedup and frame counters need the order
+        lock = self._locks.get(d.dev_eui)
+        if lock is None:
+            lock = self._locks[d.dev_eui] = asyncio.Lock()
+        async with lock:
+            return await self._handle_in_order(d)
+
+    async def _handle_in_order(self, d: Delivery) -> bool:
         self.metrics.events.labels(self.ctx.name, d.kind).inc()
         eui = d.dev_eui
         dedup_id = str(getattr(d.event, "deduplication_id", "") or "")

@@ -87,8 +87,11 @@ class ChirpStackClient:
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),)
         # keepalive pings find a dead connection under an idle event stream within minutes
+        # the channel's own reconnect backoff grows to two minutes by default: cap it, so
+        # that ChirpStack coming back is noticed soon after our own backoff retries
         options = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
-                   ("grpc.http2.max_pings_without_data", 0)]
+                   ("grpc.http2.max_pings_without_data", 0),
+                   ("grpc.max_reconnect_backoff_ms", 15_000)]
         if tls:
             root = Path(ca_file).read_bytes() if ca_file else None
             creds = grpc.ssl_channel_credentials(root_certificates=root)
