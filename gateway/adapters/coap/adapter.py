@@ -1,0 +1,153 @@
+"""``type: coap``: constrained devices over CoAP (aiocoap), as server and as client."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiocoap import Context
+
+from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
+from gateway.adapters.coap.client import DeviceClient
+from gateway.adapters.coap.config import CoapConfig
+from gateway.adapters.coap.metrics import coap_metrics
+from gateway.adapters.coap.security import OscoreContexts
+from gateway.adapters.coap.server import Policy, ReadingsResource, build_site
+from gateway.reading import Command, CommandResult
+
+#: seconds ``stop`` waits for requests whose readings are being made durable
+DRAIN_TIMEOUT = 5.0
+
+
+class CoapAdapter(Adapter):
+    """Readings in (POST/PUT, observe, poll), commands out (PUT/POST), OSCORE optional."""
+
+    Config = CoapConfig
+    config: CoapConfig
+
+    def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
+        super().__init__(config, ctx)
+        assert isinstance(config, CoapConfig)
+        self._m = coap_metrics(ctx.metrics)
+        self._context: Context | None = None
+        self._oscore: OscoreContexts | None = None
+        self._stopping = asyncio.Event()
+        self._inflight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.readings: ReadingsResource | None = None
+        self.clients: dict[str, DeviceClient] = {}
+        #: where files sent by ``format: file`` commands are taken from
+        self.files_dir = ctx.state_dir / "coap" / "files"
+
+    @property
+    def oscore_dir(self) -> Path:
+        """The directory of per-device OSCORE contexts."""
+        d = self.config.oscore.dir
+        return Path(d) if d else self.ctx.state_dir / "coap" / "oscore"
+
+    @property
+    def port(self) -> int:
+        """The UDP port the server is bound to (the kernel's pick when configured as 0)."""
+        assert self._context is not None
+        for ri in self._context.request_interfaces:
+            sock = _bound_socket(ri)
+            if sock is not None:
+                return int(sock.getsockname()[1])
+        return self.config.port
+
+    async def _accept(self, readings: Any) -> bool:
+        if self._stopping.is_set():
+            return False  # shutting down: the device retries after Max-Age, elsewhere or later
+        self._inflight += 1
+        self._drained.clear()
+        try:
+            return await self.ctx.sink.accept(readings)
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._drained.set()
+
+    async def start(self) -> None:
+        """Load OSCORE contexts, bind the UDP server, start observing declared devices."""
+        cfg = self.config
+        creds = None
+        if cfg.oscore.enabled:
+            self._oscore = OscoreContexts(self.oscore_dir, self.log)
+            await asyncio.to_thread(self._oscore.load)
+            missing = [d.id for d in cfg.devices if d.oscore and
+                       d.id not in self._oscore.by_device]
+            if missing:
+                self._oscore.close()
+                raise RuntimeError(f"no OSCORE context for device(s) {', '.join(missing)} in "
+                                   f"{self.oscore_dir} (one directory per device id)")
+            creds = self._oscore.server_credentials()
+        protected = set(self._oscore.by_device) if self._oscore else set()
+        policy = Policy(cfg.accept_unknown, cfg.oscore.required,
+                        {d.id for d in cfg.devices}, protected)
+        self.readings = ReadingsResource(self.prefix, self._accept, policy, cfg.max_payload,
+                                         cfg.retry_after, self._m, self.log)
+        site: Any = build_site(cfg.path, self.readings)
+        transports = ["udp6"]
+        if creds is not None:
+            from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
+
+            site = OscoreSiteWrapper(site, creds)
+            transports = ["oscore", "udp6"]
+        try:
+            self._context = await Context.create_server_context(
+                site, bind=(cfg.bind, cfg.port), transports=transports,
+                loggername=f"gateway.adapter.{self.prefix}.aiocoap")
+        except Exception:
+            if self._oscore is not None:
+                self._oscore.close()
+            raise
+        self.log.info("coap: listening on [%s]:%d, readings at /%s/<device id>", cfg.bind,
+                      self.port, cfg.path)
+        for spec in cfg.devices:
+            client = DeviceClient(self.prefix, spec, self._context, self._accept, cfg.block_size,
+                                  self.files_dir, self._m, self.log)
+            self.clients[client.device] = client
+            if spec.oscore and self._oscore is not None:
+                sc = self._oscore.by_device[spec.id]
+                self._context.client_credentials[spec.address + "/*"] = sc
+            info = {k: v for k, v in (("name", spec.name), ("type", spec.type),
+                                      ("model", spec.model)) if v is not None}
+            self.ctx.devices.declare(client.device, **info)
+            for res in spec.resources:
+                self.spawn(client.watch(res, self._stopping),
+                           name=f"{self.prefix}:watch:{spec.id}{res.path}")
+
+    async def stop(self) -> None:
+        """Finish requests whose readings are being stored, then unbind and release."""
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT)
+        except TimeoutError:
+            self.log.warning("coap: %d request(s) still being stored at stop", self._inflight)
+        await super().stop()
+        if self._context is not None:
+            # answers already rendered go out before the socket closes
+            await asyncio.sleep(0)
+            await self._context.shutdown()
+            self._context = None
+        if self._oscore is not None:
+            await asyncio.to_thread(self._oscore.close)
+            self._oscore = None
+
+    async def send(self, command: Command) -> CommandResult:
+        """PUT/POST to the resource configured for the command's action on its device."""
+        client = self.clients.get(command.device)
+        if client is None:
+            return CommandResult(False, "unknown_device",
+                                 f"{command.device} is not declared under this adapter's "
+                                 "devices (commands need its address and resources)")
+        return await client.send(command)
+
+
+def _bound_socket(ri: Any) -> Any:
+    """The UDP socket behind one aiocoap request interface, if it has one."""
+    messages = getattr(getattr(ri, "token_interface", None), "message_interface", None)
+    transport = getattr(messages, "transport", None)
+    return transport.get_extra_info("socket") if transport is not None else None

@@ -1,0 +1,301 @@
+"""Payload decoding: the body of one CoAP request or notification → readings.
+
+Content formats (CoAP Content-Format numbers):
+
+- 0 ``text/plain``: one bare number, ``true``/``false`` (only where the metric is known).
+- 50 ``application/json`` and 60 ``application/cbor``: an object of metric → value, or a
+  list of such objects. ``ts`` is the device time (UNIX seconds, or milliseconds when
+  larger than 1e11); ``units`` maps metric → unit. A value may also be ``{"v": .., "u": ..}``.
+- 110 ``application/senml+json`` and 112 ``application/senml+cbor`` (integer labels):
+  a SenML pack (RFC 8428) with base name, base time, base unit and base value resolved.
+
+Units go through the shared unit table (aliases such as °C or hPa become SenML names).
+A payload that cannot be decoded raises :class:`PayloadError` with a short ``reason``
+(a metric label) and a message the device's owner can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import cbor2
+
+from gateway.adapters.mqtt.units import UnknownUnit, normalize
+from gateway.reading import Reading, Value
+
+TEXT, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 50, 60, 110, 112
+#: content formats devices may post readings in
+READING_FORMATS = (JSON, CBOR, SENML_JSON, SENML_CBOR)
+FORMAT_NUMBERS = {"text": TEXT, "json": JSON, "cbor": CBOR, "senml+json": SENML_JSON,
+                  "senml+cbor": SENML_CBOR}
+
+#: device timestamps before 2001-09-09 (UNIX 1e9) are taken as an unset clock
+_MIN_TS = 1e9
+#: larger timestamps are milliseconds
+_MS_TS = 1e11
+#: SenML: times below 2**28 are relative to now (RFC 8428 section 4.5.3)
+_SENML_RELATIVE = 2**28
+_MAX_TEXT = 256
+_MAX_METRIC = 64
+_SNAKE = re.compile(r"[^a-z0-9]+")
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+#: SenML CBOR integer labels (RFC 8428 table 4) → JSON labels
+SENML_LABELS: dict[int, str] = {
+    -1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs",
+    0: "n", 1: "u", 2: "v", 3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd",
+}
+_RESERVED = frozenset({"ts", "units"})
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be turned into readings."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_snake_cache: dict[str, str] = {}
+
+
+def snake(name: str) -> str:
+    """``Temperature``, ``tempC``, ``co2-ppm`` → ``temperature``, ``temp_c``, ``co2_ppm``."""
+    hit = _snake_cache.get(name)
+    if hit is None:
+        hit = _SNAKE.sub("_", _CAMEL.sub("_", name).lower()).strip("_")[:_MAX_METRIC]
+        if len(_snake_cache) < 4096:  # bounded: names come from devices
+            _snake_cache[name] = hit
+    return hit
+
+
+def _unit(unit: Any, metric: str, where: str) -> tuple[str | None, Any]:
+    if unit is None:
+        return None, None
+    if not isinstance(unit, str):
+        raise PayloadError("bad_unit", f"{where}: unit must be a string")
+    try:
+        return normalize(unit, metric)
+    except UnknownUnit as exc:
+        raise PayloadError("bad_unit", f"{where}: {exc}") from None
+
+
+def _value(v: Any, where: str) -> Value:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise PayloadError("bad_value", f"{where}: {v} is not a finite number")
+        return v
+    if isinstance(v, str):
+        if len(v) > _MAX_TEXT:
+            raise PayloadError("bad_value", f"{where}: text longer than {_MAX_TEXT} characters")
+        return v
+    raise PayloadError("bad_value", f"{where}: expected a number, true/false or text, "
+                       f"not {type(v).__name__}")
+
+
+def _reading(device: str, metric: str, value: Value, unit: Any, ts: float,
+             where: str) -> Reading:
+    senml, convert = _unit(unit, metric, where)
+    if convert is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = convert(float(value))
+    return Reading(device, metric, value, senml, ts)
+
+
+def _reject_constant(name: str) -> Any:
+    raise PayloadError("bad_json", f"{name} is not a number JSON allows")
+
+
+def _load_json(payload: bytes) -> Any:
+    try:
+        return json.loads(payload, parse_constant=_reject_constant)
+    except PayloadError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError("bad_json", f"not valid JSON: {exc}") from None
+
+
+def _load_cbor(payload: bytes) -> Any:
+    try:
+        return cbor2.loads(payload)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise PayloadError("bad_cbor", f"not valid CBOR: {exc}") from None
+
+
+def _device_ts(raw: Any, now: float, where: str) -> float:
+    if raw is None:
+        return now
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise PayloadError("bad_time", f"{where}: ts must be a number (UNIX seconds)")
+    ts = float(raw)
+    if ts > _MS_TS:
+        ts /= 1000.0
+    return ts if ts >= _MIN_TS else now
+
+
+def _objects(doc: Any, device: str, now: float) -> list[Reading]:
+    objs = doc if isinstance(doc, list) else [doc]
+    if not objs:
+        raise PayloadError("no_values", "the list is empty")
+    out: list[Reading] = []
+    for i, obj in enumerate(objs):
+        where = f"object {i}" if isinstance(doc, list) else "payload"
+        if not isinstance(obj, dict):
+            raise PayloadError("bad_shape", f"{where}: expected an object of metric → value")
+        ts = _device_ts(obj.get("ts"), now, where)
+        units = obj.get("units") or {}
+        if not isinstance(units, dict):
+            raise PayloadError("bad_unit", f"{where}: units must map metric → unit")
+        for key, raw in obj.items():
+            if not isinstance(key, str):
+                raise PayloadError("bad_shape", f"{where}: keys must be text, not {key!r}")
+            if key in _RESERVED:
+                continue
+            metric = snake(key)
+            if not metric:
+                raise PayloadError("bad_name", f"{where}: {key!r} is not a usable metric name")
+            unit = units.get(key)
+            if isinstance(raw, dict):
+                if "v" not in raw:
+                    raise PayloadError("bad_shape", f"{where}.{key}: expected a value or "
+                                       '{"v": value, "u": unit}')
+                unit = raw.get("u", unit)
+                raw = raw["v"]
+            value = _value(raw, f"{where}.{key}")
+            out.append(_reading(device, metric, value, unit, ts, f"{where}.{key}"))
+    if not out:
+        raise PayloadError("no_values", "no values in the payload")
+    return out
+
+
+def _senml(pack: Any, device: str, now: float, cbor: bool) -> list[Reading]:
+    if isinstance(pack, dict):
+        pack = [pack]
+    if not isinstance(pack, list) or not pack:
+        raise PayloadError("bad_senml", "expected a SenML pack: an array of records")
+    bn, bt, bu, bv, bs = "", 0.0, None, 0.0, 0.0
+    out: list[Reading] = []
+    for i, rec in enumerate(pack):
+        where = f"record {i}"
+        if not isinstance(rec, dict):
+            raise PayloadError("bad_senml", f"{where} is not a map")
+        if cbor:
+            try:
+                rec = {SENML_LABELS.get(k, k) if isinstance(k, int) else k: v
+                       for k, v in rec.items()}
+            except TypeError:
+                raise PayloadError("bad_senml", f"{where}: unusable label") from None
+        unknown = [k for k in rec if k not in _SENML_KEYS]
+        if any(isinstance(k, str) and k.endswith("_") for k in unknown):
+            # RFC 8428 section 4.4: labels ending in "_" must be understood
+            raise PayloadError("bad_senml", f"{where}: mandatory label {unknown[0]!r} "
+                               "is not supported")
+        try:
+            bn = rec.get("bn", bn)
+            bt = _num(rec.get("bt", bt), "bt")
+            bu = rec.get("bu", bu)
+            bv = _num(rec.get("bv", bv), "bv")
+            bs = _num(rec.get("bs", bs), "bs")
+            n = rec.get("n", "")
+            if not isinstance(bn, str) or not isinstance(n, str):
+                raise TypeError("bn and n must be text")
+            t = bt + _num(rec.get("t", 0.0), "t")
+        except (TypeError, ValueError) as exc:
+            raise PayloadError("bad_senml", f"{where}: {exc}") from None
+        unit = rec.get("u", bu)
+        value: Value
+        if "v" in rec:
+            v = rec["v"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise PayloadError("bad_senml", f"{where}: v must be a finite number")
+            value = bv + v if bv else v
+        elif "vb" in rec:
+            if not isinstance(rec["vb"], bool):
+                raise PayloadError("bad_senml", f"{where}: vb must be true or false")
+            value = rec["vb"]
+        elif "vs" in rec:
+            if not isinstance(rec["vs"], str):
+                raise PayloadError("bad_senml", f"{where}: vs must be text")
+            value = _value(rec["vs"], where)
+        elif "s" in rec:
+            s = rec["s"]
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+                raise PayloadError("bad_senml", f"{where}: s must be a finite number")
+            value = bs + s if bs else s
+        else:
+            continue  # base fields only, or a data value (vd) readings do not carry
+        name = n or bn.rstrip(":/._-").rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+        metric = snake(name)
+        if not metric:
+            raise PayloadError("bad_senml", f"{where}: no name (n) for the metric")
+        ts = t if t >= _SENML_RELATIVE else now + t
+        out.append(_reading(device, metric, value, unit, ts, where))
+    if not out:
+        raise PayloadError("no_values", "the SenML pack has no values")
+    return out
+
+
+_SENML_KEYS = frozenset(SENML_LABELS.values())
+
+
+def _num(v: Any, label: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{label} must be a finite number")
+    return float(v)
+
+
+def decode(content_format: int, payload: bytes, device: str, now: float,
+           metric: str | None = None, unit: str | None = None) -> list[Reading]:
+    """Readings of ``device`` in ``payload``; ``metric``/``unit`` name a text/plain value."""
+    if content_format == JSON:
+        return _objects(_load_json(payload), device, now)
+    if content_format == CBOR:
+        return _objects(_load_cbor(payload), device, now)
+    if content_format == SENML_JSON:
+        return _senml(_load_json(payload), device, now, cbor=False)
+    if content_format == SENML_CBOR:
+        return _senml(_load_cbor(payload), device, now, cbor=True)
+    if content_format == TEXT:
+        if metric is None:
+            raise PayloadError("no_metric", "a text/plain value needs the resource's metric "
+                               "configured")
+        try:
+            text = payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise PayloadError("bad_text", "text/plain payload is not UTF-8") from None
+        value: Value
+        if text.lower() in ("true", "on"):
+            value = True
+        elif text.lower() in ("false", "off"):
+            value = False
+        else:
+            try:
+                value = int(text) if re.fullmatch(r"[-+]?\d{1,18}", text) else float(text)
+            except ValueError:
+                raise PayloadError("bad_text", f"{text[:40]!r} is not a number") from None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise PayloadError("bad_text", f"{text[:40]!r} is not a finite number")
+        return [_reading(device, metric, value, unit, now, "payload")]
+    raise PayloadError("bad_format", f"content format {content_format} is not supported")
+
+
+def encode(fmt: str, params: Mapping[str, Any]) -> tuple[int, bytes]:
+    """A command's params as a request body: (content format, payload)."""
+    if fmt == "cbor":
+        return CBOR, cbor2.dumps(dict(params))
+    if fmt == "json":
+        return JSON, json.dumps(dict(params), separators=(",", ":")).encode()
+    if fmt == "text":
+        if len(params) != 1:
+            raise ValueError("a text command takes exactly one param (its value)")
+        (value,) = params.values()
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return TEXT, text.encode()
+    raise ValueError(f"commands cannot be sent as {fmt}; use json, cbor or text")

@@ -1,0 +1,40 @@
+"""Prometheus metrics of CoAP adapters, registered once per registry (adapters restart)."""
+
+from __future__ import annotations
+
+import weakref
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class CoapMetrics:
+    """Counters shared by every ``coap`` adapter instance on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "gateway_coap_requests", "Reading requests answered, by response code",
+            ["adapter", "code"], registry=registry)
+        self.malformed = Counter(
+            "gateway_coap_malformed", "Payloads refused (undecodable, unsupported format, "
+            "oversized), by reason", ["adapter", "reason"], registry=registry)
+        self.notifications = Counter(
+            "gateway_coap_notifications", "Observe notifications and poll responses received "
+            "from devices", ["adapter", "result"], registry=registry)
+        self.registrations = Counter(
+            "gateway_coap_observe_registrations", "Observations registered (again after a "
+            "device rebooted or went quiet)", ["adapter"], registry=registry)
+        self.commands = Counter(
+            "gateway_coap_commands", "Commands sent to devices, by result",
+            ["adapter", "result"], registry=registry)
+
+
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, CoapMetrics] = \
+    weakref.WeakKeyDictionary()
+
+
+def coap_metrics(registry: CollectorRegistry) -> CoapMetrics:
+    """The CoAP metrics on ``registry``, created on first use."""
+    m = _by_registry.get(registry)
+    if m is None:
+        m = _by_registry[registry] = CoapMetrics(registry)
+    return m
