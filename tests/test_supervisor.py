@@ -1,0 +1,109 @@
+"""The supervisor: a crashing adapter is restarted with backoff; the others never notice."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
+from gateway.core.supervisor import Supervisor
+from gateway.reading import Command, CommandResult, Reading
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+
+    async def accept(self, readings: Sequence[Reading]) -> bool:
+        self.readings.extend(readings)
+        return True
+
+
+class Ticker(Adapter):
+    """Pushes one reading every 10 ms."""
+
+    async def start(self) -> None:
+        self.spawn(self._tick())
+
+    async def _tick(self) -> None:
+        i = 0
+        while True:
+            await self.ctx.sink.accept([Reading(f"{self.prefix}:t", "seq", i, None, time.time())])
+            i += 1
+            await asyncio.sleep(0.01)
+
+    async def send(self, command: Command) -> CommandResult:
+        return CommandResult.delivered()
+
+
+class Crasher(Adapter):
+    """Runs for 50 ms, then its background task raises."""
+
+    starts = 0
+
+    async def start(self) -> None:
+        type(self).starts += 1
+        self.spawn(self._boom())
+
+    async def _boom(self) -> None:
+        await asyncio.sleep(0.05)
+        raise RuntimeError("radio went away")
+
+    async def send(self, command: Command) -> CommandResult:
+        raise RuntimeError("not connected")
+
+
+def factory(cls: type[Adapter], name: str, sink: RecordingSink, reg: CollectorRegistry,
+            tmp: Path):  # type: ignore[no-untyped-def]
+    ctx = AdapterContext(name=name, sink=sink, state_dir=tmp, metrics=reg)
+    return (name, (name, lambda: cls(AdapterConfig(type=name, name=name), ctx)))
+
+
+async def test_a_crashing_adapter_is_restarted_with_backoff_while_others_run(
+        tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    reg = CollectorRegistry()
+    sink = RecordingSink()
+    Crasher.starts = 0
+    sup = Supervisor(dict([factory(Ticker, "ticker", sink, reg, tmp_path),
+                           factory(Crasher, "crasher", sink, reg, tmp_path)]), reg,
+                     backoff_initial=0.05, backoff_max=0.2)
+    await sup.start()
+    await asyncio.sleep(1.0)
+    restarts = reg.get_sample_value("gateway_adapter_restarts_total", {"adapter": "crasher"})
+    assert restarts is not None and restarts >= 3
+    assert Crasher.starts >= 3
+    assert sup.states["crasher"].last_error == "RuntimeError: radio went away"
+    assert sup.states["ticker"].state == "running" and sup.states["ticker"].restarts == 0
+    seqs = [r.value for r in sink.readings if r.device == "ticker:t"]
+    assert seqs == list(range(len(seqs))) and len(seqs) > 50  # never interrupted
+    assert "adapter crasher (crasher) failed: RuntimeError: radio went away" in caplog.text
+    await sup.stop()
+    assert all(s.state == "stopped" for s in sup.states.values())
+
+
+async def test_backoff_delays_grow_and_stay_jittered_under_the_cap() -> None:
+    from gateway.core.backoff import Backoff
+
+    b = Backoff(initial=1.0, maximum=8.0)
+    delays = [b.next_delay() for _ in range(8)]
+    assert all(0.5 <= d <= 8.0 for d in delays)
+    assert delays[0] <= 1.0 and max(delays[4:]) > 2.0
+    assert len(set(delays)) == len(delays)
+    b.reset()
+    assert b.next_delay() <= 1.0
+
+
+async def test_commands_reach_the_owning_adapter_and_failures_are_results(
+        tmp_path: Path) -> None:
+    reg = CollectorRegistry()
+    sink = RecordingSink()
+    sup = Supervisor(dict([factory(Ticker, "ticker", sink, reg, tmp_path)]), reg)
+    await sup.start()
+    assert (await sup.send(Command("ticker:t", "on"))).status == "delivered"
+    unknown = await sup.send(Command("zigbee:00:11", "on"))
+    assert unknown.status == "unknown_device" and not unknown.ok
+    await sup.stop()
