@@ -1,0 +1,77 @@
+"""``gateway pair`` against the real Zigbee adapter and real zigpy on a virtual radio.
+
+The daemon runs in this process (the virtual radio's air lives in memory, so the test
+must share it to make a device join); the CLI runs as its own process and talks to the
+daemon's real socket. Only the radio is simulated (no stick here), see
+``tests/zigbee_virtual.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from gateway.config.model import load_config
+from gateway.daemon import Gateway
+from tests.zigbee_virtual import RADIO_TYPE, climate_sensor, network
+
+
+async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {within} s")
+        await asyncio.sleep(0.02)
+
+
+def zigbee_config(tmp_path: Path, net: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump({
+        "gateway": {"id": "pair-test", "state_dir": str(tmp_path / "state")},
+        "uplink": {"enabled": False},
+        "adapters": [{"type": "zigbee", "name": "zigbee", "radio_type": RADIO_TYPE,
+                      "port": f"virtual://{net}", "channel": 15}],
+    }))
+    return path
+
+
+async def test_pair_shows_a_zigbee_sensor_joining_and_being_interviewed(tmp_path: Path) -> None:
+    name = f"api-pair-{os.getpid()}"
+    gw = Gateway(load_config(zigbee_config(tmp_path, name)))
+    await gw.start()
+    sock = str(tmp_path / "state" / "gateway.sock")
+    try:
+        assert gw.supervisor is not None and gw.supervisor.states["zigbee"].state == "running"
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "pair", "--socket", sock, "--seconds", "4",
+            "--interval", "0.1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        net = network(name)
+        await until(lambda: net.permit_open, 15, "joining open on the virtual stick")
+        assert net.join(climate_sensor("00:15:8d:00:0a:0b:0c:0d"))
+        out, err = await asyncio.wait_for(cli.communicate(), 30)
+        assert cli.returncode == 0, err.decode()
+        lines = out.decode().splitlines()
+        assert lines[0].startswith("joining open on zigbee for 4 s")
+        device = "zigbee:00:15:8d:00:0a:0b:0c:0d"
+        seen = [line for line in lines if device in line]
+        assert seen[0].startswith(f"+ {device}: ")
+        # zigpy's interview fills in model and manufacturer from the Basic cluster
+        assert seen[-1].startswith(f"~ {device}: model lumi.weather, manufacturer LUMI, "
+                                   "interview ")
+        assert lines[-1] == "joining closed: 1 new device(s)"
+        conn = aiohttp.UnixConnector(path=sock)
+        async with aiohttp.ClientSession(connector=conn) as session, \
+                session.get(f"http://gateway/api/devices/{device}") as resp:
+            body = await resp.json()
+        assert resp.status == 200
+        assert body["model"] == "lumi.weather" and body["manufacturer"] == "LUMI"
+        assert body["interview"] in ("interviewed", "configured")
+    finally:
+        await gw.stop()
