@@ -107,7 +107,7 @@ install_packages() {
 create_user() {
     if [ -n "$ROOT" ] || ! getent passwd "$USER_NAME" >/dev/null 2>&1; then
         system useradd --system --user-group --home-dir /var/lib/gateway --no-create-home \
-            --shell /usr/sbin/nologin --comment "Edge gateway" "$USER_NAME"
+            --shell /usr/sbin/nologin --comment edge-gateway "$USER_NAME"
     fi
     # dialout opens the Zigbee stick; the unit adds it too (SupplementaryGroups=dialout)
     if [ -n "$ROOT" ] || ! id -nG "$USER_NAME" | tr ' ' '\n' | grep -qx dialout; then
@@ -160,7 +160,7 @@ install_python() {
 install_files() {
     put 0755 "$SRC/deploy/firstboot.sh" "$BIN/gateway-firstboot"
     put 0755 "$SRC/deploy/add-device.sh" "$BIN/gateway-add-device"
-    if [ ! -e "$ROOT/usr/local/sbin/gateway-add-device" ]; then
+    if [ ! -L "$ROOT/usr/local/sbin/gateway-add-device" ]; then
         mkdir -p "$ROOT/usr/local/sbin"
         ln -s "$BIN/gateway-add-device" "$ROOT/usr/local/sbin/gateway-add-device"
         say "installed /usr/local/sbin/gateway-add-device -> $BIN/gateway-add-device"
