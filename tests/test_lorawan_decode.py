@@ -98,3 +98,14 @@ def test_config_requires_scope_and_a_token() -> None:
     cfg = LorawanConfig.model_validate({"type": "lorawan", "api_token": "s3cret",
                                         "applications": ["a"]})
     assert "s3cret" not in repr(cfg)
+
+
+def test_unit_aliases_become_senml_names_with_conversion() -> None:
+    profile = ProfileConfig(fields={"t": {"metric": "temperature", "unit": "°F"},
+                                    "p": {"metric": "pressure", "unit": "hPa"}})
+    assert apply_fields([("t", 212.0, None), ("p", 1013.25, None)], profile) == [
+        ("temperature", 100.0, "Cel"), ("pressure", 101325.0, "Pa")]
+    layout = [LayoutField(name="voltage", type="uint16", unit="mV")]
+    assert decode_layout(b"\x0b\xb8", layout) == [("voltage", 3.0, "V")]
+    with pytest.raises(ValidationError, match="unknown unit"):
+        ProfileConfig(fields={"t": {"unit": "degrees"}})

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
+from gateway.adapters.mqtt.units import check as check_unit
 from gateway.config.types import Duration, Section
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -23,7 +24,8 @@ class FieldMap(Section):
     """How one decoded key becomes a reading: its metric name, unit and scaling."""
 
     metric: str | None = Field(default=None, description="default: the key in snake_case")
-    unit: str | None = Field(default=None, description="SenML unit name: Cel, %RH, V, Pa...")
+    unit: str | None = Field(default=None, description="SenML name (Cel, %RH, V, Pa...) or an "
+                             "alias the shared unit table converts (°C, hPa, mV, kWh...)")
     scale: float = 1.0
     offset: float = 0.0
     drop: bool = False
@@ -32,6 +34,11 @@ class FieldMap(Section):
     @classmethod
     def _metric(cls, v: str | None) -> str | None:
         return None if v is None else _check_metric(v)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str | None) -> str | None:
+        return None if v is None else check_unit(v)
 
 
 LayoutType = Literal["int8", "uint8", "int16", "uint16", "int24", "uint24", "int32", "uint32",
@@ -57,6 +64,11 @@ class LayoutField(Section):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_metric(v)
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, v: str | None) -> str | None:
+        return None if v is None else check_unit(v)
 
 
 class CommandTemplate(Section):

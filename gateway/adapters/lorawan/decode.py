@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from gateway.adapters.lorawan.config import FieldMap, LayoutField, ProfileConfig
+from gateway.adapters.mqtt.units import normalize
 from gateway.reading import Value
 
 Candidate = tuple[str, Value, str | None]
@@ -180,12 +181,17 @@ def decode_layout(data: bytes, layout: Iterable[LayoutField]) -> list[Candidate]
             number = int.from_bytes(chunk, f.endian, signed=not f.type.startswith("u"))
         if f.scale != 1 or f.add != 0:
             number = number * f.scale + f.add
+        unit = f.unit
+        if unit is not None:
+            unit, convert = normalize(unit, f.name)
+            if convert is not None:
+                number = convert(number)
         if f.decimals is not None:
             number = round(number, f.decimals)
-        elif isinstance(number, float) and f.scale != 1:
-            number = round(number, 9)  # drop binary noise from the scale factor
+        elif isinstance(number, float):
+            number = round(number, 9)  # drop binary noise from scale factors and conversions
         value = number
-        out.append((f.name, value, f.unit))
+        out.append((f.name, value, unit))
     return out
 
 
@@ -206,8 +212,14 @@ def apply_fields(candidates: Iterable[Candidate], profile: ProfileConfig
             continue
         if fm.drop:
             continue
-        if (fm.scale != 1 or fm.offset != 0) and isinstance(value, (int, float)) \
-                and not isinstance(value, bool):
-            value = round(value * fm.scale + fm.offset, 9)
-        out.append((fm.metric or snake(key), value, fm.unit if fm.unit is not None else unit))
+        metric = fm.metric or snake(key)
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if (fm.scale != 1 or fm.offset != 0) and numeric:
+            value = round(value * fm.scale + fm.offset, 9)  # type: ignore[operator]
+        if fm.unit is not None:
+            # the shared unit table turns aliases into SenML names: °C → Cel, hPa → Pa (×100)
+            unit, convert = normalize(fm.unit, metric)
+            if convert is not None and numeric:
+                value = round(convert(float(value)), 9)
+        out.append((metric, value, unit))
     return out
