@@ -264,7 +264,9 @@ class ApiServer:
         enabled = gw.config.uplink.enabled
         connected = bool(getattr(gw.uplink, "connected", False))
         if enabled and not connected:
-            problems.append("uplink is not connected (readings wait in the outbox)")
+            last = getattr(gw.uplink, "last_error", None)
+            problems.append("uplink is not connected (readings wait in the outbox)"
+                            + (f": {last}" if last else ""))
         outbox: dict[str, Any] = {}
         if gw.outbox is not None:
             st_ = gw.outbox.stats()
