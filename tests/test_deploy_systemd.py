@@ -1,0 +1,123 @@
+"""systemd/gateway.service: hardened, yet able to open serial sticks and reach the network.
+
+The exposure score comes from the real ``systemd-analyze security --offline=yes``; the
+units are parsed by the real ``systemd-analyze verify``. No systemd runs here as PID 1,
+so the unit is not started (that needs a booted Pi or VM).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "systemd/gateway.service"
+FIRSTBOOT = REPO / "systemd/gateway-firstboot.service"
+ANALYZE = shutil.which("systemd-analyze")
+
+needs_analyze = pytest.mark.skipif(
+    ANALYZE is None, reason="systemd-analyze is missing (Debian package systemd; tests/run.sh "
+                            "installs it)")
+
+
+def settings(unit: Path) -> dict[str, list[str]]:
+    """key → every value it is given in the unit, in order (systemd allows repeats)."""
+    out: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def security(unit: Path) -> subprocess.CompletedProcess[str]:
+    assert ANALYZE is not None
+    return subprocess.run([ANALYZE, "security", "--offline=yes", "--threshold=20", str(unit)],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@needs_analyze
+def test_unit_exposure_is_within_threshold_20() -> None:
+    result = security(UNIT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"Overall exposure level for gateway\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout
+    assert float(match.group(1)) <= 2.0
+    # the device ACL that the score accounts for is the serial sticks', nothing broader
+    acl = next(line for line in result.stdout.splitlines() if "device ACL" in line)
+    assert "char-ttyUSB:rw" in acl and "char-ttyACM:rw" in acl
+    assert "char-ttyS" not in acl  # shares its major number with the virtual consoles
+
+
+@needs_analyze
+def test_security_check_fails_an_unhardened_unit(tmp_path: Path) -> None:
+    plain = tmp_path / "gateway.service"
+    plain.write_text("[Service]\nExecStart=/bin/true\nUser=gateway\n")
+    result = security(plain)
+    assert result.returncode != 0
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", [UNIT, FIRSTBOOT], ids=lambda p: p.name)
+def test_units_verify_without_warnings(tmp_path: Path, unit: Path) -> None:
+    # ExecStart points into /opt/gateway, which exists on the Pi only: swap the binary
+    copy = tmp_path / unit.name
+    copy.write_text(re.sub(r"(?m)^ExecStart=\S+", "ExecStart=/bin/true", unit.read_text()))
+    assert ANALYZE is not None
+    result = subprocess.run([ANALYZE, "verify", "--man=no", str(copy)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_unit_runs_as_notify_service_with_watchdog_restart_and_state() -> None:
+    s = settings(UNIT)
+    assert s["Type"] == ["notify"]
+    assert s["NotifyAccess"] == ["main"]
+    assert re.fullmatch(r"\d+s", s["WatchdogSec"][0])
+    assert s["Restart"] == ["on-failure"]
+    assert s["StateDirectory"] == ["gateway"]
+    assert s["User"] == ["gateway"] and s["SupplementaryGroups"] == ["dialout"]
+    assert s["EnvironmentFile"] == ["-/etc/gateway/gateway.env"]
+    assert "gateway-firstboot.service" in s["After"][0]
+    # the command line is one the CLI accepts
+    command = s["ExecStart"][0].split()
+    assert command[0] == "/opt/gateway/venv/bin/gateway"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "run" and args.config == "/etc/gateway/gateway.yaml"
+
+
+def test_unit_loads_every_credential_the_example_config_uses() -> None:
+    config = REPO / "configs/gateway.yaml"
+    used = {m for line in config.read_text().splitlines()
+            if not line.lstrip().startswith("#")
+            for m in re.findall(r"\$\{credential:([^}]+)\}", line)}
+    assert used, "the example config uses no credential: this test checks nothing"
+    loaded = {v.split(":", 1)[0]: v.split(":", 1)[1] for v in settings(UNIT)["LoadCredential"]}
+    assert used <= set(loaded)
+    for name, path in loaded.items():
+        assert path == f"/etc/gateway/credentials/{name}"
+    # and first boot generates each of them
+    firstboot = (REPO / "deploy/firstboot.sh").read_text()
+    generated = re.search(r'^GENERATED="([^"]*)"', firstboot, re.M)
+    assert generated and set(loaded) == set(generated.group(1).split())
+
+
+def test_unit_keeps_serial_sticks_network_and_unprivileged_ports_reachable() -> None:
+    s = settings(UNIT)
+    assert s["DevicePolicy"] == ["closed"]
+    assert {"char-ttyUSB rw", "char-ttyACM rw"} <= set(s["DeviceAllow"])
+    assert "PrivateDevices" not in s and "PrivateUsers" not in s  # both would hide the sticks
+    families = set(s["RestrictAddressFamilies"][0].split())
+    assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= families
+    assert "PrivateNetwork" not in s and "IPAddressDeny" not in s
+    # ports >= 1024 need no capability: none is granted
+    assert s["CapabilityBoundingSet"] == [""] and s["AmbientCapabilities"] == [""]
+    assert s["ProtectSystem"] == ["strict"]
