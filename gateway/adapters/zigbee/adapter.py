@@ -104,6 +104,8 @@ class ZigbeeAdapter(Adapter):
         self._stopping = False
         self._watched: dict[Any, list[Callable[[], None]]] = {}
         self._configured: set[str] = set()
+        #: devices whose interview zigpy finished (configuration waits for it)
+        self._interviewed: set[str] = set()
         self._configuring: dict[str, asyncio.Task[Any]] = {}
         self._last_configure: dict[str, float] = {}
         self._last_link: dict[str, float] = {}
@@ -145,7 +147,10 @@ class ZigbeeAdapter(Adapter):
                       self.config.radio_type, self.config.port, info.channel, info.pan_id,
                       len(self._devices()))
         for device in self._devices():
+            # known devices from zigpy's database: listen again, configure what is missing
             self._watch(device)
+            if device.is_initialized and device.model is not None:
+                self._interviewed.add(str(device.ieee))
             self._declare(device, interview=self._interview_state(device))
         self._m.devices.labels(self.prefix).set(len(self._devices()))
         self._forwarder = self.spawn(self._forward(), name=f"{self.prefix}:forward")
@@ -196,6 +201,7 @@ class ZigbeeAdapter(Adapter):
         """A new device is on the network; zigpy interviews it next."""
         self.log.info("zigbee: device %s joined (nwk 0x%04X)", device.ieee, device.nwk)
         self._configured.discard(str(device.ieee))
+        self._interviewed.discard(str(device.ieee))
         self._declare(device, interview="interviewing")
         self._m.devices.labels(self.prefix).set(len(self._devices()))
 
@@ -205,6 +211,7 @@ class ZigbeeAdapter(Adapter):
             return
         self._watch(device)
         ieee = str(device.ieee)
+        self._interviewed.add(ieee)
         configured = ieee in self._configured
         self._declare(device, interview="configured" if configured else "interviewed")
         self.log.info("zigbee: device %s interviewed: %s / %s, endpoints %s", ieee,
@@ -241,7 +248,7 @@ class ZigbeeAdapter(Adapter):
             return
         ieee = str(device.ieee)
         now = time.monotonic()
-        if (device.is_initialized and ieee not in self._configured
+        if (ieee in self._interviewed and ieee not in self._configured
                 and now - self._last_configure.get(ieee, -1e9) >= self.config.configure_retry):
             self._schedule_configure(device)
         if now - self._last_link.get(ieee, -1e9) >= self.config.link_update_interval:
@@ -274,9 +281,11 @@ class ZigbeeAdapter(Adapter):
                 return device
         return None
 
-    @staticmethod
-    def _interview_state(device: Any) -> str:
-        return "interviewed" if device.is_initialized else "interviewing"
+    def _interview_state(self, device: Any) -> str:
+        ieee = str(device.ieee)
+        if ieee in self._configured:
+            return "configured"
+        return "interviewed" if ieee in self._interviewed else "interviewing"
 
     def _declare(self, device: Any, **extra: Any) -> None:
         info: dict[str, Any] = {"model": device.model, "manufacturer": device.manufacturer,
@@ -544,8 +553,7 @@ class ZigbeeAdapter(Adapter):
         return {"adapter": self.prefix, "path": str(path),
                 "latest": str(self.dir / backups.LATEST),
                 "backup_time": taken.backup_time.isoformat(),
-                "devices": len(taken.network_info.children)
-                + len(taken.network_info.nwk_addresses),
+                "devices": len(taken.network_info.nwk_addresses),
                 "channel": int(taken.network_info.channel),
                 "pan_id": f"0x{int(taken.network_info.pan_id):04X}"}
 
