@@ -117,6 +117,9 @@ async def test_metrics_parse_and_reading_counters_move_as_readings_flow(
     assert after[("gateway_outbox_depth", ())] > before[("gateway_outbox_depth", ())]
     assert after[("gateway_api_requests_total", (("code", "200"), ("endpoint", "/metrics")))] \
         >= 1
+    # every metric of every component is the gateway's own, on the daemon's registry
+    assert all(name.startswith("gateway_") for name, _ in after), \
+        sorted({name for name, _ in after if not name.startswith("gateway_")})
 
 
 async def test_metrics_speak_openmetrics_when_asked(daemon: GatewayProcess) -> None:
@@ -138,6 +141,8 @@ async def test_devices_lists_every_simulated_device_with_values(daemon: GatewayP
     assert online == []
     _, other, _ = await call(daemon, "GET", "/api/devices?adapter=zigbee")
     assert other == []
+    _, slim, _ = await call(daemon, "GET", "/api/devices?fields=model,online")
+    assert slim[0] == {"id": "sim:sim-1", "model": "simulator", "online": True}
 
 
 async def test_one_device_by_id_and_404_for_unknown(daemon: GatewayProcess) -> None:

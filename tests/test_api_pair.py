@@ -67,6 +67,7 @@ def test_pair_json_prints_one_device_object_per_change(joining_daemon: GatewayPr
     objects = [json.loads(line) for line in out.splitlines()]
     assert [o["interview"] for o in objects] == ["started", "done"]
     assert all(o["id"] == DEVICE and o["model"] == "TS0201" for o in objects)
+    assert objects[-1]["adapter"] == "zb" and "first_seen" in objects[-1]
 
 
 def test_ctrl_c_during_pair_closes_joining(joining_daemon: GatewayProcess) -> None:

@@ -347,6 +347,10 @@ command("send", "send a command to a device")(send)
 _PAIR_FIELDS = ("model", "manufacturer", "interview", "interview_state")
 
 
+#: what pair asks for on each poll: the device list without values stays small
+_PAIR_QUERY = "/api/devices?fields=" + ",".join(_PAIR_FIELDS)
+
+
 def _pair_view(d: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(d.get(k) for k in _PAIR_FIELDS)
 
@@ -367,7 +371,7 @@ def _pair_line(d: dict[str, Any], known: bool) -> str:
 def pair(args: argparse.Namespace) -> int:
     """Open joining, count down, and show each device as it joins and is interviewed."""
     client = client_for(args)
-    before = {d["id"]: d for d in client.call("GET", "/api/devices")}
+    before = {d["id"]: d for d in client.call("GET", _PAIR_QUERY)}
     body: dict[str, Any] = {"seconds": args.seconds}
     if args.adapter:
         body["adapter"] = args.adapter
@@ -388,7 +392,7 @@ def pair(args: argparse.Namespace) -> int:
     try:
         while True:
             remaining = deadline - time.monotonic()
-            for d in client.call("GET", "/api/devices"):
+            for d in client.call("GET", _PAIR_QUERY):
                 dev_id = d.get("id")
                 if dev_id in before and _pair_view(before[dev_id]) == _pair_view(d):
                     continue
@@ -396,7 +400,8 @@ def pair(args: argparse.Namespace) -> int:
                 if seen.get(dev_id) == view:
                     continue
                 if args.json:
-                    print(json.dumps(d, default=str), flush=True)
+                    full = client.call("GET", device_path(dev_id))
+                    print(json.dumps(full, default=str), flush=True)
                 else:
                     if tty:
                         out.write("\r\033[K")

@@ -60,8 +60,8 @@ class ApiStartError(RuntimeError):
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A JSON answer; values JSON cannot hold (sets, paths) become strings."""
-    return web.Response(text=json.dumps(data, default=str), status=status,
-                        content_type="application/json")
+    return web.Response(text=json.dumps(data, default=str, separators=(",", ":")),
+                        status=status, content_type="application/json")
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -304,7 +304,8 @@ class ApiServer:
         return list(self.gw.devices.all()) if self.gw.devices is not None else []
 
     async def devices(self, request: web.Request) -> web.Response:
-        """Every known device; ``?adapter=NAME`` and ``?online=true|false`` narrow the list."""
+        """Every known device; ``?adapter=NAME`` and ``?online=true|false`` narrow the list,
+        ``?fields=id,model,...`` keeps only those keys (a lighter answer for pollers)."""
         out = self._all_devices()
         adapter = request.query.get("adapter")
         if adapter:
@@ -315,6 +316,10 @@ class ApiServer:
                 return error_response(400, "online must be true or false")
             want = online.lower() in ("true", "1")
             out = [d for d in out if bool(d.get("online")) == want]
+        fields = request.query.get("fields")
+        if fields:
+            keep = {"id", *(f.strip() for f in fields.split(",") if f.strip())}
+            out = [{k: v for k, v in d.items() if k in keep} for d in out]
         return json_response(out)
 
     def _device_or_404(self, device: str) -> dict[str, Any]:
