@@ -118,14 +118,14 @@ class EzspStick:
     def _notify(self) -> None:
         self._changed.set()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0,
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 10.0,
                        what: str = "condition") -> None:
         """Wait until ``predicate()`` holds (checked whenever the host talks to the stick)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while not predicate():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"ezsp stick: {what} not reached within {timeout} s "
+                raise TimeoutError(f"ezsp stick: {what} not reached within {within} s "
                                    f"(commands so far: {dict(self.ncp.commands)})")
             self._changed.clear()
             try:

@@ -130,7 +130,8 @@ class VirtualNode:
         return [(aps_frame(ZDO_PROFILE, rsp_cmd, ZDO_ENDPOINT, ZDO_ENDPOINT,
                            self.next_aps_seq()), body)]
 
-    def zdo_reply(self, cmd: zdo_t.ZDOCmd, args: list[Any]) -> tuple[zdo_t.ZDOCmd, list[Any]] | None:
+    def zdo_reply(self, cmd: zdo_t.ZDOCmd,
+                  args: list[Any]) -> tuple[zdo_t.ZDOCmd, list[Any]] | None:
         """The response command and its values, or None for requests that get no answer."""
         ok = zdo_t.Status.SUCCESS
         Z = zdo_t.ZDOCmd
@@ -232,8 +233,9 @@ class VirtualDevice(VirtualNode):
         if rsp is None:
             return []
         rsp_cmd, rsp_args = rsp
+        # A reply travels the other way: from a client cluster it goes client to server
         out_hdr = foundation.ZCLHeader.general(
-            tsn=hdr.tsn, command_id=rsp_cmd, direction=foundation.Direction.Server_to_Client)
+            tsn=hdr.tsn, command_id=rsp_cmd, direction=hdr.direction.flip())
         body = out_hdr.serialize() + rsp_args.serialize()
         return [(aps_frame(aps.profileId, cluster, ep, aps.sourceEndpoint,
                            self.next_aps_seq()), body)]

@@ -92,6 +92,7 @@ class Ncp:
     def reset(self) -> None:
         """What an NCP reboot forgets."""
         self.network_up = False
+        self.version_set = False
         self.config: dict[bt.EzspConfigId, int] = {
             bt.EzspConfigId.CONFIG_SECURITY_LEVEL: 5,
             bt.EzspConfigId.CONFIG_KEY_TABLE_SIZE: 4,
@@ -169,6 +170,10 @@ class Ncp:
         if rest:
             log.debug("ezsp: %s: %d trailing bytes", name, len(rest))
         self.commands[name] += 1
+        if not self.version_set and name != "version":
+            # After a reset the NCP takes nothing until the host has negotiated a version
+            log.info("ezsp: %s before version after a reset: refused", name)
+            return self._invalid(seq, bt.EzspStatus.ERROR_VERSION_NOT_SET, legacy)
         handler = getattr(self, f"_cmd_{name}", None)
         if handler is None:
             self.unknown[name] += 1
@@ -237,6 +242,7 @@ class Ncp:
     # -- commands: version and identity --------------------------------------------------------
 
     def _cmd_version(self, desiredProtocolVersion: int) -> dict[str, Any]:
+        self.version_set = True
         return {"protocolVersion": PROTOCOL_VERSION, "stackType": STACK_TYPE,
                 "stackVersion": STACK_VERSION}
 

@@ -1,0 +1,219 @@
+"""The unmodified bellows/zigpy stack against the simulated EZSP stick.
+
+No mock: bellows' own ControllerApplication opens ``socket://127.0.0.1:PORT``, speaks
+ASH and EZSP to :mod:`tests.ezsp_stick`, which stands in for the Silicon Labs stick that
+cannot be attached here. These tests prove the stick is faithful enough for the
+gateway's Zigbee tests to rely on it: start and form, permit, a device joining and being
+interviewed, a report arriving, and the link dying in the two ways a real stick does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zigpy.config as zconf
+import zigpy.device
+from bellows.ash import NcpFailure
+from bellows.zigbee.application import ControllerApplication
+
+from tests.ezsp_stick import EzspStick, VirtualDevice
+
+pytestmark = pytest.mark.timeout(60)
+
+TEMPERATURE = 0x0402
+HUMIDITY = 0x0405
+SENSOR_IEEE = "00:0d:6f:00:0a:bc:de:f1"
+SENSOR_NWK = 0x4A1B
+
+
+class Events:
+    """A zigpy application listener that records what the application reports."""
+
+    def __init__(self) -> None:
+        self.joined: list[zigpy.device.Device] = []
+        self.initialized: list[zigpy.device.Device] = []
+        self.lost: list[Exception] = []
+
+    def device_joined(self, device: zigpy.device.Device) -> None:
+        self.joined.append(device)
+
+    def device_initialized(self, device: zigpy.device.Device) -> None:
+        self.initialized.append(device)
+
+    def connection_lost(self, exc: Exception) -> None:
+        self.lost.append(exc)
+
+
+async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
+    """Poll ``predicate`` every 20 ms for at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not seen within {within} s")
+        await asyncio.sleep(0.02)
+
+
+def app_config(stick: EzspStick, db: Path) -> dict[str, Any]:
+    return {
+        zconf.CONF_DEVICE: {zconf.CONF_DEVICE_PATH: stick.url},
+        zconf.CONF_DATABASE: str(db),
+        # A fixed channel: forming on a random one would first run an energy scan
+        zconf.CONF_NWK: {zconf.CONF_NWK_CHANNEL: 15},
+    }
+
+
+@pytest.fixture
+async def stick() -> AsyncIterator[EzspStick]:
+    async with EzspStick() as s:
+        yield s
+
+
+@pytest.fixture
+async def formed_stick(stick: EzspStick) -> EzspStick:
+    """A stick that already carries a network, so starting skips formation."""
+    stick.preform(channel=20, pan_id=0x1A62)
+    return stick
+
+
+async def start_app(stick: EzspStick, db: Path, events: Events,
+                    auto_form: bool = True) -> ControllerApplication:
+    app = await ControllerApplication.new(app_config(stick, db), auto_form=auto_form)
+    app.add_listener(events)
+    return app
+
+
+async def join_sensor(stick: EzspStick, app: ControllerApplication,
+                      events: Events) -> tuple[VirtualDevice, zigpy.device.Device]:
+    sensor = VirtualDevice(SENSOR_IEEE, SENSOR_NWK, model="TH01", manufacturer="Acme Sensors",
+                           attributes={(1, TEMPERATURE): {0x0000: 2150},
+                                       (1, HUMIDITY): {0x0000: 4500}})
+    await app.permit(60)
+    await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
+    stick.join(sensor)
+    await until(lambda: any(str(d.ieee) == SENSOR_IEEE for d in events.initialized), 15,
+                "device_initialized")
+    return sensor, app.get_device(ieee=zigpy.types.EUI64.convert(SENSOR_IEEE))
+
+
+async def test_bellows_forms_a_network_on_a_blank_stick(stick: EzspStick,
+                                                        tmp_path: Path) -> None:
+    events = Events()
+    app = await start_app(stick, tmp_path / "zigbee.db", events)
+    try:
+        assert stick.nv.formed and stick.network_up
+        assert stick.ncp.commands["formNetwork"] == 1
+        # What zigpy believes is what the stick holds
+        info = app.state.network_info
+        assert info.channel == 15 == stick.nv.params.radioChannel
+        assert info.pan_id == stick.nv.params.panId
+        assert info.network_key.key == stick.nv.network_key
+        assert app.state.node_info.ieee == stick.nv.eui64
+        assert app.state.node_info.nwk == 0x0000
+        # bellows interviewed the coordinator through the stick's own ZDO
+        assert app._device.node_desc is not None and app._device.node_desc.is_coordinator
+        # Every command bellows sent was understood
+        assert dict(stick.ncp.unknown) == {}
+        assert sum(stick.ncp.commands.values()) >= 100
+        assert len(stick.ncp.commands) >= 25
+    finally:
+        await app.shutdown()
+
+
+async def test_joined_device_is_interviewed_and_its_report_reaches_zigpy(
+        formed_stick: EzspStick, tmp_path: Path) -> None:
+    events = Events()
+    app = await start_app(formed_stick, tmp_path / "zigbee.db", events)
+    try:
+        # zigpy closes joining at startup, and the stick then refuses a join
+        assert not formed_stick.permit_joining
+        with pytest.raises(RuntimeError, match="not permitted"):
+            formed_stick.join(VirtualDevice(SENSOR_IEEE, SENSOR_NWK))
+        sensor, device = await join_sensor(formed_stick, app, events)
+        assert formed_stick.ncp.commands["permitJoining"] >= 2
+        assert any(str(d.ieee) == SENSOR_IEEE for d in events.joined)
+        # The interview went over the air: node descriptor, endpoints, descriptors, Basic
+        asked = [r[1] for r in sensor.received if r[0] == "zdo"]
+        assert asked[:3] == ["Node_Desc_req", "Active_EP_req", "Simple_Desc_req"]
+        basic_reads = [r[3].attribute_ids for r in sensor.received
+                       if r[:3] == ("zcl", 0x0000, "Read_Attributes")]
+        assert basic_reads and {4, 5} <= set(basic_reads[0])
+        assert device.model == "TH01" and device.manufacturer == "Acme Sensors"
+        assert device.node_desc is not None and device.node_desc.is_end_device
+        assert sorted(device.endpoints[1].in_clusters) == [0x0000, 0x0001, TEMPERATURE,
+                                                           HUMIDITY]
+
+        reports: list[Any] = []
+        device.endpoints[1].in_clusters[TEMPERATURE].on_event("attribute_report",
+                                                               reports.append)
+        formed_stick.report(sensor, 1, TEMPERATURE, {0x0000: 2237})
+        await until(lambda: bool(reports), 5, "attribute_report")
+        assert reports[0].attribute_name == "measured_value"
+        assert reports[0].value == 2237
+        assert reports[0].device_ieee == SENSOR_IEEE
+    finally:
+        await app.shutdown()
+
+
+async def test_stick_dropping_the_link_fires_connection_lost(formed_stick: EzspStick,
+                                                             tmp_path: Path) -> None:
+    events = Events()
+    app = await start_app(formed_stick, tmp_path / "zigbee.db", events)
+    try:
+        assert events.lost == []
+        formed_stick.drop_link()
+        await until(lambda: bool(events.lost), 5, "connection_lost")
+        assert formed_stick.link is None
+    finally:
+        await app.shutdown()
+
+
+async def test_unsolicited_reset_fires_connection_lost_with_the_reset_code(
+        formed_stick: EzspStick, tmp_path: Path) -> None:
+    events = Events()
+    app = await start_app(formed_stick, tmp_path / "zigbee.db", events)
+    try:
+        formed_stick.unsolicited_reset()
+        await until(lambda: bool(events.lost), 5, "connection_lost")
+        assert isinstance(events.lost[0], NcpFailure)
+        assert not formed_stick.network_up  # the NCP rebooted: its stack is down
+    finally:
+        await app.shutdown()
+
+
+async def test_restarted_stack_keeps_the_device_and_receives_its_reports(
+        formed_stick: EzspStick, tmp_path: Path) -> None:
+    db = tmp_path / "zigbee.db"
+    events = Events()
+    app = await start_app(formed_stick, db, events)
+    try:
+        sensor, _ = await join_sensor(formed_stick, app, events)
+        formed_stick.drop_link()
+        await until(lambda: bool(events.lost), 5, "connection_lost")
+    finally:
+        await app.shutdown()
+
+    # What a supervisor does after connection_lost: start again on the same stick and db
+    events2 = Events()
+    app2 = await start_app(formed_stick, db, events2, auto_form=False)
+    try:
+        assert formed_stick.connections == 2
+        # The network came back from the stick's NVRAM: started, not formed again
+        assert formed_stick.ncp.commands["formNetwork"] == 0
+        assert formed_stick.ncp.commands["networkInit"] >= 2
+        assert app2.state.network_info.channel == 20
+        assert app2.state.network_info.pan_id == 0x1A62
+        assert dict(formed_stick.ncp.unknown) == {}
+        device = app2.get_device(ieee=zigpy.types.EUI64.convert(SENSOR_IEEE))
+        assert device.model == "TH01"  # from zigpy's database, no second interview
+        reports: list[Any] = []
+        device.endpoints[1].in_clusters[HUMIDITY].on_event("attribute_report", reports.append)
+        formed_stick.report(sensor, 1, HUMIDITY, {0x0000: 5120})
+        await until(lambda: bool(reports), 5, "attribute_report after restart")
+        assert reports[0].value == 5120
+    finally:
+        await app2.shutdown()
