@@ -1,4 +1,4 @@
-"""``type: simulator`` — virtual devices emitting plausible readings; feeds the demo and benchmarks."""
+"""``type: simulator``: virtual devices emitting plausible readings, for demos and benchmarks."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ PROFILES: dict[str, tuple[str | None, float, float, float, int]] = {
     "power": ("W", 60.0, 40.0, 5.0, 1),
     "battery": ("%EL", 100.0, 0.0, 0.0, 0),
 }
+#: at most this many messages go to the sink in one call
+_BATCH = 64
+#: batches awaiting their commit at once
+_WINDOW = 256
+#: the emitter wakes at most this often
+_TICK = 0.002
+
 Metric = Literal["temperature", "humidity", "pressure", "illuminance", "power", "battery", "seq"]
 
 
@@ -73,7 +80,8 @@ class SimulatorAdapter(Adapter):
         self.spawn(self._emit(), name=f"{self.prefix}:emit")
 
     def _message(self, dev: _Device, ts: float) -> list[Reading]:
-        day = 2 * math.pi * ((ts % 86400) / 86400)
+        wave = math.sin(2 * math.pi * ((ts % 86400) / 86400) + dev.phase)
+        rand = self._rng.random
         out = []
         for metric in self.config.metrics:
             if metric == "seq":
@@ -86,7 +94,7 @@ class SimulatorAdapter(Adapter):
             elif metric == "power" and not dev.on:
                 value = 0.0
             else:
-                value = base + swing * math.sin(day + dev.phase) + self._rng.gauss(0, noise)
+                value = base + swing * wave + (rand() - 0.5) * 2 * noise
                 if metric in ("illuminance", "power"):
                     value = max(0.0, value)
                 value = round(value, decimals)
@@ -97,48 +105,56 @@ class SimulatorAdapter(Adapter):
     async def _emit(self) -> None:
         devices = list(self._state.values())
         n = len(devices)
-        step = self.config.interval / n  # spread devices evenly over the interval
+        step = self.config.interval / n  # devices are spread evenly over the interval
         limit = self.config.count
-        # devices send on their own clocks, not one after another's acknowledgement
-        window = asyncio.Semaphore(1000)
-        tick = time.monotonic()
-        i = 0
+        total = limit * n if limit else 0
+        # many simulated devices share one clock tick; the messages due in a tick go to the
+        # sink together (up to _BATCH per call) and several calls may await their commit at
+        # once, as independent devices would
+        window = asyncio.Semaphore(_WINDOW)
+        start = time.monotonic()
+        emitted = 0
         while not self._stopping.is_set():
-            dev = devices[i % n]
-            if limit and dev.seq >= limit:
+            due = int((time.monotonic() - start) / step) + 1 - emitted
+            if total:
+                due = min(due, total - emitted)
+            while due > 0 and not self._stopping.is_set():
+                ts = time.time()
+                batch: list[Reading] = []
+                count = min(due, _BATCH)
+                for k in range(count):
+                    batch.extend(self._message(devices[(emitted + k) % n], ts))
+                emitted += count
+                due -= count
+                await window.acquire()
+                self.spawn(self._submit(batch, count, window))
+            if total and emitted >= total:
                 await self._drain(window)
                 self.done.set()
                 self.log.info("simulator %s: all %d messages per device sent", self.prefix,
                               limit)
                 return
-            await window.acquire()
-            self.spawn(self._submit(self._message(dev, time.time()), window))
-            i += 1
-            tick += step
-            delay = tick - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif i % 64 == 0:
-                await asyncio.sleep(0)  # behind schedule: still let the loop breathe
-                tick = max(tick, time.monotonic() - 1.0)
+            next_at = start + emitted * step
+            await asyncio.sleep(max(_TICK, next_at - time.monotonic()))
 
-    async def _submit(self, readings: list[Reading], window: asyncio.Semaphore) -> None:
+    async def _submit(self, readings: list[Reading], messages: int,
+                      window: asyncio.Semaphore) -> None:
         try:
-            # a refusal means the store is full or failing: the device keeps its message
-            # and sends it again, as a real one would
+            # a refusal means the store is full or failing: the devices keep their messages
+            # and send them again, as real ones would
             while not await self.ctx.sink.accept(readings):
                 if self._stopping.is_set():
                     return
                 await asyncio.sleep(0.5)
-            self.sent_messages += 1
+            self.sent_messages += messages
         finally:
             window.release()
 
     @staticmethod
     async def _drain(window: asyncio.Semaphore) -> None:
-        for _ in range(1000):
+        for _ in range(_WINDOW):
             await window.acquire()
-        for _ in range(1000):
+        for _ in range(_WINDOW):
             window.release()
 
     async def stop(self) -> None:

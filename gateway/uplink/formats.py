@@ -69,33 +69,43 @@ class JsonBatchFormat:
         t0 = min(round(r.readings[0].ts * 1000) for r in rows if r.readings)
         units: dict[str, str | None] = {}
         devices: dict[str, dict[str, Any]] = {}
-        # per device: [current slot time, slot index, metrics filled in that slot, object]
-        state: dict[str, list[Any]] = {}
+        inf = math.inf
+        # hot path (one pass per reading): readings of one device at one time, which
+        # arrive together, open one slot of the device's time column
         for row in rows:
-            for r in row.readings:
-                t = round(r.ts * 1000) - t0
-                st = state.get(r.device)
-                if st is None:
-                    dev = devices[r.device] = {"_t": [t]}
-                    st = state[r.device] = [t, 0, set(), dev]
-                elif t != st[0] or r.metric in st[2]:
-                    st[3]["_t"].append(t)
-                    st[0] = t
-                    st[1] += 1
-                    st[2] = set()
-                dev = st[3]
-                slot = st[1]
-                st[2].add(r.metric)
-                column = dev.get(r.metric)
+            dev: dict[str, Any] = {}
+            times: list[int] = []
+            cur_dev = None
+            cur_ts = -1.0
+            slot = 0
+            for device, metric, value, unit, ts in row.readings:
+                if device != cur_dev or ts != cur_ts:
+                    cur_dev, cur_ts = device, ts
+                    dev = devices.get(device)  # type: ignore[assignment]
+                    if dev is None:
+                        dev = devices[device] = {"_t": []}
+                    times = dev["_t"]
+                    slot = len(times)
+                    times.append(round(ts * 1000) - t0)
+                column = dev.get(metric)
                 if column is None:
-                    column = dev[r.metric] = [None] * slot
-                elif len(column) < slot:
-                    column.extend([None] * (slot - len(column)))
-                column.append(_json_value(r.value))
-                if r.metric not in units:
-                    units[r.metric] = r.unit
-                elif units[r.metric] != r.unit:
-                    dev.setdefault("_u", {})[r.metric] = r.unit
+                    column = dev[metric] = [None] * slot
+                else:
+                    filled = len(column)
+                    if filled > slot:  # same metric twice at one time: a slot of its own
+                        slot = len(times)
+                        times.append(times[-1])
+                        filled = len(column)
+                    if filled < slot:
+                        column.extend([None] * (slot - filled))
+                if value.__class__ is float and (value != value or value in (inf, -inf)):
+                    value = None  # JSON has no NaN or infinity
+                column.append(value)
+                known = units.get(metric, units)
+                if known is units:
+                    units[metric] = unit
+                elif known != unit:
+                    dev.setdefault("_u", {})[metric] = unit
         for dev in devices.values():
             n = len(dev["_t"])
             for key, column in dev.items():
