@@ -68,14 +68,9 @@ def pip(args: list[str]) -> subprocess.CompletedProcess[str]:
                            "--no-input", *args], capture_output=True, text=True, check=False)
 
 
-def inspect_sdist(requirement: str, dest: Path, extra: list[str]) -> tuple[list[str], list[str]]:
-    """Download an sdist; return (its Requires-Dist, compiled source files found in it)."""
-    result = pip(["download", "--no-deps", "--no-binary=:all:",
-                  "-d", str(dest), requirement, *extra])
-    archives = sorted(dest.glob("*.tar.gz"))
-    if result.returncode != 0 or not archives:
-        raise RuntimeError(f"cannot download the sdist of {requirement}: {result.stderr.strip()}")
-    with tarfile.open(archives[-1]) as tar:
+def sdist_facts(archive: Path) -> tuple[list[str], list[str]]:
+    """An sdist's (Requires-Dist without extras, compiled-language source files in it)."""
+    with tarfile.open(archive) as tar:
         names = tar.getnames()
         compiled = [n for n in names if n.endswith(COMPILED_SUFFIXES)]
         pkg_info = min((n for n in names if n.endswith("/PKG-INFO")), key=len)
@@ -84,6 +79,16 @@ def inspect_sdist(requirement: str, dest: Path, extra: list[str]) -> tuple[list[
         headers = HeaderParser().parsestr(member.read().decode("utf-8", "replace"))
     requires = [r for r in headers.get_all("Requires-Dist") or [] if "extra ==" not in r]
     return requires, compiled
+
+
+def inspect_sdist(requirement: str, dest: Path, extra: list[str]) -> tuple[list[str], list[str]]:
+    """Download an sdist; return (its Requires-Dist, compiled source files found in it)."""
+    result = pip(["download", "--no-deps", "--no-binary=:all:",
+                  "-d", str(dest), requirement, *extra])
+    archives = sorted(dest.glob("*.tar.gz"))
+    if result.returncode != 0 or not archives:
+        raise RuntimeError(f"cannot download the sdist of {requirement}: {result.stderr.strip()}")
+    return sdist_facts(archives[-1])
 
 
 def resolve_pure(requirements: list[str], pure: set[str], work: Path,
