@@ -246,6 +246,8 @@ class ZigbeeAdapter(Adapter):
         """Any frame from a device: it is awake now, so retry what it missed."""
         if self._stopping or self._is_coordinator(device):
             return
+        if dst_ep != 0 and src_ep != 0:
+            self._check_report(device, cluster, src_ep, message)
         ieee = str(device.ieee)
         now = time.monotonic()
         if (ieee in self._interviewed and ieee not in self._configured
@@ -254,6 +256,42 @@ class ZigbeeAdapter(Adapter):
         if now - self._last_link.get(ieee, -1e9) >= self.config.link_update_interval:
             self._last_link[ieee] = now
             self.ctx.devices.declare(self.device_id(device), lqi=device.lqi, rssi=device.rssi)
+
+    def _check_report(self, device: Any, cluster_id: int, src_ep: int, message: bytes) -> None:
+        """Count a Report Attributes frame zigpy will not be able to use.
+
+        zigpy drops frames it cannot parse (or values of the wrong type) at debug level,
+        before any event: the only trace of a broken device would be missing readings.
+        """
+        from zigpy.zcl import foundation
+
+        try:
+            hdr, rest = foundation.ZCLHeader.deserialize(message)
+        except Exception:  # noqa: BLE001 - not even a ZCL header
+            hdr, rest = None, b""
+        report = foundation.GeneralCommand.Report_Attributes
+        if hdr is not None and not (hdr.frame_control.is_general and hdr.command_id == report):
+            return
+        try:
+            if hdr is None:
+                raise ValueError("no ZCL header")
+            args: Any = foundation.GENERAL_COMMANDS[report].schema.deserialize(rest)[0]
+            ep = device.endpoints.get(src_ep)
+            cluster: Any = ep.in_clusters.get(cluster_id) if ep is not None else None
+            for record in args.attribute_reports if cluster is not None else ():
+                try:
+                    attr = cluster.find_attribute(record.attrid)
+                except KeyError:
+                    continue
+                raw = record.value.value
+                if not hasattr(raw, "serialize") or type(raw).__name__.startswith("data"):
+                    continue
+                attr.type(raw)
+        except Exception as exc:  # noqa: BLE001 - whatever zigpy would choke on
+            self._m.malformed.labels(self.prefix).inc()
+            self.log.warning("zigbee: malformed report from %s (cluster 0x%04X): %s: %s;"
+                             " frame %s", device.ieee, cluster_id, type(exc).__name__, exc,
+                             message.hex())
 
     # -- devices ---------------------------------------------------------------------------
 
