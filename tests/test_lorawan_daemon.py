@@ -8,7 +8,6 @@ stays, and that the replayed history is not accepted twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
 from tests.chirpstack_fake import TENANT, FakeChirpStack, ThreadedFakeChirpStack
@@ -34,10 +34,11 @@ def chirpstack() -> Iterator[ThreadedFakeChirpStack]:
 
 
 def cursor(state_dir: Path) -> str:
-    path = state_dir / "lorawan-lora.json"
-    if not path.exists():
-        return ""
-    return str(json.loads(path.read_text())["devices"].get(EUI, {}).get("cursor", ""))
+    """The cursor the running daemon has written so far (snapshot plus journal)."""
+    store = DeviceStateStore(state_dir / "lorawan-lora.json")
+    store.load()
+    progress = store.devices.get(EUI)
+    return progress.cursor if progress else ""
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:

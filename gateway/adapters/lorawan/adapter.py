@@ -107,7 +107,7 @@ class LorawanAdapter(Adapter):
         assert isinstance(config, LorawanConfig)
         self.metrics = metrics_for(ctx.metrics)
         self.state = DeviceStateStore(ctx.state_dir / f"lorawan-{ctx.name}.json",
-                                      config.dedup_memory)
+                                      config.dedup_memory, fsync=config.state_fsync)
         self.client: ChirpStackClient | None = None
         self.source: UplinkSource | None = None
         #: dev_eui → {name, profile, profile_id, application_id, ...} from discovery
@@ -168,7 +168,7 @@ class LorawanAdapter(Adapter):
             if not p.future.done():
                 p.future.set_result(CommandResult.timeout("adapter stopped before the outcome"))
         await super().stop()
-        await self.state.save()
+        await self.state.save(compact=True)
         if self.client is not None:
             await self.client.close()
 

@@ -162,6 +162,8 @@ class LorawanConfig(AdapterConfig):
                                     description="default wait for ack/txack; 0: enqueue only")
     dedup_memory: int = Field(default=16, ge=1, le=1000,
                               description="deduplication ids remembered per device")
+    state_fsync: bool = Field(default=False,
+                              description="fsync the cursor journal after every event")
 
     @model_validator(mode="after")
     def _scope(self) -> LorawanConfig:

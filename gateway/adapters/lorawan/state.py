@@ -1,9 +1,16 @@
 """Per-device progress that must survive restarts: stream cursor, recent dedup ids, frame counter.
 
-One small JSON file per adapter in the state directory, replaced atomically. It is written
-only after the readings it covers were accepted, so a replay after a crash starts no
-later than the first reading that is not yet durable, and the remembered deduplication
-ids keep what was already accepted from being accepted twice.
+Progress is recorded only after the readings it covers were accepted, so a replay after a
+crash starts no later than the first reading that is not yet durable, and the remembered
+deduplication ids keep what was already accepted from being accepted twice.
+
+On disk: a snapshot (``lorawan-<name>.json``, replaced atomically) plus a journal of
+changes since (``lorawan-<name>.journal``, one JSON line of ~100 bytes per accepted
+event). Appending a line instead of rewriting the snapshot keeps SD-card writes small;
+the journal is folded into a new snapshot every ``compact_after`` lines and at stop. The
+journal is not fsync'd per event unless ``fsync`` is set: a killed process loses nothing
+(the page cache survives it), a power cut may lose the last seconds of progress, which
+then come again from ChirpStack's history and may be accepted a second time.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 log = logging.getLogger("gateway.adapter.lorawan")
 
-VERSION = 1
+VERSION = 2
 
 
 def cursor_key(cursor: str) -> tuple[int, int] | None:
@@ -43,22 +50,30 @@ class DeviceProgress:
 
 
 class DeviceStateStore:
-    """Cursors and dedup memory of every device, saved as one JSON file."""
+    """Cursors, dedup memory and known devices: a snapshot plus an append-only journal."""
 
-    def __init__(self, path: Path, dedup_memory: int = 16) -> None:
+    def __init__(self, path: Path, dedup_memory: int = 16, *, fsync: bool = False,
+                 compact_after: int = 2000) -> None:
         self.path = path
+        self.journal_path = path.with_suffix(".journal")
         self.dedup_memory = dedup_memory
+        self.fsync = fsync
+        self.compact_after = compact_after
         self.devices: dict[str, DeviceProgress] = {}
+        self._seq = 0
+        self._pending: list[dict[str, Any]] = []
+        self._journal_lines = 0
         self._lock = asyncio.Lock()
-        self._generation = 0
-        self._saved_generation = 0
+
+    # -- loading -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Read the file if there is one; an unreadable file is set aside, not fatal."""
+        """Read snapshot and journal; an unreadable snapshot is set aside, not fatal."""
+        snapshot_seq = 0
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-            devices = raw["devices"]
-            for eui, d in devices.items():
+            snapshot_seq = int(raw.get("seq", 0))
+            for eui, d in raw["devices"].items():
                 self.devices[eui] = DeviceProgress(
                     cursor=str(d.get("cursor", "")),
                     f_cnt=d.get("f_cnt"),
@@ -66,14 +81,41 @@ class DeviceStateStore:
                     info={str(k): str(v) for k, v in (d.get("info") or {}).items()},
                 )
         except FileNotFoundError:
-            return
+            pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            aside = self.path.with_suffix(".bad")
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
-            log.error("unreadable LoRaWAN state %s (%s): moved to %s; streams replay "
-                      "ChirpStack's history and rely on deduplication", self.path, exc, aside)
+            self._set_aside(self.path, exc)
             self.devices.clear()
+        self._seq = snapshot_seq
+        try:
+            lines = self.journal_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            lines = []
+        except (OSError, ValueError) as exc:
+            self._set_aside(self.journal_path, exc)
+            lines = []
+        for i, line in enumerate(lines):
+            try:
+                entry = json.loads(line)
+                n = int(entry["n"])
+            except (ValueError, KeyError, TypeError):
+                if i < len(lines) - 1:
+                    log.warning("%s: line %d unreadable; later progress ignored (a replay may "
+                                "repeat a few events)", self.journal_path, i + 1)
+                break  # a torn last line from a crash mid-append
+            if n <= snapshot_seq:
+                continue  # already folded into the snapshot
+            self._apply(entry)
+            self._seq = max(self._seq, n)
+            self._journal_lines += 1
+
+    def _set_aside(self, path: Path, exc: BaseException) -> None:
+        aside = path.with_suffix(path.suffix + ".bad")
+        with contextlib.suppress(OSError):
+            os.replace(path, aside)
+        log.error("unreadable LoRaWAN state %s (%s): moved to %s; streams replay "
+                  "ChirpStack's history and rely on deduplication", path, exc, aside)
+
+    # -- queries ---------------------------------------------------------------------------
 
     def device(self, dev_eui: str) -> DeviceProgress:
         d = self.devices.get(dev_eui)
@@ -95,52 +137,91 @@ class DeviceStateStore:
         d = self.devices.get(dev_eui)
         return bool(dedup_id) and d is not None and dedup_id in d.dedup
 
-    def record(self, dev_eui: str, *, cursor: str = "", dedup_id: str = "",
-               f_cnt: int | None = None) -> None:
-        """Note progress in memory; :meth:`save` makes it durable."""
-        d = self.device(dev_eui)
+    # -- changes -----------------------------------------------------------------------------
+
+    def _apply(self, e: dict[str, Any]) -> None:
+        eui = str(e["d"])
+        if e.get("forget"):
+            self.devices.pop(eui, None)
+            return
+        d = self.device(eui)
+        cursor = str(e.get("c") or "")
         if cursor:
             key, old = cursor_key(cursor), cursor_key(d.cursor) if d.cursor else None
             if old is None or key is None or key > old:
                 d.cursor = cursor
+        dedup_id = str(e.get("x") or "")
         if dedup_id and dedup_id not in d.dedup:
             d.dedup.append(dedup_id)
+        if e.get("f") is not None:
+            d.f_cnt = int(e["f"])
+        if "i" in e:
+            d.info = {str(k): str(v) for k, v in e["i"].items()}
+
+    def _change(self, entry: dict[str, Any]) -> None:
+        self._seq += 1
+        entry["n"] = self._seq
+        self._apply(entry)
+        self._pending.append(entry)
+
+    def record(self, dev_eui: str, *, cursor: str = "", dedup_id: str = "",
+               f_cnt: int | None = None) -> None:
+        """Note progress in memory; :meth:`save` writes it."""
+        entry: dict[str, Any] = {"d": dev_eui}
+        if cursor:
+            entry["c"] = cursor
+        if dedup_id:
+            entry["x"] = dedup_id
         if f_cnt is not None:
-            d.f_cnt = f_cnt
-        self._generation += 1
+            entry["f"] = f_cnt
+        if len(entry) > 1:
+            self._change(entry)
 
     def set_info(self, dev_eui: str, info: dict[str, str]) -> None:
-        d = self.device(dev_eui)
-        if d.info != info:
-            d.info = info
-            self._generation += 1
+        if self.device(dev_eui).info != info:
+            self._change({"d": dev_eui, "i": dict(info)})
 
     def forget(self, dev_eui: str) -> None:
-        if self.devices.pop(dev_eui, None) is not None:
-            self._generation += 1
+        if dev_eui in self.devices:
+            self._change({"d": dev_eui, "forget": True})
+
+    # -- writing -----------------------------------------------------------------------------
 
     def _snapshot(self) -> str:
         devices: dict[str, Any] = {}
         for eui, d in self.devices.items():
             devices[eui] = {"cursor": d.cursor, "f_cnt": d.f_cnt, "dedup": list(d.dedup),
                             "info": d.info}
-        return json.dumps({"version": VERSION, "devices": devices}, separators=(",", ":"))
+        return json.dumps({"version": VERSION, "seq": self._seq, "devices": devices},
+                          separators=(",", ":"))
 
-    def _write(self, text: str) -> None:
+    def _append(self, text: str, sync: bool) -> None:
+        with open(self.journal_path, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            if sync:
+                os.fdatasync(f.fileno())
+
+    def _compact(self, text: str) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        # the snapshot holds everything up to its seq: journal lines at or below it are
+        # skipped at load, so a crash between these two steps loses nothing
+        with open(self.journal_path, "w", encoding="utf-8"):
+            pass
 
-    async def save(self) -> None:
-        """Write everything recorded so far; concurrent callers share one write."""
-        target = self._generation
+    async def save(self, *, compact: bool = False) -> None:
+        """Write what was recorded so far; concurrent callers share one write."""
         async with self._lock:
-            if self._saved_generation >= target:
-                return
-            generation = self._generation
-            text = self._snapshot()
-            await asyncio.to_thread(self._write, text)
-            self._saved_generation = generation
+            if self._pending:
+                lines, self._pending = self._pending, []
+                text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in lines)
+                await asyncio.to_thread(self._append, text, self.fsync)
+                self._journal_lines += len(lines)
+            if self._journal_lines and (compact or self._journal_lines >= self.compact_after):
+                await asyncio.to_thread(self._compact, self._snapshot())
+                self._journal_lines = 0
