@@ -94,6 +94,10 @@ class _MidRecorder(PersistentStorage):  # type: ignore[misc]
         super().push_message(mid, raw_package)
 
 
+def _discard_puback(mid: int, reason_code: int = 0) -> None:
+    return None
+
+
 def _excerpt(payload: bytes) -> str:
     text = payload[:_EXCERPT].decode("utf-8", "replace")
     return repr(text) + ("..." if len(payload) > _EXCERPT else "")
@@ -243,6 +247,9 @@ class MqttAdapter(Adapter):
                 await asyncio.wait_for(client.disconnect(), 5.0)
             except Exception as exc:  # noqa: BLE001
                 self.log.warning("mqtt %s: disconnect failed: %s", self.prefix, exc)
+            # the withheld messages finish now; their PUBACKs have no connection to go to
+            # (gmqtt would log a warning for each one)
+            client._package_handler._send_puback = _discard_puback
         self._m_connected.set(0)
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ _SENML_RELATIVE = 2**28
 _MAX_ID = 128
 _MAX_TEXT = 256
 _SNAKE = re.compile(r"[^a-z0-9]+")
+_MISSING: Any = object()
 _TRUE = frozenset({"true", "on", "yes"})
 _FALSE = frozenset({"false", "off", "no"})
 
@@ -47,9 +48,17 @@ def _reject_constant(name: str) -> Any:
     raise DecodeError("bad_json", f"{name} is not a number JSON allows")
 
 
+# one decoder for every message: json.loads(..., parse_constant=...) would build one per call
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _loads(payload: bytes) -> Any:
     try:
-        return json.loads(payload, parse_constant=_reject_constant)
+        text = payload.decode("utf-8").strip()
+        obj, end = _JSON.raw_decode(text)  # decode() would run two regexes more
+        if end != len(text):
+            raise ValueError(f"extra data after the JSON value at char {end}")
+        return obj
     except DecodeError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
@@ -100,22 +109,14 @@ def parse_timestamp(raw: Any, unit: str = "auto") -> float | None:
 
 
 def _path(obj: Mapping[str, Any], path: str) -> Any:
+    if "." not in path:
+        return obj.get(path)
     cur: Any = obj
     for part in path.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
+        if type(cur) is not dict or part not in cur:
             return None
         cur = cur[part]
     return cur
-
-
-def _leaves(obj: Mapping[str, Any], prefix: str = "", depth: int = 0) -> Iterator[tuple[str, Any]]:
-    for key, value in obj.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            if depth < 8:
-                yield from _leaves(value, path, depth + 1)
-        else:
-            yield path, value
 
 
 def _native(value: Any) -> str:
@@ -140,6 +141,7 @@ class Decoder:
                                   else not sub.fields)
         self._skip = {p for p in (sub.timestamp, sub.device_field) if p}
         self._skip.update(sub.fields)
+        self._leaf_cache: dict[str, tuple[str, str | None, Convert | None] | None] = {}
         decoders: dict[str, Callable[[dict[str, str], bytes, float], list[Reading]]] = {
             "json": self._json, "senml": self._senml, "value": self._value,
             "zigbee2mqtt": self._zigbee2mqtt,
@@ -220,18 +222,53 @@ class Decoder:
             if r is not None:
                 out.append(r)
         if self._include_unmapped:
-            units = self.sub.units
-            for path, raw in _leaves(obj):
-                # free-form text would fill the outbox with labels and versions: map it
-                if path in self._skip or isinstance(raw, (str, list)) or raw is None:
-                    continue
-                metric = snake(path)
-                r = self._reading(device, metric, raw, units.get(metric), ts)
-                if r is not None:
-                    out.append(r)
+            self._flatten(obj, "", device, ts, out, 0)
         if not out:
             raise DecodeError("no_values", "no numeric or boolean fields in the object")
         return out
+
+    def _leaf(self, path: str) -> tuple[str, str | None, Convert | None] | None:
+        """Metric, unit and conversion of an unmapped leaf (None: not read), cached."""
+        if path in self._leaf_cache:
+            return self._leaf_cache[path]
+        spec: tuple[str, str | None, Convert | None] | None = None
+        if path not in self._skip:
+            metric = snake(path)
+            if metric:
+                unit, conv = self._unit(self.sub.units.get(metric), metric)
+                spec = (metric, unit, conv)
+        if len(self._leaf_cache) < 4096:
+            self._leaf_cache[path] = spec
+        return spec
+
+    def _flatten(self, obj: dict[str, Any], prefix: str, device: str, ts: float,
+                 out: list[Reading], depth: int) -> None:
+        # the hot path of the json format: plain type checks, per-path cache
+        cache_get = self._leaf_cache.get
+        for key, raw in obj.items():
+            kind = type(raw)
+            if kind is dict:
+                if depth < 8:
+                    self._flatten(raw, f"{prefix}{key}.", device, ts, out, depth + 1)
+                continue
+            # free-form text would fill the outbox with labels and versions: map it
+            if kind is not float and kind is not int and kind is not bool:
+                continue
+            path = prefix + key if prefix else key
+            spec = cache_get(path, _MISSING)
+            if spec is _MISSING:
+                spec = self._leaf(path)
+            if spec is None:
+                continue
+            metric, unit, conv = spec
+            if kind is bool:
+                out.append(Reading(device, metric, raw, None, ts))
+            elif kind is float and not math.isfinite(raw):
+                continue
+            elif conv is None:
+                out.append(Reading(device, metric, raw, unit, ts))
+            else:
+                out.append(Reading(device, metric, _sig(conv(float(raw))), unit, ts))
 
     def _senml(self, slots: dict[str, str], payload: bytes, now: float) -> list[Reading]:
         pack = _loads(payload)
