@@ -136,10 +136,20 @@ class ZigbeeAdapter(Adapter):
                     app.backups.add_backup(seeded)
             async with asyncio.timeout(STARTUP_TIMEOUT):
                 await app.startup(auto_form=True)
-        except BaseException:
+        except BaseException as exc:
             self.app = None
             with contextlib.suppress(Exception):
                 await app.shutdown()
+            if isinstance(exc, TimeoutError):
+                raise ConnectionError(
+                    f"the Zigbee stick at {self.config.port} ({self.config.radio_type}) did not"
+                    f" come up within {STARTUP_TIMEOUT:g} s; check radio_type, baudrate and"
+                    " flow_control") from exc
+            if isinstance(exc, Exception) and type(exc).__name__ == "TransientConnectionError":
+                # zigpy hides the reason (no such port, permission denied) in the cause
+                cause = exc.__cause__ or exc
+                raise ConnectionError(f"cannot open the Zigbee stick at {self.config.port}:"
+                                      f" {cause}") from exc
             raise
         app.add_listener(self)
         info = app.state.network_info
