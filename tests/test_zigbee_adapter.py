@@ -6,6 +6,7 @@ device registry. Each test uses its own virtual network and state directory.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -305,7 +306,7 @@ async def test_backup_exports_open_coordinator_json_and_restores_a_replaced_stic
     await zb.pair(adapter, sensor)
     done = await adapter.backup()
     latest = Path(done["latest"])
-    ocb = json.loads(latest.read_text())
+    ocb = json.loads(await asyncio.to_thread(latest.read_text))
     assert ocb["metadata"]["format"] == "zigpy/open-coordinator-backup"
     assert ocb["pan_id"] == done["pan_id"][2:].lower()
     assert any(d["ieee_address"] == "00158d0001020304" for d in ocb["devices"])

@@ -29,15 +29,15 @@ from tests import zigbee_virtual as zv
 _names = itertools.count(1)
 
 
-async def wait_for(cond: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+async def wait_for(cond: Callable[[], Any], within: float = 5.0, what: str = "condition") -> Any:
     """Poll ``cond`` every 20 ms until truthy (bounded); return its value."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -103,9 +103,9 @@ class Harness:
         return [r for row in rows for r in row.readings]
 
     async def wait_reading(self, device: str, metric: str, value: Any = None,
-                           timeout: float = 5.0) -> Reading:
+                           within: float = 5.0) -> Reading:
         """The newest committed reading of ``metric`` (equal to ``value`` if given)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while True:
             found = [r for r in await self.readings() if r.device == device
                      and r.metric == metric and (value is None or r.value == value)]
@@ -118,7 +118,7 @@ class Harness:
             await asyncio.sleep(0.02)
 
     async def pair(self, adapter: ZigbeeAdapter, device: zv.VirtualDevice,
-                   state: str = "configured", timeout: float = 10.0) -> str:
+                   state: str = "configured", within: float = 10.0) -> str:
         """Open joining, let ``device`` join, wait for its interview ``state``; its id."""
         await adapter.permit_join(60)
         assert self.net.join(device), "device could not join"
@@ -126,7 +126,7 @@ class Harness:
         assert self.registry is not None
         registry = self.registry
         await wait_for(lambda: (registry.get(dev_id) or {}).get("interview") == state,
-                       timeout, f"{dev_id} to be {state}")
+                       within, f"{dev_id} to be {state}")
         return dev_id
 
     def metric(self, name: str, **labels: str) -> float:
