@@ -24,7 +24,11 @@ from gateway.uplink.formats import decode_json_batch
 
 
 async def _main(args: argparse.Namespace) -> None:
-    out = open(args.out, "a", buffering=1)  # noqa: SIM115 - line-buffered for readers
+    import logging
+
+    # no reconnect chatter while the broker is away
+    logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
+    out = open(args.out, "a", buffering=1)  # noqa: SIM115, ASYNC230 - line-buffered, for readers
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -47,7 +51,7 @@ async def _main(args: argparse.Namespace) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
-    Path(args.out + ".ready").touch()
+    Path(args.out + ".ready").touch()  # noqa: ASYNC240 - once, at start
     await stop.wait()
     await client.disconnect()
     out.close()
@@ -70,7 +74,8 @@ class CloudSink:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.cloud_sink", "--port", str(port), "--out",
              str(self.out), "--topic", topic, "--client-id", f"sink-{self.out.stem}"],
-            cwd=Path(__file__).resolve().parent.parent)
+            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while not Path(str(self.out) + ".ready").exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

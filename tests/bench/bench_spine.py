@@ -20,6 +20,7 @@ The simulator runs inside the gateway process, so its cost is counted in the gat
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -77,6 +78,9 @@ class Run:
         self.cloud = Mosquitto(self.work / "cloud").start()
         self.sink = CloudSink(self.cloud.port, self.work / "cloud.jsonl", "gateway/+/telemetry")
         self.gw: GatewayProcess | None = None
+        self._offset = 0
+        self._values = 0
+        self._bytes = 0
 
     def start_gateway(self, cfg: dict[str, Any]) -> GatewayProcess:
         self.gw = GatewayProcess(self.work / "gw", cfg)
@@ -91,13 +95,19 @@ class Run:
         return self.gw
 
     def cloud_values(self) -> tuple[int, int]:
-        """(values received, payload bytes received) so far."""
-        values = 0
-        size = 0
-        for m in self.sink.messages("/telemetry"):
-            size += len(m["payload"].encode())
-            values += int(m["payload"].split('"n":', 1)[1].split(",", 1)[0])
-        return values, size
+        """(values received, payload bytes received) so far; reads only what is new."""
+        if not self.sink.out.exists():
+            return 0, 0
+        with open(self.sink.out, "rb") as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1  # a line being written stays for next time
+        for line in chunk[:end].splitlines():
+            m = json.loads(line)
+            self._bytes += len(m["payload"].encode())
+            self._values += int(m["payload"].split('"n":', 1)[1].split(",", 1)[0])
+        self._offset += end
+        return self._values, self._bytes
 
     def wait_values(self, n: int, timeout: float) -> float:
         deadline = time.monotonic() + timeout
