@@ -315,17 +315,19 @@ class LorawanAdapter(Adapter):
 
     async def _accept(self, readings: Sequence[Reading]) -> bool:
         """Push readings until accepted; False only when stopping first."""
-        backoff = Backoff(0.2, 5.0)
+        if await self.ctx.sink.accept(readings):
+            return True
+        backoff = Backoff(0.2, 5.0)  # only now: seeding its random generator costs ~1 ms
         while True:
-            if await self.ctx.sink.accept(readings):
-                return True
             # refused (queue full, store failing): the event stays uncommitted and we retry,
             # as a device would; ChirpStack's history / the broker session hold it meanwhile
             try:
                 await asyncio.wait_for(self._stopping.wait(), backoff.next_delay())
                 return False
             except TimeoutError:
-                continue
+                pass
+            if await self.ctx.sink.accept(readings):
+                return True
 
     def _profile(self, eui: str, info: integration.DeviceInfo | None) -> ProfileConfig:
         profiles = self.config.profiles
