@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from gateway.adapters.base import AdapterContext
+from gateway.adapters.base import Adapter, AdapterContext
 from gateway.adapters.registry import adapter_class
 from gateway.config.model import ConfigError, GatewayConfig, load_config
 from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
@@ -46,6 +47,7 @@ class Gateway:
         self.supervisor: Supervisor | None = None
         self.devices: Any = None  # device registry, when present
         self.api: Any = None  # control API server, when enabled
+        self._api_import: asyncio.Future[Any] | None = None
         self.components: dict[str, Any] = {}
         self._stack = contextlib.AsyncExitStack()
 
@@ -100,7 +102,7 @@ class Gateway:
     async def _adapters(self) -> AsyncIterator[None]:
         assert self.pipeline is not None
         counters = SinkCounters(self.metrics)
-        factories = {}
+        factories: dict[str, tuple[str, Callable[[], Adapter]]] = {}
         for cfg in self.config.adapters:
             if not cfg.enabled:
                 log.info("adapter %s (%s) disabled in config", cfg.name, cfg.type)
@@ -116,8 +118,8 @@ class Gateway:
             if self.devices is not None:
                 ctx.devices = self.devices
 
-            def factory(cls: Any = cls, cfg: Any = cfg, ctx: AdapterContext = ctx) -> Any:
-                return cls(cfg, ctx)
+            def factory(cls: Any = cls, cfg: Any = cfg, ctx: AdapterContext = ctx) -> Adapter:
+                return cls(cfg, ctx)  # type: ignore[no-any-return]
 
             factories[cfg.name] = (cfg.type, factory)
         self.supervisor = Supervisor(factories, self.metrics)
@@ -135,9 +137,9 @@ class Gateway:
             log.info("control API disabled in config: gateway status/devices/pair will not work")
             yield
             return
-        from gateway.api.server import ApiServer  # aiohttp is loaded only when the API is on
-
-        self.api = ApiServer(self)
+        server = await (self._api_import
+                        or asyncio.to_thread(importlib.import_module, "gateway.api.server"))
+        self.api = server.ApiServer(self)
         await self.api.start()
         try:
             yield
@@ -148,6 +150,11 @@ class Gateway:
 
     async def start(self) -> None:
         t0 = time.monotonic()
+        if self.config.api.enabled:
+            # importing aiohttp takes ~0.3 s (it reads TLS certificates from disk): a thread
+            # does it while the store opens and the adapters connect, off the event loop
+            self._api_import = asyncio.ensure_future(
+                asyncio.to_thread(importlib.import_module, "gateway.api.server"))
         try:
             for name, component in (("store", self._store), ("uplink", self._uplink),
                                     ("core", self._core), ("adapters", self._adapters),

@@ -131,7 +131,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
 
     adapters: list[AdapterConfig] = []
     names: dict[str, int] = {}
-    for i, section in enumerate(raw.get("adapters") or [] if isinstance(raw.get("adapters"), list) else []):
+    sections = raw.get("adapters")
+    for i, section in enumerate(sections if isinstance(sections, list) else []):
         loc: Loc = ("adapters", i)
         if not isinstance(section, dict):
             continue  # reported by the top-level model

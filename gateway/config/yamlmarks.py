@@ -35,7 +35,7 @@ class Marks:
             p = p[:-1]
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]
     pass
 
 

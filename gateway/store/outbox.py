@@ -296,7 +296,7 @@ class Outbox:
         """Queue readings; True once committed, False if refused (full or failing store)."""
         if self._closing or self._pending_readings + len(readings) > self.config.max_pending:
             return False
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append((readings, fut))
         self._pending_readings += len(readings)
         self._wake.set()
@@ -306,7 +306,7 @@ class Outbox:
         """Queue an event (``alert``, ``status``...) that leaves before any telemetry."""
         if self._closing:
             return False
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending_events.append((kind, body, time.time() if ts is None else ts, fut))
         self._wake.set()
         return await fut
@@ -315,7 +315,7 @@ class Outbox:
         """Wait until everything queued before this call (acks included) is committed."""
         if self._closing:
             return False
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._pending.append(((), fut))
         self._wake.set()
         return await fut
@@ -430,7 +430,7 @@ class Outbox:
         db = self._db
         assert db is not None
         snapshot = (self._next_id, self._rows, self._readings, self._events, self._oldest)
-        self._new_series: list[tuple[str, str, str | None]] = []
+        self._new_series = []
         db.execute("BEGIN IMMEDIATE")
         try:
             self._insert_sync(batches)
@@ -510,7 +510,7 @@ class Outbox:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('dropped', ?)",
                        (self._dropped,))
             self.m_dropped.labels("telemetry", reason).inc(count)
-            return count
+            return int(count)
         cur = db.execute("DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id "
                          "LIMIT ?)", (rows,))
         self._events -= cur.rowcount

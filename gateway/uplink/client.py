@@ -157,7 +157,7 @@ class Uplink:
         """Wait briefly for publishes in flight, send offline status, disconnect."""
         self._stopping.set()
         deadline = time.monotonic() + drain
-        while self._inflight and self.connected and time.monotonic() < deadline:
+        while self._inflight and self.connected and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         await self._close_client(graceful=True)
         if self._task is not None:

@@ -99,8 +99,9 @@ class JsonBatchFormat:
                     if filled < slot:
                         column.extend([None] * (slot - filled))
                 if value.__class__ is float and (value != value or value in (inf, -inf)):
-                    value = None  # JSON has no NaN or infinity
-                column.append(value)
+                    column.append(None)  # JSON has no NaN or infinity
+                else:
+                    column.append(value)
                 known = units.get(metric, units)
                 if known is units:
                     units[metric] = unit
