@@ -67,7 +67,7 @@ done
 # The gateway's account on the local broker: (re)written when missing from the password
 # file, or when the password file is older than the credential (it was rotated).
 if [ -f "$PASSWD" ] && { ! grep -q '^gateway:' "$PASSWD" \
-        || [ "$CREDENTIALS/mqtt-password" -nt "$PASSWD" ]; }; then
+        || [ -n "$(find "$CREDENTIALS/mqtt-password" -newer "$PASSWD")" ]; }; then
     password=$(cat "$CREDENTIALS/mqtt-password")
     printf '%s\n%s\n' "$password" "$password" \
         | mosquitto_passwd "$PASSWD" gateway >/dev/null

@@ -276,3 +276,18 @@ def test_shell_scripts_parse_and_pi_gen_stage_runs_the_installer() -> None:
     install_step = (stage / "00-gateway/01-run.sh").read_text()
     assert "on_chroot" in install_step and "install.sh --no-start" in install_step
     assert (stage / "EXPORT_IMAGE").exists()
+
+
+def test_rotated_mqtt_credential_replaces_the_gateway_account_hash(tmp_path: Path) -> None:
+    root = _firstboot_root(tmp_path, "bb" * 16)
+    run("sh", REPO / "deploy/firstboot.sh", "--root", root)
+    passwd = root / "etc/mosquitto/gateway.passwd"
+    credential = root / "etc/gateway/credentials/mqtt-password"
+    old_secret, old_hash = credential.read_text(), passwd.read_text()
+    credential.unlink()
+    out = run("sh", REPO / "deploy/firstboot.sh", "--root", root).stdout
+    assert "generated credential mqtt-password" in out
+    assert credential.read_text() != old_secret
+    lines = passwd.read_text().splitlines()
+    assert len([line for line in lines if line.startswith("gateway:")]) == 1
+    assert passwd.read_text() != old_hash
