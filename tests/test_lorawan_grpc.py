@@ -78,6 +78,7 @@ async def test_discovered_device_declared_with_name_profile_and_type(
         info = directory.declared[f"lora:{EUI}"]
         assert (info["name"], info["model"], info["type"]) == ("greenhouse", "Dragino LHT65",
                                                                "climate")
+        assert info["tags"] == ["type=climate"] and info["dev_eui"] == EUI
     finally:
         await adapter.stop()
 

@@ -255,11 +255,13 @@ class LorawanAdapter(Adapter):
         if self._declared.get(eui) == info:
             return
         self._declared[eui] = dict(info)
-        extra = {k: v for k, v in info.items() if k not in ("name", "profile")}
+        extra = {k: v for k, v in info.items()
+                 if k not in ("name", "profile") and not k.startswith("tag_")}
+        tags = sorted(f"{k[4:]}={v}" for k, v in info.items() if k.startswith("tag_"))
         self.ctx.devices.declare(
             f"{self.prefix}:{eui}", name=info.get("name") or eui,
             type=info.get("tag_type") or "lorawan", model=info.get("profile", ""),
-            dev_eui=eui, **extra)
+            tags=tags, dev_eui=eui, **extra)
 
     # -- events → readings ------------------------------------------------------------------
 
