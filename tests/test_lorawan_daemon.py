@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.adapters.lorawan.state import DeviceStateStore
+from gateway.api.client import ApiClient, device_path
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
 from tests.chirpstack_fake import TENANT, FakeChirpStack, ThreadedFakeChirpStack
@@ -91,6 +92,16 @@ def test_uplinks_survive_sigkill_and_replayed_history_is_not_duplicated(
     last = emit_uplinks(chirpstack, range(0, 5))
     gw = gateway_factory(config, name="gw1").start()
     wait_for(lambda: cursor(state) == last, 15, "the first five uplinks accepted")
+
+    # the discovered device is in the registry, and a command reaches ChirpStack's queue
+    api = ApiClient(state / "gateway.sock")
+    device = api.call("GET", device_path(f"lora:{EUI}"))
+    assert (device["name"], device["model"]) == ("silo", "LHT65")
+    result = api.call("POST", device_path(f"lora:{EUI}", "/commands"),
+                      {"action": "downlink", "params": {"f_port": 7, "data": "beef"}})
+    assert (result["ok"], result["status"]) == (True, "sent"), result
+    queued = chirpstack.call(lambda: [(q.f_port, q.data) for q in chirpstack.cs.queue])
+    assert queued == [(7, b"\xbe\xef")]
     gw.kill()
 
     # ChirpStack still has the first five in its history and replays them on reconnect
