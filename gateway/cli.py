@@ -64,7 +64,7 @@ command("check", "validate a config file without starting anything")(_check)
 
 def _load_plugins() -> None:
     # subcommands that talk to a running daemon register themselves on import
-    for module in ("gateway.api.commands",):
+    for module in ("gateway.api.commands", "gateway.adapters.zigbee.cli"):
         try:
             __import__(module)
         except ImportError:

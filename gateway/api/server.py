@@ -135,6 +135,9 @@ class ApiServer:
         app.router.add_post("/api/devices/{device}/commands", self.command)
         app.router.add_get("/api/outbox", self.outbox)
         app.router.add_post("/api/permit-join", self.permit_join)
+        from gateway.adapters.zigbee.api import add_routes as add_zigbee_routes
+
+        add_zigbee_routes(app, self.gw)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runner = runner
