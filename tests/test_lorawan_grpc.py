@@ -329,6 +329,9 @@ async def test_garbage_in_stream_is_counted_and_skipped(tmp_path: Path,
         chirpstack.emit_raw(EUI, "up", "{not json")
         chirpstack.emit_raw(EUI, "up", '{"fCnt": "many"}')
         chirpstack.emit(EUI2, "up", chirpstack.uplink(EUI2, 1, data=b"\x03\x67\x01"))  # short
+        chirpstack.emit(EUI, "log", integration.LogEvent(
+            device_info=chirpstack.device_info(EUI), level=integration.ERROR,
+            code=integration.UPLINK_CODEC, description="TypeError: x is undefined"))
         chirpstack.emit(EUI, "up", chirpstack.uplink(EUI, 3, obj={"seq": 3}))  # a good one
         await wait_until(lambda: sink.values("seq") == [3], what="good uplink after garbage")
         reg = adapter.ctx.metrics
@@ -337,6 +340,8 @@ async def test_garbage_in_stream_is_counted_and_skipped(tmp_path: Path,
         await wait_until(lambda: metric(reg, "gateway_lorawan_malformed_total",
                                         adapter="lora", reason="payload") == 1,
                          what="bad cayenne payload counted")
+        assert metric(reg, "gateway_lorawan_malformed_total", adapter="lora",
+                      reason="codec") == 1
         assert not adapter.failed.done()
     finally:
         await adapter.stop()

@@ -284,30 +284,42 @@ class LorawanAdapter(Adapter):
             return await self._commit(eui, d.cursor)
         readings: list[Reading] = []
         f_cnt: int | None = None
-        if isinstance(d.event, integration.UplinkEvent):
-            self._learn(eui, d.event.device_info)
-            f_cnt = d.event.f_cnt
-            readings = self.uplink_readings(d.event)
-            self._check_f_cnt(eui, f_cnt)
-        elif isinstance(d.event, integration.StatusEvent):
-            self._learn(eui, d.event.device_info)
-            readings = self.status_readings(d.event)
-        elif isinstance(d.event, integration.TxAckEvent):
-            self._txack(d.event)
-        elif isinstance(d.event, integration.AckEvent):
-            self._ack(d.event)
-        elif isinstance(d.event, integration.JoinEvent):
-            self._learn(eui, d.event.device_info)
-            self.log.info("device %s joined (DevAddr %s)", eui, d.event.dev_addr)
-        elif isinstance(d.event, integration.LogEvent):
-            level = logging.WARNING if d.event.level else logging.DEBUG
-            self.log.log(level, "ChirpStack log for %s: %s (%s)", eui, d.event.description,
-                         integration.LogCode.Name(d.event.code))
+        try:
+            if isinstance(d.event, integration.UplinkEvent):
+                self._learn(eui, d.event.device_info)
+                f_cnt = d.event.f_cnt
+                readings = self.uplink_readings(d.event)
+                self._check_f_cnt(eui, f_cnt)
+            elif isinstance(d.event, integration.StatusEvent):
+                self._learn(eui, d.event.device_info)
+                readings = self.status_readings(d.event)
+            elif isinstance(d.event, integration.TxAckEvent):
+                self._txack(d.event)
+            elif isinstance(d.event, integration.AckEvent):
+                self._ack(d.event)
+            elif isinstance(d.event, integration.JoinEvent):
+                self._learn(eui, d.event.device_info)
+                self.log.info("device %s joined (DevAddr %s)", eui, d.event.dev_addr)
+            elif isinstance(d.event, integration.LogEvent):
+                self._chirpstack_log(eui, d.event)
+        except Exception as exc:  # noqa: BLE001 - one odd event must not stop the device's stream
+            # skipped for good (committed below): replaying it would fail the same way
+            self.malformed("error", f"device {eui}, {d.kind} event: {type(exc).__name__}: {exc}")
+            readings = []
         if readings and not await self._accept(readings):
             return False
         self.state.record(eui, cursor=d.cursor, dedup_id=dedup_id, f_cnt=f_cnt)
         await self.state.save()
         return True
+
+    def _chirpstack_log(self, eui: str, ev: integration.LogEvent) -> None:
+        code = integration.LogCode.Name(ev.code)
+        if ev.code == integration.UPLINK_CODEC:
+            # the profile's codec threw: that uplink has no decoded object, only radio data
+            self.malformed("codec", f"device {eui}: ChirpStack codec error: {ev.description}")
+            return
+        level = logging.WARNING if ev.level else logging.DEBUG
+        self.log.log(level, "ChirpStack log for %s: %s (%s)", eui, ev.description, code)
 
     async def _commit(self, eui: str, cursor: str) -> bool:
         if cursor:
