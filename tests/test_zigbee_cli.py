@@ -59,7 +59,7 @@ async def test_zigbee_backup_and_send_through_the_running_daemon(tmp_path: Path)
         rc, out, err = await _cli("zigbee", "backup", "--socket", sock, "--json")
         assert rc == 0, err
         backup = json.loads(out)["backups"]["zb"]
-        written = json.loads(Path(backup["path"]).read_text())
+        written = json.loads(await asyncio.to_thread(Path(backup["path"]).read_text))
         assert written["metadata"]["format"] == "zigpy/open-coordinator-backup"
         assert written["channel"] == 20
         assert Path(backup["latest"]).parent == tmp_path / "state" / "zb"
