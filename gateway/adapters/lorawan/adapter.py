@@ -135,9 +135,6 @@ class LorawanAdapter(Adapter):
                                        timeout=cfg.request_timeout)
         try:
             await self._discover()
-        except ChirpStackRefused:
-            await self.client.close()
-            raise
         except ChirpStackUnavailable as exc:
             # ChirpStack keeps what devices send while it is down only in its short history;
             # carry on with the devices known from the last run and keep trying
@@ -145,6 +142,9 @@ class LorawanAdapter(Adapter):
             self.log.warning("ChirpStack not reachable at start (%s); following %d device(s) "
                              "known from the last run and retrying discovery", exc, len(cached))
             self.devices = cached
+        except BaseException:
+            await self.client.close()  # refused (token, tenant...): the message says what to fix
+            raise
         if cfg.source == "grpc":
             self.source = GrpcStreamSource(self.client, self.state, self._handle, self,
                                            cfg.stream, self.log)

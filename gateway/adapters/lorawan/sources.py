@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -81,6 +82,8 @@ class GrpcStreamSource:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._calls: dict[str, Any] = {}
         self._stopping = False
+        # one generator for every stream's jitter: seeding one costs ~1 ms, per device
+        self._rng = random.Random()
 
     async def start(self) -> None:
         return None
@@ -118,7 +121,7 @@ class GrpcStreamSource:
         return len(self._tasks)
 
     async def _follow(self, eui: str) -> None:
-        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max, _rng=self._rng)
         first = True
         while not self._stopping:
             if not first:
