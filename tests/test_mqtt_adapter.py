@@ -275,3 +275,21 @@ async def test_stop_drains_accepted_work_and_leaves_the_rest_to_the_broker(
     h.sink.refuse = 0
     await h.adapter()  # same session: the held message was never acknowledged
     await wait_for(lambda: len(h.sink.accepted) == 2)
+
+
+async def test_adapter_reconnects_and_resubscribes_after_the_broker_restarts(
+        h: Harness, mosquitto: Mosquitto) -> None:
+    adapter = await h.adapter()
+    mosquitto.stop()  # no persistence: the broker forgets our session and subscriptions
+    await wait_for(lambda: h.metric("gateway_mqtt_connected", adapter="mqtt") == 0)
+    mosquitto.start()
+    await wait_for(lambda: adapter.connects == 2, 10.0)
+    await asyncio.sleep(0.3)  # the resubscription's SUBACK
+    device = gmqtt.Client("device-after-restart")
+    await device.connect(mosquitto.host, mosquitto.port)
+    try:
+        device.publish("devices/a/telemetry", telemetry(3), qos=1)
+        await wait_for(lambda: len(h.sink.accepted) == 2, 5.0)
+    finally:
+        await device.disconnect()
+    assert h.metric("gateway_mqtt_connected", adapter="mqtt") == 1
