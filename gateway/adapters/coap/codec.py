@@ -113,9 +113,13 @@ def _reject_constant(name: str) -> Any:
     raise PayloadError("bad_json", f"{name} is not a number JSON allows")
 
 
+#: one decoder for every payload: json.loads with options builds a new one per call
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def _load_json(payload: bytes) -> Any:
     try:
-        return json.loads(payload, parse_constant=_reject_constant)
+        return _JSON.decode(payload.decode("utf-8"))
     except PayloadError:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
