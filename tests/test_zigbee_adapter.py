@@ -15,6 +15,7 @@ import pytest
 import zigpy.types as t
 from zigpy.zcl import foundation
 
+from gateway.adapters.zigbee import ZigbeeAdapter
 from gateway.reading import Command
 from tests import zigbee_virtual as zv
 from tests.zigbee_harness import Harness, wait_for
@@ -338,3 +339,47 @@ async def test_devices_on_two_endpoints_get_distinct_metrics(zb: Harness) -> Non
     assert res.status == "delivered"
     await zb.wait_reading(dev_id, "on_off_2", True)
     assert double.endpoints[1].in_clusters[0x0006][0x0000] is False
+
+
+async def test_supervisor_restarts_the_adapter_once_the_stick_is_back(zb: Harness) -> None:
+    from gateway.core.supervisor import Supervisor
+
+    sup = Supervisor({"zigbee": ("zigbee", lambda: zb.adapter())}, zb.metrics,
+                     backoff_initial=0.05, backoff_max=0.2)
+    await sup.start()
+    try:
+        first = sup.adapters["zigbee"]
+        assert isinstance(first, ZigbeeAdapter)
+        sensor = zv.climate_sensor()
+        dev_id = await zb.pair(first, sensor)
+        zb.net.unplug()
+        await wait_for(lambda: sup.states["zigbee"].restarts >= 2, 5,
+                       "restart attempts while the stick is out")
+        assert sup.states["zigbee"].state in ("backoff", "starting")
+        assert "unplugged" in (sup.states["zigbee"].last_error or "")
+        zb.net.plug_in()
+        await wait_for(lambda: sup.states["zigbee"].state == "running", 5, "running again")
+        sensor.report(0x0402, {0x0000: 1717})
+        await zb.wait_reading(dev_id, "temperature", 17.17)
+    finally:
+        await sup.stop()
+
+
+async def test_a_silent_mains_device_goes_offline_before_a_battery_one(tmp_path: Path) -> None:
+    from gateway.core.config import DevicesSection
+
+    h = Harness(tmp_path, DevicesSection(offline_after=0.5,
+                                         offline_after_by_type={"battery": 30.0}))
+    await h.start_core()
+    try:
+        adapter = await h.started()
+        plug_id = await h.pair(adapter, zv.smart_plug())
+        sensor_id = await h.pair(adapter, zv.climate_sensor())
+        assert h.registry is not None
+        registry = h.registry
+        await wait_for(lambda: registry.is_online(plug_id) and registry.is_online(sensor_id),
+                       5, "both online after their first readings")
+        await wait_for(lambda: not registry.is_online(plug_id), 5, "the plug to go offline")
+        assert registry.is_online(sensor_id)
+    finally:
+        await h.close()

@@ -44,8 +44,9 @@ async def wait_for(cond: Callable[[], Any], within: float = 5.0, what: str = "co
 class Harness:
     """A gateway core (outbox, registry, pipeline) and Zigbee adapters on one state dir."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, devices: DevicesSection | None = None) -> None:
         self.tmp = tmp
+        self.devices_config = devices or DevicesSection()
         self.state_dir = tmp / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = CollectorRegistry()
@@ -66,7 +67,7 @@ class Harness:
         self.outbox = await Outbox.open(self.state_dir / "outbox.db",
                                         StoreConfig(commit_interval=0.005, synchronous="normal"),
                                         metrics=self.metrics)
-        self.registry = DeviceRegistry(DevicesSection(), self.state_dir / "devices.json",
+        self.registry = DeviceRegistry(self.devices_config, self.state_dir / "devices.json",
                                        self.metrics, events=self.outbox.append_event)
         await self.registry.start()
         self.pipeline = Pipeline(self.outbox)
