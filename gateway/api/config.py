@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from gateway.config.types import Duration, Section
 
+#: Linux limit on a Unix socket path (sun_path is 108 bytes, NUL included)
+SUN_PATH_MAX = 107
 _GROUP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 
 
@@ -48,6 +51,14 @@ class ApiConfig(Section):
     http: str | None = Field(default=None, description="host:port, e.g. 127.0.0.1:8780")
     command_timeout: Duration = Field(default=30.0, gt=0,
                                       description="longest wait for an adapter to run a command")
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_path(cls, v: str | None) -> str | None:
+        if v is not None and len(os.fsencode(v)) > SUN_PATH_MAX:
+            raise ValueError(f"a Unix socket path may be at most {SUN_PATH_MAX} bytes long; "
+                             "choose a shorter path, e.g. /run/gateway/gateway.sock")
+        return v
 
     @field_validator("socket_mode")
     @classmethod

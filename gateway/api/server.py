@@ -31,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 
 from gateway import __version__
 from gateway.adapters.registry import UnknownAdapterType, adapter_class
+from gateway.api.config import SUN_PATH_MAX
 from gateway.reading import Command, CommandResult
 
 if TYPE_CHECKING:
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.api")
 
-#: Linux limit on a Unix socket path (sun_path is 108 bytes, NUL included)
-_SUN_PATH_MAX = 107
 #: Zigbee's own bound on a permit-join window
 PERMIT_JOIN_MAX = 254
 #: how long in-flight requests may take to finish once the API stops
@@ -163,8 +162,8 @@ class ApiServer:
 
     def _bind_unix(self) -> socket.socket:
         path = self.socket_path
-        if len(os.fsencode(path)) > _SUN_PATH_MAX:
-            raise ApiStartError(f"api.socket: {path} is longer than the {_SUN_PATH_MAX} bytes a "
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
+            raise ApiStartError(f"api.socket: {path} is longer than the {SUN_PATH_MAX} bytes a "
                                 "Unix socket path may have; set api.socket to a shorter path")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
