@@ -52,10 +52,10 @@ def topic(cs: FakeChirpStack, kind: str = "up") -> str:
 
 def mqtt_adapter(tmp_path: Path, cs: FakeChirpStack, broker: Mosquitto, sink: RecordingSink,
                  **extra: Any) -> LorawanAdapter:
+    mqtt = {"host": broker.host, "port": broker.port, "client_id": "gw-lora-test",
+            "reconnect_delay": 0.2, **extra.pop("mqtt", {})}
     return make_adapter(tmp_path, sink=sink, radio_metrics=False, server=cs.address,
-                        api_token=cs.token, tenant_id=TENANT, source="mqtt",
-                        mqtt={"host": broker.host, "port": broker.port,
-                              "client_id": "gw-lora-test", "reconnect_delay": 0.2}, **extra)
+                        api_token=cs.token, tenant_id=TENANT, source="mqtt", mqtt=mqtt, **extra)
 
 
 async def test_protobuf_uplink_becomes_readings(tmp_path: Path, chirpstack: FakeChirpStack,
@@ -301,3 +301,28 @@ async def test_chirpstack_json_events_become_readings(tmp_path: Path,
         assert ts["temperature"] == pytest.approx(1709294401.123457)
     finally:
         await adapter.stop()
+
+
+async def test_retained_status_state_is_taken_once_across_restarts(
+        tmp_path: Path, chirpstack: FakeChirpStack, mosquitto: Mosquitto,
+        publisher: MQTTClient) -> None:
+    from chirpstack_api.integration import integration_pb2 as integration
+
+    status = integration.StatusEvent(deduplication_id="st-1",
+                                     device_info=chirpstack.device_info(EUI), margin=5,
+                                     battery_level=71.0)
+    publisher.publish(f"application/x/device/{EUI}/state/status", status.SerializeToString(),
+                      qos=1, retain=True)
+    sink = RecordingSink()
+    for _run in range(2):
+        adapter = mqtt_adapter(tmp_path, chirpstack, mosquitto, sink,
+                               mqtt={"host": mosquitto.host, "port": mosquitto.port,
+                                     "client_id": f"gw-lora-{_run}"})
+        await adapter.start()
+        try:
+            await wait_until(lambda a=adapter: metric(
+                a.ctx.metrics, "gateway_lorawan_events_total", adapter="lora",
+                kind="status") >= 1, what="the retained status")
+        finally:
+            await adapter.stop()
+    assert sink.values("battery") == [71.0]

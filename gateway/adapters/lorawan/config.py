@@ -130,7 +130,10 @@ class MqttIntegrationConfig(Section):
     username: str | None = None
     password: SecretStr | None = None
     client_id: str = Field(default="", description="default: gateway-lorawan-<adapter name>")
-    topics: list[str] = Field(default_factory=lambda: ["application/+/device/+/event/+"])
+    # some ChirpStack releases publish join/status/location as retained "state" messages;
+    # a retained status seen again on resubscribe is dropped by its deduplication id
+    topics: list[str] = Field(default_factory=lambda: ["application/+/device/+/event/+",
+                                                       "application/+/device/+/state/+"])
     encoding: Literal["auto", "protobuf", "json"] = "auto"
     session_expiry: Duration = Field(default=7 * 86400.0, ge=0, le=0xFFFFFFFF,
                                      description="how long the broker keeps our session offline")
