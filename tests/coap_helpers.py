@@ -40,9 +40,13 @@ class OutboxSink:
         self.outbox = outbox
         self.refuse = False
         self.calls = 0
+        #: when set, accept waits for it first: a commit that takes as long as the test wants
+        self.hold: asyncio.Event | None = None
 
     async def accept(self, readings: Sequence[Reading]) -> bool:
         self.calls += 1
+        if self.hold is not None:
+            await self.hold.wait()
         if self.refuse:
             return False
         return await self.outbox.append(readings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
 from aiocoap.util import linkformat
 
-from tests.coap_helpers import Gateway, client, post
+from tests.coap_helpers import Gateway, client, eventually, post
 
 
 @pytest.fixture
@@ -213,3 +214,25 @@ async def test_stop_refuses_new_requests_and_releases_the_port(tmp_path: Path,
         assert response.code == Code.CHANGED
     finally:
         await again.stop()
+
+
+async def test_stop_finishes_requests_being_committed_and_refuses_new_ones(
+        tmp_path: Path, cli: Context) -> None:
+    g = Gateway(tmp_path, {})
+    await g.start()
+    assert g.sink is not None and g.adapter is not None
+    # a slow commit: the request below is still waiting for its transaction at stop
+    g.sink.hold = asyncio.Event()
+    in_flight = asyncio.create_task(post(cli, f"{g.uri}/readings/late", b'{"seq": 1}', 50))
+    await eventually(lambda: g.sink is not None and g.sink.calls == 1, what="request arrived")
+    stopping = asyncio.create_task(g.adapter.stop())
+    await asyncio.sleep(0)
+    refused = await post(cli, f"{g.uri}/readings/later", b'{"seq": 2}', 50)
+    assert refused.code == Code.SERVICE_UNAVAILABLE
+    assert not stopping.done()  # still draining
+    g.sink.hold.set()
+    assert (await in_flight).code == Code.CHANGED
+    await stopping
+    assert [(r.device, r.value) for r in await g.stored()] == [("coap:late", 1)]
+    g.adapter = None
+    await g.stop()
