@@ -58,7 +58,8 @@ class FakeChirpStack:
     """The fake server and its data; run it with ``await start()`` / ``await stop()``."""
 
     def __init__(self, token: str = "test-token", tenant_id: str = TENANT, history: int = 10,
-                 port: int = 0) -> None:
+                 port: int = 0, tls: tuple[bytes, bytes] | None = None) -> None:
+        self.tls = tls  # (private key PEM, certificate PEM): serve TLS instead of plaintext
         self.token = token
         self.tenant_id = tenant_id
         self.history_len = history
@@ -168,7 +169,11 @@ class FakeChirpStack:
         application_pb2_grpc.add_ApplicationServiceServicer_to_server(_Apps(self), server)
         device_pb2_grpc.add_DeviceServiceServicer_to_server(_Devices(self), server)
         internal_pb2_grpc.add_InternalServiceServicer_to_server(_Internal(self), server)
-        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if self.tls is not None:
+            creds = grpc.ssl_server_credentials([self.tls])
+            self.port = server.add_secure_port(f"127.0.0.1:{self.port}", creds)
+        else:
+            self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()
         self._server = server
         return self

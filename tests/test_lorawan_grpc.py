@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -493,3 +494,39 @@ async def test_first_start_without_chirpstack_discovers_once_it_is_up(
                          what="discovery after ChirpStack came up")
     finally:
         await adapter.stop()
+
+
+@pytest.fixture
+def server_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA), made with openssl."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=chirpstack.local",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    return key, cert
+
+
+async def test_tls_with_a_private_ca(tmp_path: Path, server_cert: tuple[Path, Path]) -> None:
+    key, cert = server_cert
+    cs = FakeChirpStack(tls=(key.read_bytes(), cert.read_bytes()))
+    cs.add_device(cs.add_application("a"), EUI, "d")
+    await cs.start()
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink=sink, radio_metrics=False, tls=True,
+                           ca_file=str(cert), **settings(cs))
+    try:
+        await adapter.start()
+        cs.emit(EUI, "up", cs.uplink(EUI, 1, obj={"seq": 1}))
+        await wait_until(lambda: sink.values("seq") == [1], what="uplink over TLS")
+    finally:
+        await adapter.stop()
+    # without the CA the server's certificate is not trusted: discovery cannot even start
+    untrusting = make_adapter(tmp_path / "x", tls=True, **settings(cs))
+    (tmp_path / "x").mkdir()
+    try:
+        await untrusting.start()
+        assert untrusting.devices == {} and not untrusting.discovered.is_set()
+    finally:
+        await untrusting.stop()
+        await cs.stop()
