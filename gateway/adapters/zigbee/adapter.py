@@ -106,6 +106,8 @@ class ZigbeeAdapter(Adapter):
         self._configured: set[str] = set()
         #: devices whose interview zigpy finished (configuration waits for it)
         self._interviewed: set[str] = set()
+        #: devices removed through remove(): their late leave/left events are not news
+        self._removed: set[str] = set()
         self._configuring: dict[str, asyncio.Task[Any]] = {}
         self._last_configure: dict[str, float] = {}
         self._last_link: dict[str, float] = {}
@@ -210,6 +212,7 @@ class ZigbeeAdapter(Adapter):
     def device_joined(self, device: Any) -> None:
         """A new device is on the network; zigpy interviews it next."""
         self.log.info("zigbee: device %s joined (nwk 0x%04X)", device.ieee, device.nwk)
+        self._removed.discard(str(device.ieee))
         self._configured.discard(str(device.ieee))
         self._interviewed.discard(str(device.ieee))
         self._declare(device, interview="interviewing")
@@ -242,7 +245,8 @@ class ZigbeeAdapter(Adapter):
     def device_left(self, device: Any) -> None:
         """The device announced it left the network."""
         self.log.info("zigbee: device %s left the network", device.ieee)
-        self._declare(device, interview="left")
+        if str(device.ieee) not in self._removed:
+            self._declare(device, interview="left")
 
     def device_removed(self, device: Any) -> None:
         """The device was removed from zigpy's database."""
@@ -624,9 +628,16 @@ class ZigbeeAdapter(Adapter):
         except Exception as exc:  # noqa: BLE001 - delivery failures: still remove locally
             result = CommandResult.timeout(f"leave not delivered ({exc}); removed anyway")
         self._unwatch(dev)
+        self._removed.add(str(dev.ieee))
         await app.remove(dev.ieee)
         self._configured.discard(str(dev.ieee))
         self._save_configured()
+        # readings already taken reach the pipeline first, or the registry would see the
+        # device again right after forgetting it
+        for _ in range(100):
+            if not any(r.device == device for r in self._pending):
+                break
+            await asyncio.sleep(0.01)
         forget = getattr(self.ctx.devices, "remove", None)
         if callable(forget):
             with contextlib.suppress(Exception):
