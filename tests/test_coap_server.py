@@ -14,7 +14,7 @@ from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
 from aiocoap.util import linkformat
 
-from tests.coap_helpers import Gateway, client, eventually, post
+from tests.coap_helpers import Gateway, client, eventually, post, udp_port
 
 
 @pytest.fixture
@@ -236,3 +236,16 @@ async def test_stop_finishes_requests_being_committed_and_refuses_new_ones(
     assert [(r.device, r.value) for r in await g.stored()] == [("coap:late", 1)]
     g.adapter = None
     await g.stop()
+
+
+async def test_ipv6_devices_post_to_a_dual_stack_bind(tmp_path: Path, cli: Context) -> None:
+    port = udp_port()
+    g = await Gateway(tmp_path, {"bind": "::", "port": port}).start()
+    try:
+        for host in ("[::1]", "127.0.0.1"):
+            # no Content-Format: taken as JSON
+            response = await post(cli, f"coap://{host}:{port}/readings/v6", b'{"seq": 1}', None)
+            assert response.code == Code.CHANGED, host
+        assert [r.device for r in await g.stored()] == ["coap:v6", "coap:v6"]
+    finally:
+        await g.stop()

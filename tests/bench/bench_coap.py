@@ -88,6 +88,7 @@ def load(host: str, port: int, seconds: float, window: int, devices: int) -> dic
     end = t0 + seconds
     nxt = 0
     lost = 0
+    separate = 0
     while True:
         now = time.monotonic()
         # keep the window full while the run lasts, spreading requests over the devices
@@ -116,6 +117,7 @@ def load(host: str, port: int, seconds: float, window: int, devices: int) -> dic
                 reply = Message.decode(data)
                 if reply.mtype == CON:  # a separate response: acknowledge it
                     s.send(_EMPTY_ACK + reply.mid.to_bytes(2, "big"))
+                    separate += 1
                 if reply.code == Code.EMPTY:
                     continue  # the server's "working on it" ACK; the answer follows
                 key = (i, int.from_bytes(reply.token, "big"))
@@ -134,6 +136,7 @@ def load(host: str, port: int, seconds: float, window: int, devices: int) -> dic
         "accepted": float(codes.get("2.04", 0)),
         "other": float(sum(n for c, n in codes.items() if c != "2.04")),
         "lost": float(lost),
+        "separate": float(separate),
         "elapsed": elapsed,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
@@ -197,6 +200,7 @@ def main() -> None:
     print(f"accepted: {r['accepted'] / r['elapsed']:,.0f} POSTs/s "
           f"({r['accepted']:.0f} of {r['sent']:.0f}; other answers {r['other']:.0f}, "
           f"unanswered {r['lost']:.0f}), window {args.window}, {args.devices} devices")
+    print(f"separate responses (empty ACK first, answer later): {r['separate']:.0f}")
     print(f"answer latency: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
     if total:
         print(f"gateway CPU: {1e6 * cpu / total:.0f} µs per request "
