@@ -192,10 +192,6 @@ class GrpcStreamSource:
         self._tasks.clear()
 
 
-class _Stopping(Exception):
-    """Raised from a message handler so that no PUBACK is sent: the broker redelivers."""
-
-
 class MqttIntegrationSource:
     """ChirpStack's MQTT integration, persistent session, QoS 1, PUBACK after acceptance."""
 
@@ -210,6 +206,8 @@ class MqttIntegrationSource:
         self._stopping = False
         self._inflight: set[asyncio.Task[Any]] = set()
         self._connected = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._idle = asyncio.Event()
         self._client: MQTTClient | None = None
         self._ever_connected = False
 
@@ -257,11 +255,18 @@ class MqttIntegrationSource:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+            self._idle.clear()
         try:
             return await self._handle(topic, payload)
         finally:
-            if task is not None:
-                self._inflight.discard(task)
+            self._leave()
+
+    def _leave(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.discard(task)
+        if not self._inflight:
+            self._idle.set()
 
     async def _handle(self, topic: str, payload: bytes) -> int:
         kind = topic.rsplit("/", 1)[-1]
@@ -276,15 +281,24 @@ class MqttIntegrationSource:
             self.hooks.malformed("no_device", f"topic {topic}: {kind} event without device_info")
             return 0
         if not await self.handler(Delivery(kind, event, eui)):
-            raise _Stopping("stopping before the readings were accepted; left for redelivery")
+            # stopping with the readings refused: answer only once the connection is gone,
+            # so no PUBACK reaches the broker and it sends the message again next session
+            self._leave()
+            await self._closed.wait()
+            return 0
         return 0
 
     async def stop(self) -> None:
         """Let messages being handled finish (each PUBACKs or stays unacknowledged), then leave."""
         self._stopping = True
         if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=5.0)
+            # handlers still accepting finish (and PUBACK); withheld ones leave the set
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 5.0)
+        await asyncio.sleep(0)  # let gmqtt write the PUBACKs of the last accepted messages
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._client.disconnect(), 5.0)
         self._connected.clear()
+        self._closed.set()
+        await asyncio.sleep(0)
