@@ -46,6 +46,7 @@ class EzspStick:
         self.devices: dict[int, VirtualDevice] = {}
         self.ncp = Ncp(self.nv, self.devices, self._emit)
         self.link: AshNcp | None = None
+        self._links: list[AshNcp] = []  # every connection so far, closed at stop()
         self.connections = 0
         self.resets = 0
         self._server: asyncio.Server | None = None
@@ -68,6 +69,10 @@ class EzspStick:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for link in self._links:
+            link.close()
+            await link.wait_closed()
+        self._links.clear()
 
     async def __aenter__(self) -> EzspStick:
         return await self.start()
@@ -87,6 +92,7 @@ class EzspStick:
             self.link.close()
         link = AshNcp(self._host_reset, self._frame, self._lost)
         self.link = link
+        self._links.append(link)
         self.connections += 1
         # A fresh connection meets a stick whose stack is not running yet
         self.ncp.reset()

@@ -10,6 +10,7 @@ one, as ``bellows.ash.TX_K``), retransmitting when the host does not acknowledge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -161,20 +162,22 @@ class AshNcp(asyncio.Protocol):
         self._outgoing.put_nowait(ezsp_frame)
 
     async def _send_loop(self) -> None:
-        while True:
+        while self.transport is not None:
             payload = await self._outgoing.get()
             frm_num = self._tx_seq
             self._tx_seq = (self._tx_seq + 1) % 8
             self._unacked = frm_num
             for attempt in range(MAX_RETRIES + 1):
-                if self._unacked != frm_num:
-                    break  # a host reset dropped it
+                if self._unacked != frm_num or self.transport is None:
+                    break  # a host reset dropped it, or the link is gone
                 self._acked.clear()
                 self._write(DataFrame(frm_num=frm_num, re_tx=attempt > 0,
                                       ack_num=self._rx_seq, ezsp_frame=payload))
                 self.frames_out += 1
                 try:
-                    await asyncio.wait_for(self._acked.wait(), ACK_TIMEOUT)
+                    # asyncio.timeout, unlike wait_for on 3.11, never swallows a cancel
+                    async with asyncio.timeout(ACK_TIMEOUT):
+                        await self._acked.wait()
                 except TimeoutError:
                     log.debug("ash: no ACK for frame %d (attempt %d)", frm_num, attempt + 1)
                     continue
@@ -203,3 +206,11 @@ class AshNcp(asyncio.Protocol):
         """Drop the link (the stick was unplugged)."""
         if self.transport is not None:
             self.transport.close()
+        if self._sender is not None:
+            self._sender.cancel()
+
+    async def wait_closed(self) -> None:
+        """Return once the sending task has ended."""
+        if self._sender is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender

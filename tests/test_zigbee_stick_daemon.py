@@ -1,0 +1,98 @@
+"""End to end through the real daemon: simulated EZSP stick → ``gateway run`` → cloud.
+
+``gateway run`` is its own process with a ``type: zigbee`` adapter (radio type ``ezsp``,
+bellows) on ``socket://127.0.0.1:PORT``; the cloud is a real mosquitto with a recording
+subscriber; pairing goes through the real control API. Only the stick is simulated
+(:mod:`tests.ezsp_stick`): a Silicon Labs stick cannot be attached here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.brokers import Mosquitto
+from tests.daemon import GatewayProcess
+from tests.ezsp_stick import EzspStick, VirtualDevice
+
+pytestmark = pytest.mark.timeout(90)
+
+TEMPERATURE, HUMIDITY = 0x0402, 0x0405
+SENSOR_IEEE = "00:0d:6f:00:0a:bc:de:f2"
+SENSOR_ID = f"zigbee:{SENSOR_IEEE}"
+RADIO_UP = "radio on socket://"
+
+
+async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
+    """Poll ``predicate`` every 50 ms for at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not seen within {within} s")
+        await asyncio.sleep(0.05)
+
+
+def gateway_config(state: Path, stick: EzspStick, cloud: Mosquitto) -> dict[str, Any]:
+    return {
+        "gateway": {"id": "gw-zigbee", "state_dir": str(state)},
+        "uplink": {"host": cloud.host, "port": cloud.port, "batch_linger": "10ms"},
+        "store": {"commit_interval": "20ms"},
+        "adapters": [{"type": "zigbee", "name": "zigbee", "radio_type": "ezsp",
+                      "port": stick.url, "channel": 20}],
+    }
+
+
+async def permit_join(socket: Path, seconds: int) -> dict[str, Any]:
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket))) as s:
+        async with s.post("http://gateway/api/permit-join", json={"seconds": seconds}) as rsp:
+            body: dict[str, Any] = await rsp.json()
+            assert rsp.status == 200, body
+            return body
+
+
+async def test_stick_reading_reaches_the_cloud_and_survives_a_dropped_link(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        gateway_factory: Callable[..., GatewayProcess],
+        cloud_sink_factory: Callable[..., Any]) -> None:
+    cloud_broker = mosquitto_factory(name="cloud")
+    cloud = cloud_sink_factory(cloud_broker.port)
+    async with EzspStick() as stick:
+        stick.preform(channel=20, pan_id=0x2B73)
+        state = tmp_path / "state"
+        gw = gateway_factory(gateway_config(state, stick, cloud_broker))
+        # The daemon blocks on its log while the stick answers on this loop
+        await asyncio.to_thread(gw.start)
+        await until(lambda: RADIO_UP in gw.log_text(), 20, "zigbee radio up")
+
+        await permit_join(state / "gateway.sock", 60)
+        await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
+        sensor = VirtualDevice(SENSOR_IEEE, 0x5C2D, attributes={
+            (1, TEMPERATURE): {0x0000: 1990}, (1, HUMIDITY): {0x0000: 6000}})
+        stick.join(sensor)
+        await until(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting, 20,
+                    "reporting configured by the daemon")
+
+        def cloud_values(metric: str) -> list[Any]:
+            return [r.value for r in cloud.readings()
+                    if r.device == SENSOR_ID and r.metric == metric]
+
+        stick.report(sensor, 1, TEMPERATURE, {0x0000: 2345})
+        await until(lambda: 23.45 in cloud_values("temperature"), 20,
+                    "reported temperature in the cloud")
+
+        stick.drop_link()
+        await until(lambda: gw.log_text().count(RADIO_UP) >= 2 and stick.network_up, 30,
+                    "adapter restarted on the stick")
+        assert "connection to the stick lost" in gw.log_text()
+        assert stick.connections == 2 and stick.ncp.commands["formNetwork"] == 0
+
+        stick.report(sensor, 1, HUMIDITY, {0x0000: 6150})
+        await until(lambda: 61.5 in cloud_values("humidity"), 20,
+                    "humidity reported after the reconnect in the cloud")
+        assert gw.stop() == 0
