@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+from aiohttp import web
 from pydantic import Field
 
 from gateway.adapters.base import Adapter, AdapterConfig
@@ -51,6 +53,22 @@ class JoiningAdapter(Adapter):
         await self.ctx.sink.accept([Reading(device, "temperature", 21.5, "Cel", now())])
 
 
+def add_routes(app: web.Application, gateway: Any) -> None:
+    """Extra control-API routes, mounted through the ``gateway.api_routes`` entry point."""
+
+    async def joiners(request: web.Request) -> web.Response:
+        running = gateway.supervisor.adapters if gateway.supervisor is not None else {}
+        return web.json_response({"joining": sorted(
+            n for n, a in running.items() if isinstance(a, JoiningAdapter))})
+
+    app.router.add_get("/api/joining", joiners)
+
+
+def broken_routes(app: web.Application, gateway: Any) -> None:
+    """A routes plugin with a bug: the API must start without it."""
+    raise RuntimeError("broken on purpose")
+
+
 def install_plugin(directory: Path) -> dict[str, str]:
     """Register ``type: joining`` in ``directory``; return env for a daemon that sees it."""
     info = directory / "gateway_test_joining-0.dist-info"
@@ -58,5 +76,7 @@ def install_plugin(directory: Path) -> dict[str, str]:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gateway-test-joining\n"
                                    "Version: 0\n")
     (info / "entry_points.txt").write_text(
-        "[gateway.adapters]\njoining = tests.joining_adapter:JoiningAdapter\n")
+        "[gateway.adapters]\njoining = tests.joining_adapter:JoiningAdapter\n\n"
+        "[gateway.api_routes]\njoining = tests.joining_adapter:add_routes\n"
+        "broken = tests.joining_adapter:broken_routes\n")
     return {"PYTHONPATH": f"{directory}:{REPO}"}

@@ -93,6 +93,12 @@ async def test_permit_join_endpoint_reports_each_adapter(joining_daemon: Gateway
                                 json={"seconds": 5, "adapter": "other"}) as resp:
             assert resp.status == 409
             assert "'other'" in (await resp.json())["error"]
+        # a plugin's routes are mounted through the gateway.api_routes entry point; a
+        # plugin whose add_routes fails is left out, logged, and the rest still answers
+        async with session.get("http://gateway/api/joining") as resp:
+            assert resp.status == 200 and await resp.json() == {"joining": ["zb"]}
+    assert "routes 'broken' (tests.joining_adapter:broken_routes) not mounted: " \
+        "RuntimeError: broken on purpose" in joining_daemon.log_text()
 
 
 async def test_adapter_in_backoff_makes_health_degraded_and_pairing_explains(

@@ -88,5 +88,10 @@ async def test_pair_shows_a_zigbee_sensor_joining_and_being_interviewed(tmp_path
         assert resp.status == 200
         assert body["model"] == "lumi.weather" and body["manufacturer"] == "LUMI"
         assert body["interview"] in ("interviewed", "configured")
+        # the Zigbee adapter's own routes are mounted on the same API
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session, \
+                session.post("http://gateway/api/zigbee/backup?adapter=nope") as resp:
+            assert resp.status == 404
+            assert "no running Zigbee adapter 'nope'" in (await resp.json())["error"]
     finally:
         await gw.stop()

@@ -21,6 +21,7 @@ import stat
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.api")
 
+#: entry-point group of extra routes: ``add_routes(app, gateway)`` functions
+ROUTES_GROUP = "gateway.api_routes"
 #: Zigbee's own bound on a permit-join window
 PERMIT_JOIN_MAX = 254
 #: how long in-flight requests may take to finish once the API stops
@@ -134,9 +137,8 @@ class ApiServer:
         app.router.add_post("/api/devices/{device}/commands", self.command)
         app.router.add_get("/api/outbox", self.outbox)
         app.router.add_post("/api/permit-join", self.permit_join)
-        from gateway.adapters.zigbee.api import add_routes as add_zigbee_routes
-
-        add_zigbee_routes(app, self.gw)
+        # adapters' own routes (POST /api/zigbee/backup...) come through entry points
+        self._mount_plugin_routes(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runner = runner
@@ -159,6 +161,16 @@ class ApiServer:
         if self.tcp_address is not None:
             where += f" and http://{self.config.http}"
         log.info("control API listening on %s", where)
+
+    def _mount_plugin_routes(self, app: web.Application) -> None:
+        """Routes that adapters (or third-party packages) add under ``gateway.api_routes``."""
+        # by name: a distribution found twice on sys.path lists its entry points twice
+        for ep in {ep.name: ep for ep in entry_points(group=ROUTES_GROUP)}.values():
+            try:
+                ep.load()(app, self.gw)
+            except Exception as exc:  # noqa: BLE001 - one bad plugin must not take the API down
+                log.error("control API: routes %r (%s) not mounted: %s: %s", ep.name, ep.value,
+                          type(exc).__name__, exc)
 
     def _bind_unix(self) -> socket.socket:
         path = self.socket_path
