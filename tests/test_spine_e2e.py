@@ -179,10 +179,10 @@ def test_outbox_at_its_bound_drops_the_oldest_and_counts_exactly_what_is_missing
         tmp_path: Path, mosquitto: Mosquitto, cloud_sink_factory: Callable[..., CloudSink],
         gateway_factory: Callable[..., GatewayProcess]) -> None:
     state = tmp_path / "state"
-    count = 600
+    count = 1500
     dead_port = free_port()  # no cloud yet: everything queues until the bound
-    gw = gateway_factory(gw_config(state, dead_port, count=count, interval=0.004,
-                                   max_bytes="96KiB")).start()
+    gw = gateway_factory(gw_config(state, dead_port, count=count, interval=0.002,
+                                   max_bytes="48KiB")).start()
     gw.wait_for_log("messages per device sent", timeout=60)
     time.sleep(0.3)
     gw.stop()
