@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -191,3 +192,21 @@ async def test_missing_context_for_a_declared_oscore_device_fails_start(tmp_path
     assert gw.outbox is not None
     await gw.outbox.close()
 
+
+
+async def test_a_pack_naming_another_device_is_refused_whole(tmp_path: Path) -> None:
+    ctxs = _contexts(tmp_path, "valve-1", "valve-2")
+    gw = await _gateway(tmp_path, required=True)
+    c = await _protected_client(gw, ctxs["valve-1"])
+    try:
+        own = [{"bn": "valve-1/", "n": "flow", "v": 1}]
+        mixed = own + [{"bn": "valve-2/", "n": "flow", "v": 2}]
+        refused = await post(c, f"{gw.uri}/readings", json.dumps(mixed).encode(), 110)
+        assert refused.code == Code.FORBIDDEN
+        assert await gw.stored() == []
+        accepted = await post(c, f"{gw.uri}/readings", json.dumps(own).encode(), 110)
+        assert accepted.code == Code.CHANGED
+        assert [r.device for r in await gw.stored()] == ["coap:valve-1"]
+    finally:
+        await c.shutdown()
+        await gw.stop()

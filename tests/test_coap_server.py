@@ -249,3 +249,28 @@ async def test_ipv6_devices_post_to_a_dual_stack_bind(tmp_path: Path, cli: Conte
         assert [r.device for r in await g.stored()] == ["coap:v6", "coap:v6"]
     finally:
         await g.stop()
+
+
+async def test_senml_pack_posted_to_the_collection_names_its_devices_by_base_name(
+        gw: Gateway, cli: Context) -> None:
+    pack = [{"bn": "urn:dev:mac:0024befffe804ff1:", "bt": NOW, "n": "temperature", "u": "Cel",
+             "v": 19.5},
+            {"bn": "hall/", "n": "motion", "vb": True}]
+    response = await post(cli, f"{gw.uri}/readings", json.dumps(pack).encode(), 110)
+    assert response.code == Code.CHANGED
+    got = sorted((r.device, r.metric, r.value) for r in await gw.stored())
+    assert got == [("coap:hall", "motion", True),
+                   ("coap:urn:dev:mac:0024befffe804ff1", "temperature", 19.5)]
+    as_cbor = await post(cli, f"{gw.uri}/readings",
+                         cbor2.dumps([{-2: "hall/", 0: "motion", 4: False}]), 112)
+    assert as_cbor.code == Code.CHANGED
+
+
+async def test_collection_refuses_json_and_packs_without_a_device(gw: Gateway,
+                                                                  cli: Context) -> None:
+    as_json = await post(cli, f"{gw.uri}/readings", b'{"temperature": 20}', 50)
+    assert as_json.code == Code.UNSUPPORTED_CONTENT_FORMAT
+    nameless = await post(cli, f"{gw.uri}/readings", b'[{"n": "temperature", "v": 20}]', 110)
+    assert nameless.code == Code.BAD_REQUEST
+    assert b"base name (bn) must name the device" in nameless.payload
+    assert await gw.stored() == []

@@ -52,6 +52,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
+def peak_rss_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def request(device: str, mid: int, seq: int) -> bytes:
     """A CON POST, built by hand: aiocoap's encoder would cost the generator more CPU."""
     payload = (f'{{"temperature":{20 + (seq % 100) / 10:.2f},"humidity":'
@@ -192,6 +200,7 @@ def main() -> None:
         cpu0 = cpu_seconds(pid) if pid else 0.0
         r = load(host, port, args.seconds, args.window, args.devices)
         cpu = (cpu_seconds(pid) - cpu0) if pid else float("nan")
+        rss = peak_rss_mib(pid) if pid else float("nan")
     finally:
         if gw is not None:
             gw.stop()
@@ -205,6 +214,7 @@ def main() -> None:
     if total:
         print(f"gateway CPU: {1e6 * cpu / total:.0f} µs per request "
               f"({cpu:.2f} s over {r['elapsed']:.1f} s)")
+    print(f"gateway peak RSS: {rss:.1f} MiB")
     if gw is not None:
         stored = outbox_readings(tmp / "state" / "outbox.db")
         # 4 readings per accepted request, warm-up included

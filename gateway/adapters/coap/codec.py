@@ -24,12 +24,15 @@ from typing import Any
 
 import cbor2
 
+from gateway.adapters.coap.config import NATIVE_ID
 from gateway.adapters.mqtt.units import UnknownUnit, normalize
 from gateway.reading import Reading, Value
 
 TEXT, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 50, 60, 110, 112
 #: content formats devices may post readings in
 READING_FORMATS = (JSON, CBOR, SENML_JSON, SENML_CBOR)
+#: formats whose records can name their devices (base name)
+SENML_FORMATS = (SENML_JSON, SENML_CBOR)
 FORMAT_NUMBERS = {"text": TEXT, "json": JSON, "cbor": CBOR, "senml+json": SENML_JSON,
                   "senml+cbor": SENML_CBOR}
 
@@ -179,7 +182,9 @@ def _objects(doc: Any, device: str, now: float) -> list[Reading]:
     return out
 
 
-def _senml(pack: Any, device: str, now: float, cbor: bool) -> list[Reading]:
+def _senml(pack: Any, device: str | None, now: float, cbor: bool,
+           prefix: str = "") -> list[Reading]:
+    """Readings of a SenML pack: of ``device``, or (None) of the device each ``bn`` names."""
     if isinstance(pack, dict):
         pack = [pack]
     if not isinstance(pack, list) or not pack:
@@ -235,12 +240,22 @@ def _senml(pack: Any, device: str, now: float, cbor: bool) -> list[Reading]:
             value = bs + s if bs else s
         else:
             continue  # base fields only, or a data value (vd) readings do not carry
-        name = n or bn.rstrip(":/._-").rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+        if device is None:
+            native = bn.rstrip(":/._-")
+            if not NATIVE_ID.match(native):
+                raise PayloadError("no_device", f"{where}: the base name (bn) must name the "
+                                   "device (letters, digits, '_', '.', ':' or '-'), or post to "
+                                   "/<path>/<device id>")
+            name = n
+            dev = f"{prefix}:{native}"
+        else:
+            name = n or bn.rstrip(":/._-").rsplit(":", 1)[-1].rsplit("/", 1)[-1]
+            dev = device
         metric = snake(name)
         if not metric:
             raise PayloadError("bad_senml", f"{where}: no name (n) for the metric")
         ts = t if t >= _SENML_RELATIVE else now + t
-        out.append(_reading(device, metric, value, unit, ts, where))
+        out.append(_reading(dev, metric, value, unit, ts, where))
     if not out:
         raise PayloadError("no_values", "the SenML pack has no values")
     return out
@@ -288,6 +303,15 @@ def decode(content_format: int, payload: bytes, device: str, now: float,
                 raise PayloadError("bad_text", f"{text[:40]!r} is not a finite number")
         return [_reading(device, metric, value, unit, now, "payload")]
     raise PayloadError("bad_format", f"content format {content_format} is not supported")
+
+
+def decode_pack(content_format: int, payload: bytes, prefix: str, now: float) -> list[Reading]:
+    """Readings of a SenML pack whose base names name the devices (``<prefix>:<bn>``)."""
+    if content_format == SENML_JSON:
+        return _senml(_load_json(payload), None, now, cbor=False, prefix=prefix)
+    if content_format == SENML_CBOR:
+        return _senml(_load_cbor(payload), None, now, cbor=True, prefix=prefix)
+    raise PayloadError("bad_format", "only SenML packs name their devices")
 
 
 def encode(fmt: str, params: Mapping[str, Any]) -> tuple[int, bytes]:

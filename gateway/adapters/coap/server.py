@@ -37,6 +37,7 @@ Accept = Callable[[Sequence[Reading]], Awaitable[bool]]
 #: link attribute values for the readings resources
 READINGS_RT = "gateway.readings"
 READINGS_CT = " ".join(str(f) for f in codec.READING_FORMATS)
+SENML_CT = " ".join(str(f) for f in codec.SENML_FORMATS)
 #: devices seen since start that /.well-known/core lists (bounded: ids come from the network)
 _MAX_LISTED = 1000
 
@@ -94,9 +95,12 @@ class ReadingsResource(resource.Resource):  # type: ignore[misc]
     # -- discovery --------------------------------------------------------------------------
 
     def get_resources_as_linkheader(self) -> LinkFormat:
-        """The per-device resources for /.well-known/core (declared, protected and seen)."""
-        return LinkFormat([Link(f"/{self.path}/{native}", rt=READINGS_RT, ct=READINGS_CT)
-                           for native in self._seen])
+        """For /.well-known/core: the collection, and the per-device resources of declared,
+        protected and seen devices."""
+        links = [Link(f"/{self.path}", rt=READINGS_RT, ct=SENML_CT)]
+        links += [Link(f"/{self.path}/{native}", rt=READINGS_RT, ct=READINGS_CT)
+                  for native in self._seen]
+        return LinkFormat(links)
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -116,15 +120,28 @@ class ReadingsResource(resource.Resource):  # type: ignore[misc]
 
     def _precheck(self, req: Message) -> Message | None:
         path = req.opt.uri_path
-        if len(path) != 2 or not NATIVE_ID.match(path[1]):
+        native: str | None
+        if len(path) == 1:
+            native = None  # the collection: SenML packs whose base names name the devices
+        elif len(path) == 2 and NATIVE_ID.match(path[1]):
+            native = path[1]
+        else:
             return _diagnostic(Code.NOT_FOUND, f"post readings to /{self.path}/<device id>")
-        native = path[1]
         if req.code not in (Code.POST, Code.PUT):
             return _diagnostic(Code.METHOD_NOT_ALLOWED, "use POST or PUT")
-        refusal = self.policy.check(native, req.remote.authenticated_claims)
-        if refusal is not None:
-            return refusal
+        claims = req.remote.authenticated_claims
+        if native is not None:
+            refusal = self.policy.check(native, claims)
+            if refusal is not None:
+                return refusal
+        elif not claims and self.policy.required:
+            return _diagnostic(Code.UNAUTHORIZED, "OSCORE protection required")
         fmt = req.opt.content_format
+        if native is None and (fmt is None or int(fmt) not in codec.SENML_FORMATS):
+            self._m.malformed.labels(self._adapter, "unsupported_format").inc()
+            return _diagnostic(Code.UNSUPPORTED_CONTENT_FORMAT,
+                               f"/{self.path} takes SenML packs (110, 112) whose base names "
+                               f"name the devices; post other formats to /{self.path}/<id>")
         if fmt is not None and int(fmt) not in codec.READING_FORMATS:
             self._m.malformed.labels(self._adapter, "unsupported_format").inc()
             return _diagnostic(Code.UNSUPPORTED_CONTENT_FORMAT,
@@ -138,9 +155,9 @@ class ReadingsResource(resource.Resource):  # type: ignore[misc]
         announced = req.opt.size1 or 0
         if size > self._max_payload or announced > self._max_payload:
             self._m.malformed.labels(self._adapter, "oversized").inc()
-            self._log.warning("coap: refused %d+ bytes from %s for device %s (max_payload %d)",
-                              max(size, announced), req.remote.hostinfo, native,
-                              self._max_payload)
+            self._log.warning("coap: refused %d+ bytes from %s for %s (max_payload %d)",
+                              max(size, announced), req.remote.hostinfo,
+                              native or "a SenML pack", self._max_payload)
             return _diagnostic(Code.REQUEST_ENTITY_TOO_LARGE,
                                f"payload larger than {self._max_payload} bytes",
                                size1=self._max_payload)
@@ -152,24 +169,40 @@ class ReadingsResource(resource.Resource):  # type: ignore[misc]
 
     async def render(self, request: Message) -> Message:
         """Decode, make durable, then answer: 2.04 only after ``accept`` returned True."""
-        native = request.opt.uri_path[1]
-        device = f"{self._adapter}:{native}"
+        path = request.opt.uri_path
+        native = path[1] if len(path) == 2 else None
+        device = f"{self._adapter}:{native}" if native else f"/{self.path}"
         fmt = request.opt.content_format
         fmt_n = codec.JSON if fmt is None else int(fmt)
         try:
-            readings = codec.decode(fmt_n, request.payload, device, time.time())
+            if native is None:
+                readings = codec.decode_pack(fmt_n, request.payload, self._adapter, time.time())
+            else:
+                readings = codec.decode(fmt_n, request.payload, device, time.time())
         except codec.PayloadError as exc:
             self._m.malformed.labels(self._adapter, exc.reason).inc()
             self._log.warning("coap: bad payload from %s for %s (%s): %s",
                               request.remote.hostinfo, device, exc.reason, exc)
             self._m.requests.labels(self._adapter, "4.00").inc()
             return _diagnostic(Code.BAD_REQUEST, str(exc))
+        if native is None:
+            natives = list(dict.fromkeys(r.device.split(":", 1)[1] for r in readings))
+            claims = request.remote.authenticated_claims
+            for one in natives:
+                # one device the sender may not post for refuses the whole pack
+                refusal = self.policy.check(one, claims)
+                if refusal is not None:
+                    self._m.requests.labels(self._adapter, str(refusal.code.dotted)).inc()
+                    return refusal
+        else:
+            natives = [native]
         if not await self._accept(readings):
             self._m.requests.labels(self._adapter, "5.03").inc()
             return _diagnostic(Code.SERVICE_UNAVAILABLE, "gateway queue full; retry later",
                                max_age=self._max_age)
-        if native not in self._seen and len(self._seen) < _MAX_LISTED:
-            self._seen[native] = None
+        for one in natives:
+            if one not in self._seen and len(self._seen) < _MAX_LISTED:
+                self._seen[one] = None
         self._m.requests.labels(self._adapter, "2.04").inc()
         return Message(code=Code.CHANGED)
 
