@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +187,30 @@ def test_socket_path_too_long_for_unix_is_a_clear_start_error(tmp_path: Path) ->
     assert gw.proc.wait(30) == 1
     assert "set api.socket to a shorter path" in gw.log_text()
     gw.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv to run a client as another user")
+def test_socket_mode_decides_which_users_may_operate_the_gateway(tmp_path: Path) -> None:
+    # a directory everyone may traverse, so only the socket's own mode is in the way
+    run_dir = Path(tempfile.mkdtemp(prefix="gwsock", dir="/tmp"))
+    run_dir.chmod(0o755)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 sys.executable, "-m", "gateway", "status", "--socket"]
+    try:
+        for mode, expected_rc in (("0660", 3), ("0666", 0)):
+            sock = run_dir / f"gw-{mode}.sock"
+            gw = GatewayProcess(tmp_path / mode, {
+                "gateway": {"state_dir": str(tmp_path / mode / "state")},
+                "uplink": {"enabled": False}, "api": {"socket": str(sock), "socket_mode": mode},
+            }).start()
+            try:
+                proc = subprocess.run([*as_nobody, str(sock)], capture_output=True, text=True,
+                                      timeout=30, cwd="/")
+            finally:
+                gw.stop()
+            assert proc.returncode == expected_rc, (mode, proc.stderr)
+            if expected_rc == 3:
+                assert f"permission denied on {sock}" in proc.stderr
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
