@@ -321,14 +321,13 @@ class Uplink:
 
     async def _next_batch(self, client: _Client, cursor: dict[str, int]) -> _Batch | None:
         self.outbox.new_data.clear()
-        events = await self.outbox.read_events(cursor["events"], 100)
+        events, rows = await self.outbox.read_next(cursor["events"], cursor["telemetry"],
+                                                   self.config.batch_max_readings)
         if events:
             msgs = self.format.events(events, self.outbox.epoch)
             batch = _Batch("events", events[0].id, events[-1].id, 0)
             cursor["events"] = events[-1].id
         else:
-            rows = await self.outbox.read_telemetry(cursor["telemetry"],
-                                                    self.config.batch_max_readings)
             if not rows:
                 return None
             msgs = self.format.telemetry(rows, self.outbox.epoch)
