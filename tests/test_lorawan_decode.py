@@ -109,3 +109,14 @@ def test_unit_aliases_become_senml_names_with_conversion() -> None:
     assert decode_layout(b"\x0b\xb8", layout) == [("voltage", 3.0, "V")]
     with pytest.raises(ValidationError, match="unknown unit"):
         ProfileConfig(fields={"t": {"unit": "degrees"}})
+
+
+def test_struct_conversion_matches_the_protobuf_json_mapping() -> None:
+    from google.protobuf import json_format, struct_pb2
+
+    from gateway.adapters.lorawan.decode import struct_to_dict
+
+    s = struct_pb2.Struct()
+    s.update({"a": 1.5, "b": "x", "c": True, "d": None, "e": {"f": [1.0, "g", {"h": False}]},
+              "i": []})
+    assert struct_to_dict(s) == json_format.MessageToDict(s)

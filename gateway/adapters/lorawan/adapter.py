@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from chirpstack_api.integration import integration_pb2 as integration
-from google.protobuf import json_format
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
@@ -35,6 +34,7 @@ from gateway.adapters.lorawan.decode import (
     cayenne_lpp,
     decode_layout,
     flatten_object,
+    struct_to_dict,
 )
 from gateway.adapters.lorawan.events import Delivery
 from gateway.adapters.lorawan.sources import GrpcStreamSource, MqttIntegrationSource, UplinkSource
@@ -411,7 +411,7 @@ class LorawanAdapter(Adapter):
         if profile.decoder == "object":
             if not ev.HasField("object"):
                 return []
-            return list(flatten_object(json_format.MessageToDict(ev.object)))
+            return list(flatten_object(struct_to_dict(ev.object)))
         if profile.decoder == "cayenne":
             return cayenne_lpp(ev.data)
         if profile.decoder == "layout":

@@ -37,6 +37,27 @@ def snake(key: str) -> str:
 # -- codec object ---------------------------------------------------------------------------
 
 
+def struct_value(value: Any) -> Any:
+    """A ``google.protobuf.Value`` as plain Python (about twice as fast as MessageToDict)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return {k: struct_value(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [struct_value(v) for v in value.list_value.values]
+    return None
+
+
+def struct_to_dict(struct: Any) -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` (the codec's decoded object) as a plain dict."""
+    return {k: struct_value(v) for k, v in struct.fields.items()}
+
+
 def flatten_object(obj: Mapping[str, Any], prefix: str = "") -> Iterator[Candidate]:
     """Flatten the codec's decoded object: nested keys joined by ``_``, lists by index."""
     for key, value in obj.items():
