@@ -255,3 +255,13 @@ async def test_group_commit_puts_concurrent_appends_in_few_transactions(
     assert all(results)
     assert box.m_commits._value.get() - before <= 3
     await box.close()
+
+
+async def test_non_finite_floats_and_look_alike_strings_keep_their_types(tmp_path: Path) -> None:
+    box = await Outbox.open(tmp_path / "o.db", cfg())
+    now = time.time()
+    await box.append([Reading("a:1", "x", float("inf"), None, now),
+                      Reading("a:1", "label", "nan", None, now)])
+    got = await all_readings(box)
+    assert got[0].value == float("inf") and got[1].value == "nan"
+    await box.close()

@@ -411,7 +411,7 @@ class Outbox:
                 sid = sid_of((r.device, r.metric, r.unit)) or self._sid(r.device, r.metric, r.unit)
                 v = r.value
                 if isinstance(v, float) and not math.isfinite(v):
-                    v = str(v)
+                    v = {"f": str(v)}  # JSON has no NaN or infinity: tagged, unambiguous
                 ts = r.ts
                 flat.extend((sid, v, 0 if ts == t0 else round(ts * 1000) - base))
             rows.append((self._next_id, len(readings), json.dumps(flat, separators=(",", ":"))))
@@ -654,14 +654,19 @@ class Outbox:
             self._db = None
 
 
+_new_tuple = tuple.__new__  # builds a Reading without NamedTuple's Python-level __new__
+
+
 def _unpack(blob: str | bytes, series: dict[int, tuple[str, str, str | None]]) -> list[Reading]:
+    """One stored batch back into readings (the drain's hot path)."""
     flat = json.loads(blob)
     base = flat[0]
-    out = []
+    out: list[Reading] = []
+    append = out.append
     for i in range(1, len(flat), 3):
         device, metric, unit = series[flat[i]]
         v = flat[i + 1]
-        if v in ("nan", "inf", "-inf"):
-            v = float(v)
-        out.append(Reading(device, metric, v, unit, (base + flat[i + 2]) / 1000))
+        if v.__class__ is dict:
+            v = float(v["f"])
+        append(_new_tuple(Reading, (device, metric, v, unit, (base + flat[i + 2]) / 1000)))
     return out
