@@ -409,7 +409,7 @@ class Outbox:
             flat: list[Any] = [base]
             for r in readings:
                 sid = sid_of((r.device, r.metric, r.unit)) or self._sid(r.device, r.metric, r.unit)
-                v = r.value
+                v: Any = r.value
                 if isinstance(v, float) and not math.isfinite(v):
                     v = {"f": str(v)}  # JSON has no NaN or infinity: tagged, unambiguous
                 ts = r.ts
