@@ -39,9 +39,13 @@ class EzspStick:
     """
 
     def __init__(self, eui64: str = "00:12:4b:00:1c:a1:b2:c3", host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+                 port: int = 0, announce_boot: float | None = 0.2) -> None:
         self.host = host
         self.port = port
+        #: seconds after a connection before the stick announces its boot (RSTACK), as a
+        #: network-attached stick does; None: stay silent until the host resets it, as a
+        #: USB stick does (bellows then waits 2 s for an announcement before resetting)
+        self.announce_boot = announce_boot
         self.nv = NvState(eui64=zt.EUI64.convert(eui64))
         self.devices: dict[int, VirtualDevice] = {}
         self.ncp = Ncp(self.nv, self.devices, self._emit)
@@ -90,7 +94,7 @@ class EzspStick:
             # Only one host can own a stick: the newcomer wins, as after a replug
             log.warning("ezsp stick: new connection replaces the current one")
             self.link.close()
-        link = AshNcp(self._host_reset, self._frame, self._lost)
+        link = AshNcp(self._host_reset, self._frame, self._lost, self.announce_boot)
         self.link = link
         self._links.append(link)
         self.connections += 1

@@ -49,8 +49,10 @@ class AshNcp(asyncio.Protocol):
     """
 
     def __init__(self, on_reset: Callable[[], None], on_frame: Callable[[bytes], list[bytes]],
-                 on_lost: Callable[[AshNcp], None]) -> None:
+                 on_lost: Callable[[AshNcp], None],
+                 announce_after: float | None = None) -> None:
         self._on_reset = on_reset
+        self._announce_after = announce_after
         self._on_frame = on_frame
         self._on_lost = on_lost
         self.transport: asyncio.Transport | None = None
@@ -70,8 +72,21 @@ class AshNcp(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self._sender = asyncio.get_running_loop().create_task(self._send_loop(),
-                                                              name="ezsp-stick-ash-tx")
+        loop = asyncio.get_running_loop()
+        self._sender = loop.create_task(self._send_loop(), name="ezsp-stick-ash-tx")
+        if self._announce_after is not None:
+            loop.call_later(self._announce_after, self._announce_boot)
+
+    def _announce_boot(self) -> None:
+        # A network-attached NCP (zigbeed, serial-over-TCP bridges) boots when a host
+        # connects and says so with RSTACK; bellows waits for that on socket:// paths
+        # and skips its own reset when it comes
+        if self.transport is None or self._reset_done:
+            return
+        log.debug("ash: announcing boot (RSTACK) to the new host")
+        self._reset_done = True
+        self._on_reset()
+        self._write(RStackFrame(version=ASH_VERSION, reset_code=bt.NcpResetCode.RESET_POWER_ON))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
