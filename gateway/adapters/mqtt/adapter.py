@@ -122,7 +122,8 @@ class MqttAdapter(Adapter):
         super().__init__(config, ctx)
         assert isinstance(config, MqttConfig)
         self._routes = [_Route(s, self.prefix) for s in config.subscriptions]
-        self._route_cache: dict[str, tuple[_Route, dict[str, str]] | None] = {}
+        self._route_cache: dict[str, tuple[_Route, dict[str, str]]] = {}
+        self._max_payload = config.max_payload
         self._command_topic = TopicTemplate(config.commands.topic) if config.commands else None
         m = _metrics(ctx.metrics)
         name = ctx.name
@@ -139,11 +140,11 @@ class MqttAdapter(Adapter):
         self._storage = _MidRecorder()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch: list[Reading] = []
+        self._batch_messages = 0
         self._batch_fut: asyncio.Future[bool] | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._busy = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle = asyncio.Event()  # set once stopping and nothing is being accepted
         self._stopping = False
         self._closed: asyncio.Future[None] | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
@@ -235,6 +236,8 @@ class MqttAdapter(Adapter):
         """
         self._stopping = True
         self._flush_batch()
+        if not self._busy:
+            self._idle.set()
         try:
             await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
         except TimeoutError:
@@ -294,71 +297,73 @@ class MqttAdapter(Adapter):
     # -- receiving --------------------------------------------------------------------------
 
     def _route(self, topic: str) -> tuple[_Route, dict[str, str]] | None:
-        hit = self._route_cache.get(topic, False)
-        if hit is False:
-            hit = None
-            for route in self._routes:
-                slots = route.template.match(topic)
-                if slots is not None:
-                    hit = (route, slots)
-                    break
-            if len(self._route_cache) < 50_000:
-                self._route_cache[topic] = hit
-        return hit  # type: ignore[return-value]
+        hit = None
+        for route in self._routes:
+            slots = route.template.match(topic)
+            if slots is not None:
+                hit = (route, slots)
+                break
+        if hit is not None and len(self._route_cache) < 50_000:
+            self._route_cache[topic] = hit
+        return hit
 
     async def _on_message(self, client: gmqtt.Client, topic: str, payload: bytes, qos: int,
                           properties: Any) -> int:
-        """Decode, accept, and return the PUBACK reason code (0 only once durable)."""
+        """Decode, accept, and return the PUBACK reason code (0 only once durable).
+
+        The hot path: one coroutine per message (gmqtt makes it a task), slow cases
+        handed to helpers.
+        """
         self._busy += 1
-        self._idle.clear()
         try:
-            return await self._handle(topic, payload)
+            if self._stopping:
+                return await self._withhold()
+            hit = self._route_cache.get(topic) or self._route(topic)
+            if hit is None:
+                return self._unmatched(topic)
+            route, slots = hit
+            if len(payload) > self._max_payload:
+                self._m_oversized.inc()
+                self._bad(route, slots, "oversized", f"{len(payload)} bytes, more than "
+                          f"max_payload {self._max_payload}", topic, payload)
+                return PAYLOAD_INVALID
+            try:
+                readings = route.decoder.decode(slots, payload, time.time())
+            except DecodeError as exc:
+                self._m_malformed.inc()
+                self._bad(route, slots, exc.reason, str(exc), topic, payload)
+                return PAYLOAD_INVALID
+            if route.sub.device_type is not None:
+                self._declare_type(readings, route.sub.device_type)
+            if await self._submit(readings):
+                return OK
+            return await self._refused(readings, topic)
         except Exception as exc:  # noqa: BLE001 - gmqtt would send no PUBACK at all
             self.log.error("mqtt %s: failed on %s: %s: %s", self.prefix, topic,
                            type(exc).__name__, exc, exc_info=True)
             return IMPLEMENTATION_ERROR
         finally:
             self._busy -= 1
-            if not self._busy:
+            if self._stopping and not self._busy:
                 self._idle.set()
 
-    async def _handle(self, topic: str, payload: bytes) -> int:
-        if self._stopping:
-            return await self._withhold()
-        hit = self._route(topic)
-        if hit is None:
-            self._m_unmatched.inc()
-            self._log_once(f"topic:{topic}", "mqtt %s: no subscription template matches %s "
-                           "(a subscription left in the broker session?); ignored",
-                           self.prefix, topic)
-            return OK
-        route, slots = hit
-        if len(payload) > self.config.max_payload:
-            self._m_oversized.inc()
-            self._bad(route, slots, "oversized", f"{len(payload)} bytes, more than max_payload "
-                      f"{self.config.max_payload}", topic, payload)
-            return PAYLOAD_INVALID
-        try:
-            readings = route.decoder.decode(slots, payload, time.time())
-        except DecodeError as exc:
-            self._m_malformed.inc()
-            self._bad(route, slots, exc.reason, str(exc), topic, payload)
-            return PAYLOAD_INVALID
-        if route.sub.device_type is not None:
-            self._declare_type(readings, route.sub.device_type)
-        ok = await self._submit(readings)
-        if not ok:
-            if self.config.on_refused == "nack":
-                self._m_refused.inc()
-                self._log_once("refused", "mqtt %s: outbox refused %d reading(s) from %s; "
-                               "answered 0x97 (on_refused: nack)", self.prefix, len(readings),
-                               topic)
-                return QUOTA_EXCEEDED
-            ok = await self._hold(readings, topic)
-            if not ok:
-                return await self._withhold()
-        self._m_accepted.inc()
+    def _unmatched(self, topic: str) -> int:
+        self._m_unmatched.inc()
+        self._log_once(f"topic:{topic}", "mqtt %s: no subscription template matches %s "
+                       "(a subscription left in the broker session?); ignored",
+                       self.prefix, topic)
         return OK
+
+    async def _refused(self, readings: list[Reading], topic: str) -> int:
+        if self.config.on_refused == "nack":
+            self._m_refused.inc()
+            self._log_once("refused", "mqtt %s: outbox refused %d reading(s) from %s; "
+                           "answered 0x97 (on_refused: nack)", self.prefix, len(readings),
+                           topic)
+            return QUOTA_EXCEEDED
+        if await self._hold(readings, topic):
+            return OK
+        return await self._withhold()
 
     async def _hold(self, readings: list[Reading], topic: str) -> bool:
         """Retry a refused message until it is accepted (True) or we stop (False)."""
@@ -383,7 +388,7 @@ class MqttAdapter(Adapter):
         """Never acknowledge: wait until disconnected (the broker sends it again later)."""
         assert self._closed is not None
         self._busy -= 1
-        if not self._busy:
+        if self._stopping and not self._busy:
             self._idle.set()
         try:
             await asyncio.shield(self._closed)
@@ -427,26 +432,30 @@ class MqttAdapter(Adapter):
             fut = self._batch_fut = self._loop.create_future()
             self._loop.call_soon(self._flush_batch)
         self._batch.extend(readings)
+        self._batch_messages += 1
         if len(self._batch) >= MAX_BATCH:
             self._flush_batch()
         return fut
 
     def _flush_batch(self) -> None:
-        fut, readings = self._batch_fut, self._batch
+        fut, readings, messages = self._batch_fut, self._batch, self._batch_messages
         if fut is None:
             return
-        self._batch_fut, self._batch = None, []
+        self._batch_fut, self._batch, self._batch_messages = None, [], 0
         assert self._loop is not None
-        task = self._loop.create_task(self._accept(readings, fut))
+        task = self._loop.create_task(self._accept(readings, messages, fut))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _accept(self, readings: list[Reading], fut: asyncio.Future[bool]) -> None:
+    async def _accept(self, readings: list[Reading], messages: int,
+                      fut: asyncio.Future[bool]) -> None:
         try:
             ok = await self.ctx.sink.accept(readings)
         except Exception as exc:  # noqa: BLE001 - a sink bug is a refusal, not a lost message
             self.log.error("mqtt %s: sink failed: %s: %s", self.prefix, type(exc).__name__, exc)
             ok = False
+        if ok:
+            self._m_accepted.inc(messages)
         if not fut.done():
             fut.set_result(ok)
 
