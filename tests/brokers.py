@@ -40,12 +40,13 @@ class Mosquitto:
     """
 
     def __init__(self, workdir: Path, extra: str = "", port: int | None = None,
-                 persistence: bool = False) -> None:
+                 persistence: bool = False, prelude: str = "") -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.extra = extra
+        self.prelude = prelude  # lines that must come before the first listener
         self.persistence = persistence
         self.proc: subprocess.Popen[bytes] | None = None
         self.conf = self.workdir / "mosquitto.conf"
@@ -53,6 +54,7 @@ class Mosquitto:
 
     def write_config(self) -> None:
         lines = [
+            *self.prelude.splitlines(),
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
             f"log_dest file {self.log}",
