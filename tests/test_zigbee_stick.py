@@ -5,6 +5,7 @@ ASH and EZSP to :mod:`tests.ezsp_stick`, which stands in for the Silicon Labs st
 cannot be attached here. These tests prove the stick is faithful enough for the
 gateway's Zigbee tests to rely on it: start and form, permit, a device joining and being
 interviewed, a report arriving, and the link dying in the two ways a real stick does.
+The last ones check its ASH framing directly against bellows' own frame classes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,18 @@ from typing import Any
 import pytest
 import zigpy.config as zconf
 import zigpy.device
-from bellows.ash import NcpFailure
+from bellows.ash import (
+    AckFrame,
+    AshFrame,
+    AshProtocol,
+    DataFrame,
+    NakFrame,
+    NcpFailure,
+    RStackFrame,
+    RstFrame,
+    parse_frame,
+)
+from bellows.types import NcpResetCode
 from bellows.zigbee.application import ControllerApplication
 
 from tests.ezsp_stick import EzspStick, VirtualDevice
@@ -217,3 +229,107 @@ async def test_restarted_stack_keeps_the_device_and_receives_its_reports(
         assert reports[0].value == 5120
     finally:
         await app2.shutdown()
+
+
+# -- ASH framing, byte by byte, with bellows' own frame classes on the host side -------------
+
+
+class RawHost:
+    """A bare ASH host on the stick's socket: bellows' frames, no bellows state machine."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def send(self, frame: AshFrame, prefix: bytes = b"") -> None:
+        self.writer.write(prefix + AshProtocol._stuff_bytes(frame.to_bytes()) + b"\x7e")
+
+    async def receive(self, within: float = 2.0) -> AshFrame:
+        raw = await asyncio.wait_for(self.reader.readuntil(b"\x7e"), within)
+        return parse_frame(AshProtocol._unstuff_bytes(raw[:-1]))
+
+    async def reset(self) -> RStackFrame:
+        self.send(RstFrame(), prefix=b"\x1a" * 32)
+        frame = await self.receive()
+        assert isinstance(frame, RStackFrame)
+        return frame
+
+
+@pytest.fixture
+async def raw_host() -> AsyncIterator[tuple[EzspStick, RawHost]]:
+    # Silent on connect, like a USB stick: the host resets it
+    async with EzspStick(announce_boot=None) as s:
+        reader, writer = await asyncio.open_connection(s.host, s.port)
+        try:
+            yield s, RawHost(reader, writer)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+LEGACY_VERSION_4 = bytes([0x00, 0x00, 0x00, 0x04])  # seq 0, version(desiredProtocolVersion=4)
+
+
+async def test_stick_answers_reset_and_a_legacy_version_request(
+        raw_host: tuple[EzspStick, RawHost]) -> None:
+    stick, host = raw_host
+    rstack = await host.reset()
+    assert rstack.reset_code == NcpResetCode.RESET_SOFTWARE
+    host.send(DataFrame(frm_num=0, re_tx=False, ack_num=0, ezsp_frame=LEGACY_VERSION_4))
+    ack = await host.receive()
+    assert isinstance(ack, AckFrame) and ack.ack_num == 1
+    data = await host.receive()
+    assert isinstance(data, DataFrame) and data.frm_num == 0
+    # Legacy response: seq, frame control, id, then protocol 13, stack type, stack version
+    assert data.ezsp_frame[:4] == bytes([0x00, 0x80, 0x00, 13])
+
+
+async def test_stick_acks_a_retransmission_without_running_the_command_twice(
+        raw_host: tuple[EzspStick, RawHost]) -> None:
+    stick, host = raw_host
+    await host.reset()
+    frame = DataFrame(frm_num=0, re_tx=False, ack_num=0, ezsp_frame=LEGACY_VERSION_4)
+    host.send(frame)
+    first = [await host.receive(), await host.receive()]
+    assert [type(f) for f in first] == [AckFrame, DataFrame]
+    # The host missed our ACK and sends the frame again, flagged as a retransmission
+    host.send(frame.replace(re_tx=True, ack_num=1))
+    again = await host.receive()
+    assert isinstance(again, AckFrame) and again.ack_num == 1
+    with pytest.raises(TimeoutError):
+        await host.receive(within=1.0)  # no second response, nor a resent one (0.4 s)
+    assert stick.ncp.commands["version"] == 1
+
+
+async def test_stick_naks_a_corrupted_frame_then_takes_the_good_one(
+        raw_host: tuple[EzspStick, RawHost]) -> None:
+    stick, host = raw_host
+    await host.reset()
+    good = DataFrame(frm_num=0, re_tx=False, ack_num=0, ezsp_frame=LEGACY_VERSION_4)
+    raw = bytearray(good.to_bytes())
+    raw[-1] ^= 0xFF  # break the CRC
+    host.writer.write(AshProtocol._stuff_bytes(bytes(raw)) + b"\x7e")
+    nak = await host.receive()
+    assert isinstance(nak, NakFrame) and nak.ack_num == 0
+    assert stick.ncp.commands["version"] == 0
+    host.send(good.replace(re_tx=True))
+    assert isinstance(await host.receive(), AckFrame)
+    assert isinstance(await host.receive(), DataFrame)
+    assert stick.ncp.commands["version"] == 1
+
+
+async def test_stick_retransmits_its_frame_until_the_host_acknowledges(
+        raw_host: tuple[EzspStick, RawHost]) -> None:
+    stick, host = raw_host
+    await host.reset()
+    host.send(DataFrame(frm_num=0, re_tx=False, ack_num=0, ezsp_frame=LEGACY_VERSION_4))
+    assert isinstance(await host.receive(), AckFrame)
+    first = await host.receive()
+    assert isinstance(first, DataFrame) and not first.re_tx
+    # We stay silent: the stick sends the same frame again, flagged as a retransmission
+    second = await host.receive()
+    assert isinstance(second, DataFrame) and second.re_tx
+    assert second.frm_num == first.frm_num and second.ezsp_frame == first.ezsp_frame
+    host.send(AckFrame(res=0, ncp_ready=False, ack_num=1))
+    with pytest.raises(TimeoutError):
+        await host.receive(within=1.0)  # acknowledged: nothing resent after 0.4 s
