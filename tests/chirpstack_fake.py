@@ -58,8 +58,11 @@ class FakeChirpStack:
     """The fake server and its data; run it with ``await start()`` / ``await stop()``."""
 
     def __init__(self, token: str = "test-token", tenant_id: str = TENANT, history: int = 10,
-                 port: int = 0, tls: tuple[bytes, bytes] | None = None) -> None:
+                 port: int = 0, tls: tuple[bytes, bytes] | None = None,
+                 max_concurrent_streams: int | None = None) -> None:
         self.tls = tls  # (private key PEM, certificate PEM): serve TLS instead of plaintext
+        # HTTP/2 streams per connection, as servers and proxies in front of ChirpStack cap it
+        self.max_concurrent_streams = max_concurrent_streams
         self.token = token
         self.tenant_id = tenant_id
         self.history_len = history
@@ -165,7 +168,10 @@ class FakeChirpStack:
     # -- server -----------------------------------------------------------------------------
 
     async def start(self) -> FakeChirpStack:
-        server = grpc.aio.server()
+        options = []
+        if self.max_concurrent_streams is not None:
+            options.append(("grpc.max_concurrent_streams", self.max_concurrent_streams))
+        server = grpc.aio.server(options=options)
         application_pb2_grpc.add_ApplicationServiceServicer_to_server(_Apps(self), server)
         device_pb2_grpc.add_DeviceServiceServicer_to_server(_Devices(self), server)
         internal_pb2_grpc.add_InternalServiceServicer_to_server(_Internal(self), server)

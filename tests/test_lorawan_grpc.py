@@ -530,3 +530,30 @@ async def test_tls_with_a_private_ca(tmp_path: Path, server_cert: tuple[Path, Pa
     finally:
         await untrusting.stop()
         await cs.stop()
+
+
+async def test_more_devices_than_a_connection_carries_streams_are_all_heard(
+        tmp_path: Path) -> None:
+    cs = FakeChirpStack(max_concurrent_streams=10)
+    app = cs.add_application("a")
+    euis = [f"{i:016x}" for i in range(25)]
+    for eui in euis:
+        cs.add_device(app, eui, eui)
+    await cs.start()
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink=sink, radio_metrics=False,
+                           **{**settings(cs), "stream": {"per_connection": 10}})
+    await adapter.start()
+    try:
+        await wait_until(lambda: cs.active_streams == 25, what="25 streams open")
+        for eui in euis:
+            cs.emit(eui, "up", cs.uplink(eui, 1, obj={"seq": 1}))
+        await wait_until(lambda: len(sink.values("seq")) == 25, what="every device heard")
+        assert adapter.client is not None and adapter.client.stream_channels == 3
+        # discovery and downlinks have their own connection: not stuck behind the streams
+        r = await adapter.send(Command(f"lora:{euis[-1]}", "downlink",
+                                       {"f_port": 1, "data": "00"}))
+        assert r.ok
+    finally:
+        await adapter.stop()
+        await cs.stop()

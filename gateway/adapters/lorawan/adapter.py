@@ -132,7 +132,8 @@ class LorawanAdapter(Adapter):
         self.state.load()
         self.client = ChirpStackClient(cfg.server, cfg.api_token.get_secret_value(),
                                        tls=cfg.tls, ca_file=cfg.ca_file,
-                                       timeout=cfg.request_timeout)
+                                       timeout=cfg.request_timeout,
+                                       streams_per_channel=cfg.stream.per_connection)
         try:
             await self._discover()
         except ChirpStackUnavailable as exc:

@@ -9,7 +9,7 @@ with a message saying what to fix; transient ones (UNAVAILABLE...) become
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,28 +82,40 @@ class ChirpStackClient:
     """One gRPC channel to ChirpStack, with the token on every call."""
 
     def __init__(self, server: str, token: str, *, tls: bool = False,
-                 ca_file: str | None = None, timeout: float = 10.0) -> None:
+                 ca_file: str | None = None, timeout: float = 10.0,
+                 streams_per_channel: int = 100) -> None:
         self.server = server
         self.timeout = timeout
+        self.streams_per_channel = streams_per_channel
         self._metadata = (("authorization", f"Bearer {token}"),)
-        # keepalive pings find a dead connection under an idle event stream within minutes
+        # keepalive pings find a dead connection under an idle event stream within minutes;
         # the channel's own reconnect backoff grows to two minutes by default: cap it, so
-        # that ChirpStack coming back is noticed soon after our own backoff retries
-        options = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
-                   ("grpc.http2.max_pings_without_data", 0),
-                   ("grpc.max_reconnect_backoff_ms", 15_000)]
+        # that ChirpStack coming back is noticed soon after our own backoff retries; a
+        # local subchannel pool gives each channel its own connection (see _StreamChannel)
+        self._options = [("grpc.keepalive_time_ms", 60_000),
+                         ("grpc.keepalive_timeout_ms", 20_000),
+                         ("grpc.http2.max_pings_without_data", 0),
+                         ("grpc.max_reconnect_backoff_ms", 15_000),
+                         ("grpc.use_local_subchannel_pool", 1)]
+        self._creds: grpc.ChannelCredentials | None = None
         if tls:
             root = Path(ca_file).read_bytes() if ca_file else None
-            creds = grpc.ssl_channel_credentials(root_certificates=root)
-            self._channel = grpc.aio.secure_channel(server, creds, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(server, options=options)
+            self._creds = grpc.ssl_channel_credentials(root_certificates=root)
+        self._channel = self._new_channel()
         self._apps = application_pb2_grpc.ApplicationServiceStub(self._channel)
         self._devices = device_pb2_grpc.DeviceServiceStub(self._channel)
-        self._internal = internal_pb2_grpc.InternalServiceStub(self._channel)
+        self._stream_channels: list[_StreamChannel] = []
+
+    def _new_channel(self) -> grpc.aio.Channel:
+        if self._creds is not None:
+            return grpc.aio.secure_channel(self.server, self._creds, options=self._options)
+        return grpc.aio.insecure_channel(self.server, options=self._options)
 
     async def close(self) -> None:
-        """Close the channel; streams still open end with CANCELLED."""
+        """Close every channel; streams still open end with CANCELLED."""
+        for ch in self._stream_channels:
+            await ch.channel.close(grace=None)
+        self._stream_channels.clear()
         await self._channel.close(grace=None)
 
     async def list_applications(self, tenant_id: str, page_size: int
@@ -149,8 +161,21 @@ class ChirpStackClient:
         ChirpStack first replays the device's short event history, then sends new events;
         the returned call is cancelled with ``.cancel()``.
         """
-        return self._internal.StreamDeviceEvents(
+        ch = next((c for c in self._stream_channels if c.active < self.streams_per_channel),
+                  None)
+        if ch is None:
+            ch = _StreamChannel(self._new_channel())
+            self._stream_channels.append(ch)
+        call = ch.stub.StreamDeviceEvents(
             internal_pb2.StreamDeviceEventsRequest(dev_eui=dev_eui), metadata=self._metadata)
+        ch.active += 1
+        call.add_done_callback(ch.release)
+        return call
+
+    @property
+    def stream_channels(self) -> int:
+        """Connections carrying event streams."""
+        return len(self._stream_channels)
 
     async def enqueue(self, dev_eui: str, f_port: int, *, data: bytes | None = None,
                       obj: Mapping[str, Any] | None = None, confirmed: bool = False,
@@ -173,7 +198,20 @@ class ChirpStackClient:
         return str(resp.id)
 
 
-async def aiter_items(call: Any) -> AsyncIterator[internal_pb2.LogItem]:
-    """Iterate a stream call (typed, for mypy)."""
-    async for item in call:
-        yield item
+class _StreamChannel:
+    """A connection for at most ``streams_per_channel`` event streams.
+
+    HTTP/2 servers cap concurrent streams per connection (``max_concurrent_streams``,
+    commonly 100 to 200); streams past the cap wait for a free slot, and event streams
+    never end, so devices past it would never be heard. Unary calls (discovery,
+    downlinks) use their own channel so that they never queue behind the streams.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.stub = internal_pb2_grpc.InternalServiceStub(channel)
+        self.active = 0
+
+    def release(self, _call: Any = None) -> None:
+        self.active -= 1
+

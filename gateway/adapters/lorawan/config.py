@@ -120,6 +120,8 @@ class StreamConfig(Section):
 
     backoff_initial: Duration = Field(default=1.0, gt=0)
     backoff_max: Duration = Field(default=60.0, gt=0)
+    per_connection: int = Field(default=100, ge=1, le=10_000,
+                                description="streams per HTTP/2 connection (server limit)")
 
 
 class MqttIntegrationConfig(Section):
