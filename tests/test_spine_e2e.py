@@ -220,3 +220,31 @@ def test_a_corrupt_outbox_at_start_is_set_aside_and_the_daemon_runs(
     sink.wait_for(lambda: any('"outbox_corrupt"' in m["payload"]
                               for m in sink.messages("/events")), timeout=10)
     assert list(state.glob("outbox.db.corrupt-*"))
+
+
+def test_a_cloud_command_reaches_the_device_and_its_result_comes_back(
+        tmp_path: Path, mosquitto: Mosquitto, cloud_sink_factory: Callable[..., CloudSink],
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    import subprocess
+
+    sink = cloud_sink_factory(mosquitto.port)
+    cfg = gw_config(tmp_path / "state", mosquitto.port, count=0)
+    cfg["adapters"][0]["enabled"] = True
+    cfg["adapters"][0]["interval"] = 5
+    gw = gateway_factory(cfg).start()
+    sink.wait_for(lambda: bool(sink.messages("/status")), timeout=20)
+
+    def command(body: str) -> None:
+        subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-q", "1",
+                        "-t", "gateway/gw-test/commands", "-m", body], check=True, timeout=10)
+
+    command('{"id": "c1", "device": "sim:sim-1", "action": "off"}')
+    command('{"id": "c2", "device": "nowhere:1", "action": "on"}')
+    command("not json")
+    sink.wait_for(lambda: len(sink.messages("/commands/result")) >= 3, timeout=20)
+    results = [json.loads(m["payload"]) for m in sink.messages("/commands/result")]
+    by_id = {r["id"]: r for r in results}
+    assert by_id["c1"]["ok"] is True and by_id["c1"]["status"] == "delivered"
+    assert by_id["c2"]["ok"] is False and by_id["c2"]["status"] == "unknown_device"
+    assert any(r["status"] == "error" and "bad command" in r["detail"] for r in results)
+    gw.stop()
