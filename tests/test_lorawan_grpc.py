@@ -18,6 +18,7 @@ from chirpstack_api.integration import integration_pb2 as integration
 from prometheus_client import CollectorRegistry
 
 from gateway.adapters.lorawan.chirpstack import ChirpStackRefused
+from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.reading import Command
 from tests.chirpstack_fake import TENANT, FakeChirpStack
 from tests.lorawan_harness import (
@@ -557,3 +558,19 @@ async def test_more_devices_than_a_connection_carries_streams_are_all_heard(
     finally:
         await adapter.stop()
         await cs.stop()
+
+
+async def test_stop_finishes_the_event_being_accepted_and_saves_its_cursor(
+        tmp_path: Path, chirpstack: FakeChirpStack) -> None:
+    sink = RecordingSink()
+    sink.delay = 0.5  # a slow commit is in progress when stop comes
+    adapter = make_adapter(tmp_path, sink=sink, radio_metrics=False, **settings(chirpstack))
+    await adapter.start()
+    last = chirpstack.emit(EUI, "up", chirpstack.uplink(EUI, 1, obj={"seq": 1}))
+    await wait_until(lambda: metric(adapter.ctx.metrics, "gateway_lorawan_events_total",
+                                    adapter="lora", kind="up") == 1, what="accept under way")
+    await adapter.stop()
+    assert sink.values("seq") == [1]
+    store = DeviceStateStore(tmp_path / "lorawan-lora.json")
+    store.load()
+    assert store.devices[EUI].cursor == last
