@@ -71,7 +71,7 @@ def test_reading_survives_sigkill_between_receipt_and_commit(
     committed_at = time.monotonic()
     publish(devices, "devices/th-1/telemetry",
             [{"seq": i, "temperature": 20 + i / 10, "ts": time.time()} for i in range(50)])
-    time.sleep(1.0)  # delivered to the gateway over loopback; the next commit is seconds away
+    time.sleep(0.5)  # delivered to the gateway over loopback; the next commit is seconds away
     gw.kill()
     assert time.monotonic() - committed_at < 4.5, "machine too slow: the kill missed the window"
     time.sleep(0.5)
