@@ -23,16 +23,18 @@ from gateway.adapters.zigbee import ZigbeeAdapter
 from gateway.adapters.zigbee.config import ZigbeeConfig
 from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
 from gateway.core.supervisor import Supervisor
-from gateway.reading import Reading
+from gateway.reading import Command, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
-from tests.ezsp_stick import EzspStick, VirtualDevice
+from tests.ezsp_stick import Endpoint, EzspStick, VirtualDevice
 
 pytestmark = pytest.mark.timeout(90)
 
-POWER, TEMPERATURE, HUMIDITY = 0x0001, 0x0402, 0x0405
+POWER, ON_OFF, LEVEL, TEMPERATURE, HUMIDITY = 0x0001, 0x0006, 0x0008, 0x0402, 0x0405
 SENSOR_IEEE = "00:0d:6f:00:0a:bc:de:f1"
 SENSOR_ID = f"zigbee:{SENSOR_IEEE}"
+PLUG_IEEE = "00:0d:6f:00:0b:11:22:33"
+PLUG_ID = f"zigbee:{PLUG_IEEE}"
 
 
 async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
@@ -75,15 +77,19 @@ class Gateway:
             self._after = row.id
         return self.durable
 
-    async def wait_reading(self, metric: str, value: float, within: float = 10.0) -> Reading:
+    async def wait_reading(self, metric: str, value: float, within: float = 10.0,
+                           device: str = SENSOR_ID, after: int = 0) -> Reading:
+        """The first durable reading of ``metric`` = ``value``, from ``durable[after:]``."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            for r in await self.refresh():
-                if r.device == SENSOR_ID and r.metric == metric and r.value == pytest.approx(value):
+            for r in (await self.refresh())[after:]:
+                same = (r.value is value if isinstance(value, bool)
+                        else r.value == pytest.approx(value))
+                if r.device == device and r.metric == metric and same:
                     return r
             await asyncio.sleep(0.05)
-        raise TimeoutError(f"no durable {metric}={value} for {SENSOR_ID} within {within} s; "
-                           f"have {[(r.metric, r.value) for r in self.durable]}")
+        raise TimeoutError(f"no durable {metric}={value} for {device} within {within} s; "
+                           f"have {[(r.device, r.metric, r.value) for r in self.durable]}")
 
     async def wait_restarted(self, previous: Adapter, stick: EzspStick, connections: int,
                              within: float = 20.0) -> Adapter:
@@ -202,3 +208,42 @@ async def test_adapter_recovers_from_an_unsolicited_stick_reset(
     stick.report(sensor, 1, TEMPERATURE, {0x0000: -512})
     reading = await gateway.wait_reading("temperature", -5.12)
     assert reading.unit == "Cel"
+
+
+async def test_on_off_and_level_commands_reach_the_plug_and_come_back_as_readings(
+        stick: EzspStick, gateway: Gateway) -> None:
+    adapter = gateway.adapter
+    assert isinstance(adapter, ZigbeeAdapter)
+    plug = VirtualDevice(PLUG_IEEE, 0x6E01, model="PLUG1", manufacturer="Acme Power",
+                         mains_powered=True,
+                         endpoints=[Endpoint(1, device_type=0x0101,
+                                             in_clusters=[0x0000, ON_OFF, LEVEL])],
+                         attributes={(1, ON_OFF): {0x0000: False}, (1, LEVEL): {0x0000: 0}})
+    await adapter.permit_join(60)
+    await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
+    stick.join(plug)
+    await until(lambda: (1, ON_OFF, 0x0000) in plug.reporting, 20, "reporting configured")
+
+    # Values read after pairing (off, level 0) are readings already: look past them
+    await gateway.wait_reading("on_off", False, device=PLUG_ID)
+    seen = len(await gateway.refresh())
+
+    result = await gateway.supervisor.send(Command(PLUG_ID, "on"))
+    assert (result.ok, result.status) == (True, "delivered"), result
+    assert plug.attributes[(1, ON_OFF)][0x0000] is True
+    # The plug reports its new state, which becomes a reading like any other
+    await gateway.wait_reading("on_off", True, device=PLUG_ID, after=seen)
+
+    result = await gateway.supervisor.send(Command(PLUG_ID, "level", {"level": 50}))
+    assert result.status == "delivered", result
+    assert plug.attributes[(1, LEVEL)][0x0000] == 127
+    await gateway.wait_reading("level", 50.0, device=PLUG_ID, after=seen)
+
+    seen = len(await gateway.refresh())
+    result = await gateway.supervisor.send(Command(PLUG_ID, "off"))
+    assert result.status == "delivered", result
+    assert plug.attributes[(1, ON_OFF)][0x0000] is False
+    await gateway.wait_reading("on_off", False, device=PLUG_ID, after=seen)
+
+    gone = await gateway.supervisor.send(Command("zigbee:00:00:00:00:00:00:99:99", "on"))
+    assert gone.status == "unknown_device"

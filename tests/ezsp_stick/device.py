@@ -4,7 +4,8 @@ Frames are parsed and built with zigpy's own ZDO and ZCL definitions, so what th
 sees is byte for byte what a real device would send. A :class:`VirtualNode` answers the
 ZDO descriptor requests (the coordinator itself is one: bellows interviews it);
 a :class:`VirtualDevice` adds ZCL clusters with attribute values, answers reads,
-attribute writes, reporting configuration and binds, and builds attribute reports.
+attribute writes, reporting configuration and binds, acts on On/Off and Level commands
+(reporting the change where reporting was configured), and builds attribute reports.
 Every request it receives is recorded in ``received`` for tests to check.
 """
 
@@ -25,6 +26,8 @@ log = logging.getLogger("tests.ezsp_stick.device")
 
 ZDO_PROFILE = 0x0000
 HA_PROFILE = 0x0104
+ON_OFF = 0x0006
+LEVEL = 0x0008
 ZDO_ENDPOINT = 0
 #: where reports go when nothing was bound: the coordinator's first endpoint
 COORDINATOR_ENDPOINT = 1
@@ -217,6 +220,7 @@ class VirtualDevice(VirtualNode):
     def handle_app(self, aps: bt.EmberApsFrame, payload: bytes) -> list[Message]:
         hdr, data = foundation.ZCLHeader.deserialize(payload)
         ep, cluster = aps.destinationEndpoint, aps.clusterId
+        changed: dict[int, Any] = {}
         if hdr.frame_control.is_general:
             cmd = foundation.GeneralCommand(hdr.command_id)
             schema = foundation.GENERAL_COMMANDS[cmd].schema
@@ -225,20 +229,49 @@ class VirtualDevice(VirtualNode):
             rsp = self._general(ep, cluster, cmd, args)
         else:
             self.received.append(("zcl", cluster, hdr.command_id, data))
+            status, changed = self._cluster_command(ep, cluster, hdr.command_id, data)
             rsp = None
-            if not hdr.frame_control.disable_default_response:
+            if not hdr.frame_control.disable_default_response or \
+                    status != foundation.Status.SUCCESS:
                 rsp = (foundation.GeneralCommand.Default_Response,
                        foundation.GENERAL_COMMANDS[foundation.GeneralCommand.Default_Response]
-                       .schema(command_id=hdr.command_id, status=foundation.Status.SUCCESS))
-        if rsp is None:
-            return []
-        rsp_cmd, rsp_args = rsp
-        # A reply travels the other way: from a client cluster it goes client to server
-        out_hdr = foundation.ZCLHeader.general(
-            tsn=hdr.tsn, command_id=rsp_cmd, direction=hdr.direction.flip())
-        body = out_hdr.serialize() + rsp_args.serialize()
-        return [(aps_frame(aps.profileId, cluster, ep, aps.sourceEndpoint,
-                           self.next_aps_seq()), body)]
+                       .schema(command_id=hdr.command_id, status=status))
+        replies: list[Message] = []
+        if rsp is not None:
+            rsp_cmd, rsp_args = rsp
+            # A reply travels the other way: from a client cluster it goes client to server
+            out_hdr = foundation.ZCLHeader.general(
+                tsn=hdr.tsn, command_id=rsp_cmd, direction=hdr.direction.flip())
+            body = out_hdr.serialize() + rsp_args.serialize()
+            replies.append((aps_frame(aps.profileId, cluster, ep, aps.sourceEndpoint,
+                                      self.next_aps_seq()), body))
+        # A state change is reported at once where reporting was configured for it
+        reportable = {a: v for a, v in changed.items() if (ep, cluster, a) in self.reporting}
+        if reportable:
+            replies.append(self.report(ep, cluster, reportable))
+        return replies
+
+    def _cluster_command(self, ep: int, cluster: int, command_id: int,
+                         data: bytes) -> tuple[foundation.Status, dict[int, Any]]:
+        """Act on a cluster command: the status to answer and the attributes it changed."""
+        if (ep, cluster) not in self.attributes:
+            return foundation.Status.UNSUP_CLUSTER_COMMAND, {}
+        values = self.attributes[(ep, cluster)]
+        if cluster == ON_OFF and command_id in (0x00, 0x01, 0x02):
+            on = {0x00: False, 0x01: True}.get(command_id, not values.get(0x0000, False))
+            values[0x0000] = on
+            return foundation.Status.SUCCESS, {0x0000: on}
+        if cluster == LEVEL and command_id in (0x00, 0x04) and data:
+            values[0x0000] = data[0]
+            changed: dict[int, Any] = {0x0000: data[0]}
+            on_off = self.attributes.get((ep, ON_OFF))
+            if command_id == 0x04 and on_off is not None:
+                # "with on/off": level 0 switches off, anything else on
+                on_off[0x0000] = data[0] > 0
+            return foundation.Status.SUCCESS, changed
+        log.warning("device %s: cluster 0x%04X command 0x%02X not simulated", self.ieee,
+                    cluster, command_id)
+        return foundation.Status.SUCCESS, {}
 
     def _general(self, ep: int, cluster: int, cmd: foundation.GeneralCommand,
                  args: Any) -> tuple[foundation.GeneralCommand, Any] | None:
