@@ -196,6 +196,22 @@ async def test_command_reaches_the_simulator_and_results_map_to_http_status(
     assert samples[("gateway_api_commands_total", (("status", "delivered"),))] >= 1
 
 
+async def test_oversized_and_odd_bodies_get_clear_errors_and_the_api_keeps_answering(
+        daemon: GatewayProcess) -> None:
+    status, body, _ = await call(daemon, "POST", "/api/devices/sim:sim-1/commands",
+                                 data=b"{" + b" " * 100_000 + b"}",
+                                 headers={"Content-Type": "application/json"})
+    assert status == 413 and "error" in body
+    for payload in (b"[1, 2]", b'"on"', b"\xff\xfe", b'{"action": "on", "params": [1]}'):
+        status, body, _ = await call(daemon, "POST", "/api/devices/sim:sim-1/commands",
+                                     data=payload, headers={"Content-Type": "application/json"})
+        assert status == 400 and "error" in body, payload
+    status, body, _ = await call(daemon, "POST", "/api/permit-join", data=b"{\"seconds\": true}")
+    assert status == 400
+    status, _, _ = await call(daemon, "GET", "/healthz")
+    assert status == 200
+
+
 async def test_permit_join_without_a_joining_adapter_answers_409(daemon: GatewayProcess) -> None:
     status, body, _ = await call(daemon, "POST", "/api/permit-join", json={"seconds": 30})
     assert status == 409
