@@ -22,6 +22,7 @@ async def test_progress_is_read_back_from_the_journal(tmp_path: Path) -> None:
     for i in range(5):
         store.record(EUI, cursor=f"1700000000000-{i}", dedup_id=f"d{i}", f_cnt=i)
         await store.save()
+    store.close()
     again = reopen(tmp_path / "s.json")
     d = again.devices[EUI]
     assert (d.cursor, d.f_cnt, list(d.dedup), d.info) == ("1700000000000-4", 4,
@@ -37,6 +38,7 @@ async def test_torn_last_journal_line_is_ignored(tmp_path: Path) -> None:
     store.load()
     store.record(EUI, cursor="1700000000000-1")
     await store.save()
+    store.close()
     torn = store.journal_path.read_text() + '{"d":"' + EUI + '","c":"17000000'
     store.journal_path.write_text(torn)  # killed mid-append
     assert reopen(tmp_path / "s.json").devices[EUI].cursor == "1700000000000-1"
@@ -48,6 +50,7 @@ async def test_compaction_folds_the_journal_into_the_snapshot(tmp_path: Path) ->
     for i in range(25):
         store.record(EUI, cursor=f"1700000000000-{i}", dedup_id=f"d{i}")
         await store.save()
+    store.close()
     assert store.path.exists()
     assert len(store.journal_path.read_text().splitlines()) < 10
     assert reopen(tmp_path / "s.json").devices[EUI].cursor == "1700000000000-24"
@@ -62,6 +65,7 @@ async def test_crash_between_snapshot_and_journal_truncation_loses_nothing(
     await store.save()
     journal = store.journal_path.read_text()
     await store.save(compact=True)
+    store.close()
     store.journal_path.write_text(journal)  # as if truncation never happened
     d = reopen(tmp_path / "s.json").devices[EUI]
     assert (d.cursor, d.f_cnt) == ("1700000000000-2", 2)
@@ -78,6 +82,7 @@ async def test_an_accepted_event_costs_about_a_hundred_bytes_of_writes(tmp_path:
         store.record(EUI, cursor=f"1700000000{i:03d}-0",
                      dedup_id="9f1e4b2c-6a3d-4e8f-b0c1-2d3e4f5a6b7c", f_cnt=i)
         await store.save()
+    store.close()
     per_event = (store.journal_path.stat().st_size - before) / 100
     assert per_event < 150, per_event
 

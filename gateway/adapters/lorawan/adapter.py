@@ -170,6 +170,7 @@ class LorawanAdapter(Adapter):
                 p.future.set_result(CommandResult.timeout("adapter stopped before the outcome"))
         await super().stop()
         await self.state.save(compact=True)
+        self.state.close()
         if self.client is not None:
             await self.client.close()
 

@@ -23,7 +23,7 @@ import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 log = logging.getLogger("gateway.adapter.lorawan")
 
@@ -63,6 +63,7 @@ class DeviceStateStore:
         self._seq = 0
         self._pending: list[dict[str, Any]] = []
         self._journal_lines = 0
+        self._journal: TextIO | None = None
         self._lock = asyncio.Lock()
 
     # -- loading -----------------------------------------------------------------------------
@@ -196,11 +197,20 @@ class DeviceStateStore:
                           separators=(",", ":"))
 
     def _append(self, text: str, sync: bool) -> None:
-        with open(self.journal_path, "a", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            if sync:
-                os.fdatasync(f.fileno())
+        f = self._journal
+        if f is None:
+            # kept open: opening the file per event costs more than writing the line
+            f = self._journal = open(self.journal_path, "a", encoding="utf-8")  # noqa: SIM115
+        f.write(text)
+        f.flush()
+        if sync:
+            os.fdatasync(f.fileno())
+
+    def close(self) -> None:
+        """Close the journal (call after a final :meth:`save`)."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     def _compact(self, text: str) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -211,6 +221,7 @@ class DeviceStateStore:
         os.replace(tmp, self.path)
         # the snapshot holds everything up to its seq: journal lines at or below it are
         # skipped at load, so a crash between these two steps loses nothing
+        self.close()
         with open(self.journal_path, "w", encoding="utf-8"):
             pass
 
