@@ -3,7 +3,9 @@
 ``gateway run`` is its own process with a ``type: zigbee`` adapter (radio type ``ezsp``,
 bellows) on ``socket://127.0.0.1:PORT``; the cloud is a real mosquitto with a recording
 subscriber; pairing goes through the real control API. Only the stick is simulated
-(:mod:`tests.ezsp_stick`): a Silicon Labs stick cannot be attached here.
+(:mod:`tests.ezsp_stick`): a Silicon Labs stick cannot be attached here. The stick drops
+the link, then reboots on its own; each time the daemon's supervisor restarts the adapter
+and readings reach the cloud again.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ async def permit_join(socket: Path, seconds: int) -> dict[str, Any]:
             return body
 
 
-async def test_stick_reading_reaches_the_cloud_and_survives_a_dropped_link(
+async def test_stick_reading_reaches_the_cloud_across_link_drop_and_stick_reset(
         tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
         gateway_factory: Callable[..., GatewayProcess],
         cloud_sink_factory: Callable[..., Any]) -> None:
@@ -95,4 +97,13 @@ async def test_stick_reading_reaches_the_cloud_and_survives_a_dropped_link(
         stick.report(sensor, 1, HUMIDITY, {0x0000: 6150})
         await until(lambda: 61.5 in cloud_values("humidity"), 20,
                     "humidity reported after the reconnect in the cloud")
+
+        # The firmware reboots on its own: bellows sees RSTACK, the adapter restarts again
+        stick.unsolicited_reset()
+        await until(lambda: gw.log_text().count(RADIO_UP) >= 3 and stick.network_up, 30,
+                    "adapter restarted after the unsolicited reset")
+        assert stick.connections == 3 and stick.ncp.commands["formNetwork"] == 0
+        stick.report(sensor, 1, TEMPERATURE, {0x0000: 2410})
+        await until(lambda: 24.1 in cloud_values("temperature"), 20,
+                    "temperature reported after the reset in the cloud")
         assert gw.stop() == 0
