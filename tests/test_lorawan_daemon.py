@@ -19,6 +19,7 @@ from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.api.client import ApiClient, device_path
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
+from tests.brokers import Mosquitto
 from tests.chirpstack_fake import TENANT, FakeChirpStack, ThreadedFakeChirpStack
 from tests.daemon import GatewayProcess
 
@@ -111,3 +112,56 @@ def test_uplinks_survive_sigkill_and_replayed_history_is_not_duplicated(
     assert gw.stop() == 0
 
     assert outbox_seqs(state / "outbox.db") == list(range(8))
+
+
+def test_mqtt_integration_source_survives_sigkill_without_loss_or_duplicates(
+        tmp_path: Path, chirpstack: ThreadedFakeChirpStack, mosquitto: Mosquitto,
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    from gmqtt import Client as MQTTClient
+    from gmqtt.mqtt.constants import MQTTv311
+
+    cs = chirpstack.cs
+    assert cs is not None
+    token_file = tmp_path / "chirpstack-token"
+    token_file.write_text(cs.token)
+    state = tmp_path / "state"
+    app = chirpstack.call(lambda: cs.devices[EUI]["app"])
+    config = {
+        "gateway": {"id": "gw-lora", "state_dir": str(state)},
+        "uplink": {"enabled": False},
+        "store": {"commit_interval": "5ms"},
+        "adapters": [{
+            "type": "lorawan", "name": "lora", "server": cs.address,
+            "api_token": "${file:" + str(token_file) + "}", "tenant_id": TENANT,
+            "radio_metrics": False, "source": "mqtt",
+            "mqtt": {"host": mosquitto.host, "port": mosquitto.port,
+                     "client_id": "gw-lora-sigkill", "reconnect_delay": 0.2}}],
+    }
+
+    def publish(seqs: range) -> None:
+        async def run() -> None:
+            pub = MQTTClient(f"chirpstack-{seqs.start}")
+            await pub.connect(mosquitto.host, mosquitto.port, version=MQTTv311)
+            for i in seqs:
+                ev = chirpstack.call(lambda i=i: cs.uplink(EUI, i, obj={"seq": i}))
+                pub.publish(f"application/{app}/device/{EUI}/event/up", ev.SerializeToString(),
+                            qos=1)
+            await asyncio.sleep(0.2)
+            await pub.disconnect()
+        asyncio.run(run())
+
+    def accepted() -> int:
+        store = DeviceStateStore(state / "lorawan-lora.json")
+        store.load()
+        progress = store.devices.get(EUI)
+        return len(progress.dedup) if progress else 0
+
+    gw = gateway_factory(config, name="gw1").start()
+    publish(range(0, 6))
+    wait_for(lambda: accepted() == 6, 15, "six uplinks accepted")
+    gw.kill()
+    publish(range(6, 10))  # the broker keeps them for the persistent session
+    gw = gateway_factory(config, name="gw2").start()
+    wait_for(lambda: accepted() == 10, 15, "the four sent while the gateway was down")
+    assert gw.stop() == 0
+    assert outbox_seqs(state / "outbox.db") == list(range(10))
