@@ -314,3 +314,30 @@ def test_cli_exits_3_with_a_clear_message_when_the_daemon_is_not_running(
         assert "the gateway is not running" in proc.stderr
         assert str(tmp_path / "state" / "gateway.sock") in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_cli_rename_names_a_device(daemon: GatewayProcess,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(capsys, "rename", "--socket", sock(daemon), "sim:sim-1", "Porch")
+    assert rc == 0 and out.strip() == "sim:sim-1 is now named 'Porch'"
+    rc, out, _ = run_cli(capsys, "devices", "--socket", sock(daemon), "--json", "sim:sim-1")
+    assert json.loads(out)["name"] == "Porch"
+    rc, _, err = run_cli(capsys, "rename", "--socket", sock(daemon), "sim:ghost", "x")
+    assert rc == 1 and "no device 'sim:ghost'" in err
+
+
+def test_cli_forget_removes_a_device_until_it_sends_again(
+        daemon: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(capsys, "forget", "--socket", sock(daemon), "sim:sim-2")
+    assert rc == 0 and out.startswith("sim:sim-2 forgotten")
+    # the simulator keeps sending: the device registers again, with a new first_seen
+    forgotten_at = time.time()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rc, out, _ = run_cli(capsys, "devices", "--socket", sock(daemon), "--json", "sim:sim-2")
+        if rc == 0:
+            break
+        time.sleep(0.05)
+    assert rc == 0 and json.loads(out)["first_seen"] >= forgotten_at - 0.5
+    rc, _, err = run_cli(capsys, "forget", "--socket", sock(daemon), "sim:ghost")
+    assert rc == 1 and "no device 'sim:ghost'" in err

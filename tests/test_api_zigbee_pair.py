@@ -93,5 +93,14 @@ async def test_pair_shows_a_zigbee_sensor_joining_and_being_interviewed(tmp_path
                 session.post("http://gateway/api/zigbee/backup?adapter=nope") as resp:
             assert resp.status == 404
             assert "no running Zigbee adapter 'nope'" in (await resp.json())["error"]
+        # forgetting a Zigbee device asks it to leave the network through the adapter
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as session:
+            async with session.delete(f"http://gateway/api/devices/{device}") as resp:
+                removed = await resp.json()
+                assert resp.status == 200, removed
+            async with session.get(f"http://gateway/api/devices/{device}") as resp:
+                assert resp.status == 404
+        assert removed["adapter"]["status"] == "delivered"
+        assert removed["adapter"]["detail"] == "left the network"
     finally:
         await gw.stop()

@@ -455,3 +455,51 @@ def _seconds(text: str) -> int:
 
 pair.arguments = _pair_args  # type: ignore[attr-defined]
 command("pair", "allow new Zigbee devices to join and watch them arrive")(pair)
+
+
+# -- gateway rename / gateway forget ------------------------------------------------------
+
+@_talks
+def rename(args: argparse.Namespace) -> int:
+    """Give a device a display name."""
+    device = client_for(args).call("PATCH", device_path(args.device), {"name": args.name})
+    if args.json:
+        _print_json(device)
+    else:
+        print(f"{device.get('id')} is now named {device.get('name')!r}")
+    return 0
+
+
+def _rename_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("device", help="device id, e.g. mqtt:kitchen")
+    p.add_argument("name", help="display name, e.g. 'Kitchen sensor'")
+
+
+rename.arguments = _rename_args  # type: ignore[attr-defined]
+command("rename", "give a device a display name")(rename)
+
+
+@_talks
+def forget(args: argparse.Namespace) -> int:
+    """Remove a device (Zigbee: asked to leave the network first)."""
+    answer = client_for(args).call("DELETE", device_path(args.device))
+    if args.json:
+        _print_json(answer)
+    else:
+        adapter = answer.get("adapter") or {}
+        if adapter:
+            print(f"{args.device} removed: {adapter.get('status')}"
+                  + (f" ({adapter['detail']})" if adapter.get("detail") else ""))
+        else:
+            print(f"{args.device} forgotten (it registers again if it sends again)")
+    return 0
+
+
+def _forget_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("device", help="device id, e.g. mqtt:old-sensor")
+
+
+forget.arguments = _forget_args  # type: ignore[attr-defined]
+command("forget", "remove a device from the registry")(forget)

@@ -359,11 +359,32 @@ class ApiServer:
         return json_response(self._device_or_404(device))
 
     async def remove_device(self, request: web.Request) -> web.Response:
-        """Forget a device (it registers again on its next reading)."""
+        """Forget a device. An adapter with ``remove(device)`` (Zigbee: the device is asked
+        to leave the network) does it first; otherwise it registers again on its next
+        reading."""
         device = request.match_info["device"]
-        if self.gw.devices is None or not self.gw.devices.remove(device):
+        sup = self.gw.supervisor
+        owner = sup.owner_of(device) if sup is not None else None
+        remover = getattr(owner, "remove", None)
+        result: CommandResult | None = None
+        if callable(remover):
+            try:
+                result = await asyncio.wait_for(remover(device), self.config.command_timeout)
+            except TimeoutError:
+                result = CommandResult.timeout(
+                    f"the adapter did not finish within {self.config.command_timeout:g} s")
+            except Exception as exc:  # noqa: BLE001 - reported; the registry entry still goes
+                result = CommandResult.error(f"{type(exc).__name__}: {exc}")
+            if not isinstance(result, CommandResult):
+                result = None
+        known = self.gw.devices is not None and self.gw.devices.remove(device)
+        adapter_knew = result is not None and result.status != "unknown_device"
+        if not known and not adapter_knew:
             return error_response(404, f"no device {device!r} in the registry")
-        return json_response({"removed": device})
+        body: dict[str, Any] = {"removed": device}
+        if result is not None:
+            body["adapter"] = result._asdict()
+        return json_response(body)
 
     async def outbox(self, request: web.Request) -> web.Response:
         """Depth, size, age and drops of the outbox, with its bounds."""
