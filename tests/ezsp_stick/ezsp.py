@@ -26,7 +26,13 @@ import zigpy.types as zt
 import zigpy.zdo.types as zdo_t
 from bellows.ezsp.v13 import EZSPv13
 
-from tests.ezsp_stick.device import ZDO_PROFILE, Message, VirtualDevice, VirtualNode
+from tests.ezsp_stick.device import (
+    ZDO_PROFILE,
+    Endpoint,
+    Message,
+    VirtualDevice,
+    VirtualNode,
+)
 
 log = logging.getLogger("tests.ezsp_stick.ezsp")
 
@@ -311,8 +317,6 @@ class Ncp:
                          deviceVersion: int, inputClusterCount: int, outputClusterCount: int,
                          inputClusterList: list[int],
                          outputClusterList: list[int]) -> dict[str, Any]:
-        from tests.ezsp_stick.device import Endpoint
-
         if endpoint in self.coordinator.endpoints or self.network_up:
             return {"status": bt.EzspStatus.ERROR_INVALID_CALL}
         self.coordinator.endpoints[endpoint] = Endpoint(
@@ -400,9 +404,6 @@ class Ncp:
 
     def _cmd_gpSinkTableClearAll(self) -> dict[str, Any]:
         return {}
-
-    def _cmd_gpProxyTableGetEntry(self, proxyIndex: int) -> Any:
-        return {"status": bt.EmberStatus.NOT_FOUND, "entry": bt.EmberGpProxyTableEntry()}
 
     def _cmd_getChildData(self, index: int) -> dict[str, Any]:
         children = list(self.nv.children.items())
