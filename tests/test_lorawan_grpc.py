@@ -330,6 +330,7 @@ async def test_garbage_in_stream_is_counted_and_skipped(tmp_path: Path,
     try:
         chirpstack.emit_raw(EUI, "up", "{not json")
         chirpstack.emit_raw(EUI, "up", '{"fCnt": "many"}')
+        chirpstack.emit_raw(EUI, "something-newer", "{}")  # ignored, not malformed
         chirpstack.emit(EUI2, "up", chirpstack.uplink(EUI2, 1, data=b"\x03\x67\x01"))  # short
         chirpstack.emit(EUI, "log", integration.LogEvent(
             device_info=chirpstack.device_info(EUI), level=integration.ERROR,
@@ -344,6 +345,7 @@ async def test_garbage_in_stream_is_counted_and_skipped(tmp_path: Path,
                          what="bad cayenne payload counted")
         assert metric(reg, "gateway_lorawan_malformed_total", adapter="lora",
                       reason="codec") == 1
+        assert metric(reg, "gateway_lorawan_events_total", adapter="lora", kind="other") == 1
         assert not adapter.failed.done()
     finally:
         await adapter.stop()

@@ -115,6 +115,7 @@ class LorawanAdapter(Adapter):
         self._declared: dict[str, dict[str, str]] = {}
         self._pending: dict[str, _Pending] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._ignored_kinds: set[str] = set()
         self._stopping = asyncio.Event()
         self.discovered = asyncio.Event()
         m = self.metrics
@@ -180,6 +181,13 @@ class LorawanAdapter(Adapter):
         """Count and log a payload that cannot be used."""
         self._m_malformed.labels(self.ctx.name, reason).inc()
         self.log.warning("malformed LoRaWAN event (%s): %s", reason, detail)
+
+    def ignored(self, kind: str) -> None:
+        """Count an event type the adapter does not use; log each type once."""
+        self.metrics.events.labels(self.ctx.name, "other").inc()
+        if kind not in self._ignored_kinds and len(self._ignored_kinds) < 100:
+            self._ignored_kinds.add(kind)
+            self.log.info("ignoring ChirpStack %r events (not used by this adapter)", kind)
 
     def replay_skipped(self, n: int) -> None:
         self._m_replayed.inc(n)

@@ -34,6 +34,14 @@ class MalformedEvent(ValueError):
         self.reason = reason
 
 
+class UnknownKind(MalformedEvent):
+    """An event type this adapter does not use (a newer ChirpStack may add some): ignored."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__("unknown_kind", f"event type {kind!r} is not used; ignored")
+        self.kind = kind
+
+
 class Delivery(NamedTuple):
     """One event from a source. ``cursor`` is the LogItem id (gRPC source only)."""
 
@@ -51,7 +59,7 @@ def parse_json(kind: str, body: str | bytes) -> Message:
     """Parse a JSON event body (camelCase or proto names); unknown fields are ignored."""
     cls = EVENT_TYPES.get(kind)
     if cls is None:
-        raise MalformedEvent("unknown_kind", f"unknown event type {kind!r}")
+        raise UnknownKind(kind)
     msg = cls()
     try:
         json_format.Parse(body, msg, ignore_unknown_fields=True)
@@ -64,7 +72,7 @@ def parse_protobuf(kind: str, body: bytes) -> Message:
     """Parse a protobuf event body."""
     cls = EVENT_TYPES.get(kind)
     if cls is None:
-        raise MalformedEvent("unknown_kind", f"unknown event type {kind!r}")
+        raise UnknownKind(kind)
     msg = cls()
     try:
         msg.ParseFromString(body)

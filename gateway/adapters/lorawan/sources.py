@@ -29,6 +29,7 @@ from gateway.adapters.lorawan.events import (
     Delivery,
     Handler,
     MalformedEvent,
+    UnknownKind,
     dev_eui_of,
     parse_json,
     parse_payload,
@@ -56,6 +57,8 @@ class SourceHooks(Protocol):
     """What sources report to the adapter besides deliveries."""
 
     def malformed(self, reason: str, detail: str) -> None: ...
+
+    def ignored(self, kind: str) -> None: ...
 
     def replay_skipped(self, n: int) -> None: ...
 
@@ -165,6 +168,11 @@ class GrpcStreamSource:
             kind = item.description
             try:
                 event = parse_json(kind, item.body)
+            except UnknownKind as exc:
+                self.hooks.ignored(exc.kind)
+                self.state.record(eui, cursor=item.id)
+                await self.state.save()
+                continue
             except MalformedEvent as exc:
                 # poison: skip it for good, or every reconnect would stumble on it again
                 self.hooks.malformed(exc.reason, f"device {eui}, item {item.id}: {exc}")
@@ -272,6 +280,9 @@ class MqttIntegrationSource:
         kind = topic.rsplit("/", 1)[-1]
         try:
             event = parse_payload(kind, payload, self.config.encoding)
+        except UnknownKind:
+            self.hooks.ignored(kind)
+            return 0
         except MalformedEvent as exc:
             # acknowledged and dropped: redelivering a payload that cannot parse fixes nothing
             self.hooks.malformed(exc.reason, f"topic {topic}: {exc}")
