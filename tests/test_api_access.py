@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -197,20 +198,22 @@ def test_socket_mode_decides_which_users_may_operate_the_gateway(tmp_path: Path)
     run_dir.chmod(0o755)
     as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
                  sys.executable, "-m", "gateway", "status", "--socket"]
+    sock = run_dir / "gw.sock"
+    gw = GatewayProcess(tmp_path / "gw", {
+        "gateway": {"state_dir": str(tmp_path / "state")},
+        "uplink": {"enabled": False}, "api": {"socket": str(sock), "socket_mode": "0660"},
+    })
     try:
-        for mode, expected_rc in (("0660", 3), ("0666", 0)):
-            sock = run_dir / f"gw-{mode}.sock"
-            gw = GatewayProcess(tmp_path / mode, {
-                "gateway": {"state_dir": str(tmp_path / mode / "state")},
-                "uplink": {"enabled": False}, "api": {"socket": str(sock), "socket_mode": mode},
-            }).start()
-            try:
-                proc = subprocess.run([*as_nobody, str(sock)], capture_output=True, text=True,
-                                      timeout=30, cwd="/")
-            finally:
-                gw.stop()
-            assert proc.returncode == expected_rc, (mode, proc.stderr)
-            if expected_rc == 3:
-                assert f"permission denied on {sock}" in proc.stderr
+        gw.start()
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o660
+        denied = subprocess.run([*as_nobody, str(sock)], capture_output=True, text=True,
+                                timeout=30, cwd="/")
+        assert denied.returncode == 3, denied.stderr
+        assert f"permission denied on {sock}" in denied.stderr
+        sock.chmod(0o666)  # what socket_mode: "0666" would give: now anyone may
+        allowed = subprocess.run([*as_nobody, str(sock)], capture_output=True, text=True,
+                                 timeout=30, cwd="/")
+        assert allowed.returncode == 0, allowed.stderr
     finally:
+        gw.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
