@@ -57,6 +57,7 @@ async def test_oscore_protected_post_is_accepted(tmp_path: Path) -> None:
         assert response.code == Code.CHANGED
         assert [(r.device, r.metric, r.value) for r in await gw.stored()] == [
             ("coap:valve-1", "flow", 1.5)]
+        assert gw.directory.declared == {"coap:valve-1": {}}
     finally:
         await c.shutdown()
         await gw.stop()

@@ -118,6 +118,10 @@ class CoapAdapter(Adapter):
             raise
         self.log.info("coap: listening on [%s]:%d, readings at /%s/<device id>", cfg.bind,
                       self.port, cfg.path)
+        declared = {spec.id for spec in cfg.devices}
+        for native in protected - declared:
+            # a device with a security context is known before its first reading
+            self.ctx.devices.declare(f"{self.prefix}:{native}")
         for spec in cfg.devices:
             client = DeviceClient(self.prefix, spec, self._context, self._accept, cfg.block_size,
                                   self.files_dir, self._m, self.log)
