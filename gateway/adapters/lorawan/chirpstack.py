@@ -88,11 +88,13 @@ class ChirpStackClient:
         self.timeout = timeout
         self.streams_per_channel = streams_per_channel
         self._metadata = (("authorization", f"Bearer {token}"),)
-        # keepalive pings find a dead connection under an idle event stream within minutes;
+        # keepalive pings find a dead connection under an idle event stream within minutes
+        # (every 5 min: servers built on gRPC core answer more frequent pings on a
+        # connection without data with GOAWAY "too_many_pings");
         # the channel's own reconnect backoff grows to two minutes by default: cap it, so
         # that ChirpStack coming back is noticed soon after our own backoff retries; a
         # local subchannel pool gives each channel its own connection (see _StreamChannel)
-        self._options = [("grpc.keepalive_time_ms", 60_000),
+        self._options = [("grpc.keepalive_time_ms", 300_000),
                          ("grpc.keepalive_timeout_ms", 20_000),
                          ("grpc.http2.max_pings_without_data", 0),
                          ("grpc.max_reconnect_backoff_ms", 15_000),
