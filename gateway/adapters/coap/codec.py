@@ -127,6 +127,8 @@ def _load_json(payload: bytes) -> Any:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError("bad_json", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("bad_json", "JSON nested too deeply") from None
 
 
 def _load_cbor(payload: bytes) -> Any:
