@@ -92,3 +92,25 @@ async def test_unreadable_snapshot_is_set_aside(tmp_path: Path) -> None:
     store = reopen(tmp_path / "s.json")
     assert store.devices == {}
     assert (tmp_path / "s.json.bad").exists()
+
+
+async def test_snapshot_of_many_devices_is_not_rewritten_more_often_than_it_pays(
+        tmp_path: Path) -> None:
+    store = DeviceStateStore(tmp_path / "s.json", compact_after=10)
+    store.load()
+    for n in range(200):
+        store.set_info(f"{n:016x}", {"name": f"sensor {n}", "profile": "LHT65"})
+    await store.save(compact=True)
+    snapshot = store.path.stat().st_size
+    writes = 0
+    for i in range(300):
+        store.record(EUI, cursor=f"1700000000{i:03d}-0", dedup_id=f"{i:036d}", f_cnt=i)
+        before = store.path.stat().st_mtime_ns, store.path.stat().st_size
+        await store.save()
+        if (store.path.stat().st_mtime_ns, store.path.stat().st_size) != before:
+            writes += 1
+    store.close()
+    journal_bytes = 300 * 100
+    # a rewrite happens only after the journal outgrew the snapshot
+    assert writes <= journal_bytes // snapshot + 1, (writes, snapshot)
+    assert reopen(tmp_path / "s.json").devices[EUI].cursor == "1700000000299-0"

@@ -7,7 +7,8 @@ deduplication ids keep what was already accepted from being accepted twice.
 On disk: a snapshot (``lorawan-<name>.json``, replaced atomically) plus a journal of
 changes since (``lorawan-<name>.journal``, one JSON line of ~100 bytes per accepted
 event). Appending a line instead of rewriting the snapshot keeps SD-card writes small;
-the journal is folded into a new snapshot every ``compact_after`` lines and at stop. The
+the journal is folded into a new snapshot at stop, and once it holds ``compact_after``
+lines and outweighs the snapshot (so a snapshot rewrite costs at most a line per event). The
 journal is not fsync'd per event unless ``fsync`` is set: a killed process loses nothing
 (the page cache survives it), a power cut may lose the last seconds of progress, which
 then come again from ChirpStack's history and may be accepted a second time.
@@ -63,6 +64,8 @@ class DeviceStateStore:
         self._seq = 0
         self._pending: list[dict[str, Any]] = []
         self._journal_lines = 0
+        self._journal_bytes = 0
+        self._snapshot_bytes = 0
         self._journal: TextIO | None = None
         self._lock = asyncio.Lock()
 
@@ -72,7 +75,9 @@ class DeviceStateStore:
         """Read snapshot and journal; an unreadable snapshot is set aside, not fatal."""
         snapshot_seq = 0
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            text = self.path.read_text(encoding="utf-8")
+            self._snapshot_bytes = len(text)
+            raw = json.loads(text)
             snapshot_seq = int(raw.get("seq", 0))
             for eui, d in raw["devices"].items():
                 self.devices[eui] = DeviceProgress(
@@ -108,6 +113,7 @@ class DeviceStateStore:
             self._apply(entry)
             self._seq = max(self._seq, n)
             self._journal_lines += 1
+            self._journal_bytes += len(line) + 1
 
     def _set_aside(self, path: Path, exc: BaseException) -> None:
         aside = path.with_suffix(path.suffix + ".bad")
@@ -237,6 +243,14 @@ class DeviceStateStore:
                     # ~100 bytes into the page cache: cheaper than a hop to a thread
                     self._append(text, False)
                 self._journal_lines += len(lines)
-            if self._journal_lines and (compact or self._journal_lines >= self.compact_after):
-                await asyncio.to_thread(self._compact, self._snapshot())
+                self._journal_bytes += len(text)
+            # fold only once the journal outweighs the snapshot too, so that rewriting the
+            # snapshot (large with many devices) costs no more per event than the journal
+            due = (self._journal_lines >= self.compact_after
+                   and self._journal_bytes >= self._snapshot_bytes)
+            if self._journal_lines and (compact or due):
+                text = self._snapshot()
+                await asyncio.to_thread(self._compact, text)
                 self._journal_lines = 0
+                self._journal_bytes = 0
+                self._snapshot_bytes = len(text)
