@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from gateway.rules.expr import (
     ABSENT,
     EvalError,
     ExprSyntaxError,
+    Window,
     compile_expr,
     compile_template,
     dewpoint,
@@ -39,8 +39,13 @@ class Env:
             return self.value
         return self.values.get(metric, ABSENT)
 
-    def window(self, metric: str) -> Sequence[tuple[float, Any]]:
-        return self._windows.get(metric, [])
+    def window(self, metric: str, seconds: float) -> Window | None:
+        if metric not in self._windows:
+            return None
+        w = Window(seconds)
+        for ts, v in self._windows[metric]:
+            w.push(ts, v)
+        return w
 
     def info(self, key: str) -> Any:
         return self._info.get(key, ABSENT)
@@ -186,3 +191,22 @@ def test_template_errors_point_into_the_template() -> None:
     with pytest.raises(ExprSyntaxError) as err:
         compile_template("open {value")
     assert "without a matching" in str(err.value)
+
+
+def test_incremental_window_matches_a_full_recount() -> None:
+    import random
+
+    rng = random.Random(7)
+    w = Window(30.0)
+    seen: list[tuple[float, float]] = []
+    t = 0.0
+    for _ in range(2000):
+        t += rng.uniform(0, 2)
+        v = round(rng.uniform(-50, 50), 1)
+        w.push(t, v)
+        seen.append((t, v))
+        inside = [x for ts, x in seen if ts > t - 30.0]
+        assert w.aggregate("min", t) == min(inside)
+        assert w.aggregate("max", t) == max(inside)
+        assert w.aggregate("count", t) == len(inside)
+        assert w.aggregate("avg", t) == pytest.approx(sum(inside) / len(inside), abs=1e-6)

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -39,6 +38,7 @@ from gateway.rules.expr import (
     EvalError,
     Program,
     Template,
+    Window,
     compile_expr,
     compile_template,
 )
@@ -100,8 +100,8 @@ class _Env:
             return self.value
         return self.values.get(metric, ABSENT)
 
-    def window(self, metric: str) -> Sequence[tuple[float, Any]]:
-        return self.engine._windows.get((self.device, metric), ())
+    def window(self, metric: str, seconds: float) -> Window | None:
+        return self.engine._windows.get((self.device, metric, seconds))
 
     def info(self, key: str) -> Any:
         if key == "id":
@@ -148,7 +148,7 @@ class _Action:
 class _Rule:
     __slots__ = ("index", "name", "spec", "when", "clear", "for_", "cooldown", "level",
                  "devices", "metrics", "triggers", "any_metric", "uses_online", "actions",
-                 "on_clear", "fingerprint", "programs")
+                 "on_clear", "fingerprint", "programs", "states")
 
     def __init__(self, index: int, spec: RuleSpec) -> None:
         self.index = index
@@ -177,6 +177,8 @@ class _Rule:
         key = json.dumps([spec.when, spec.clear, spec.for_, spec.device, spec.metric],
                          sort_keys=True)
         self.fingerprint = hashlib.sha1(key.encode()).hexdigest()[:12]
+        #: device → state, only for devices where something happened
+        self.states: dict[str, _State] = {}
 
     def matches_device(self, device: str) -> bool:
         return any(p == "*" or fnmatch.fnmatchcase(device, p) for p in self.devices)
@@ -219,9 +221,8 @@ class RuleEngine:
         self.clock = clock
         self.rules = [_Rule(i, spec) for i, spec in enumerate(rules) if spec.enabled]
         self.state_path = state_dir / STATE_FILE if state_dir is not None else None
-        self._states: dict[tuple[int, str], _State] = {}
         self._latest: dict[str, dict[str, Any]] = {}
-        self._windows: dict[tuple[str, str], deque[tuple[float, Any]]] = {}
+        self._windows: dict[tuple[str, str, float], Window] = {}
         self._online: dict[str, bool] = {}
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}
         self._plan: dict[tuple[str, str], tuple[_Rule, ...]] = {}
@@ -234,13 +235,13 @@ class RuleEngine:
         self._listening = False
         self._error_logged: dict[str, float] = {}
         self.referenced: set[str] = set()
-        self.window_len: dict[str, float] = {}
+        self.window_spans: dict[str, tuple[float, ...]] = {}
         self._online_rules = [r for r in self.rules if r.uses_online]
         for rule in self.rules:
             for p in rule.programs:
                 self.referenced |= p.metrics
-                for m, secs in p.windows.items():
-                    self.window_len[m] = max(self.window_len.get(m, 0.0), secs)
+                for m, secs in p.spans:
+                    self.window_spans[m] = tuple(sorted({*self.window_spans.get(m, ()), secs}))
         self.m_fired = Counter("gateway_rule_fired", "Rule firings (actions started)", ["rule"],
                                registry=metrics)
         self.m_cleared = Counter("gateway_rule_cleared", "Rules that cleared", ["rule"],
@@ -273,7 +274,7 @@ class RuleEngine:
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="rules")
         if self.rules:
             log.info("rules: %d rule(s) loaded, %d state(s) restored", len(self.rules),
-                     len(self._states))
+                     sum(len(r.states) for r in self.rules))
 
     async def stop(self) -> None:
         """Let running actions finish (bounded), then write the state a last time."""
@@ -322,40 +323,59 @@ class RuleEngine:
         now = self.clock()
         latest = self._latest
         referenced = self.referenced
-        windowed = self.window_len
+        windowed = self.window_spans
+        # first every value of the batch (a message carries temperature and humidity
+        # together: a rule reading both must see both), then the rules
         for r in readings:
-            m = r.metric
-            if m in referenced:
-                vals = latest.get(r.device)
+            device, metric, value, _, _ = r
+            if metric in referenced:
+                vals = latest.get(device)
                 if vals is None:
-                    vals = latest[r.device] = {}
-                vals[m] = r.value
-                if m in windowed:
-                    self._add_window(r, windowed[m])
+                    vals = latest[device] = {}
+                vals[metric] = value
+                if metric in windowed:
+                    self._add_window(r, windowed[metric], now)
         skip = _ORIGIN.get()
         plan = self._plan
         env = self._env
+        env.now = now
+        env.device = ""  # values and device facts are re-read once per device and batch
         for r in readings:
-            rules = plan.get((r.device, r.metric))
+            device, metric, value, unit, ts = r
+            rules = plan.get((device, metric))
             if rules is None:
-                rules = self._plan_for(r.device, r.metric)
+                rules = self._plan_for(device, metric)
             if not rules:
                 continue
-            env.load(r.device, r, now)
+            if env.device != device:
+                env.device = device
+                env.values = latest.get(device, _EMPTY)
+                env._info = None
+            env.metric, env.value, env.unit, env.ts = metric, value, unit, ts
             for rule in rules:
                 if skip and rule.name in skip:
                     continue
-                self._evaluate(rule, env, r)
+                try:
+                    res = rule.when(env)
+                except Exception as exc:  # noqa: BLE001 - a bad value must not stop the pipeline
+                    self._eval_failed(rule, env, exc)
+                    continue
+                st = rule.states.get(device)
+                # the common case, kept cheap: false, and nothing going on for this device
+                if st is None and not res:
+                    continue
+                self._step(rule, st, res, env, r)
 
-    def _add_window(self, r: Reading, span: float) -> None:
-        key = (r.device, r.metric)
-        dq = self._windows.get(key)
-        if dq is None:
-            dq = self._windows[key] = deque(maxlen=WINDOW_MAX_ITEMS)
-        dq.append((r.ts, r.value))
-        edge = r.ts - span
-        while dq[0][0] <= edge:
-            dq.popleft()
+    def _add_window(self, r: Reading, spans: tuple[float, ...], now: float) -> None:
+        windows = self._windows
+        for span in spans:
+            key = (r.device, r.metric, span)
+            w = windows.get(key)
+            if w is None:
+                w = windows[key] = Window(span, WINDOW_MAX_ITEMS)
+            w.push(r.ts, r.value)
+            if w.items[0][0] <= now - span:
+                w.trim(now)
 
     def _plan_for(self, device: str, metric: str) -> tuple[_Rule, ...]:
         if len(self._plan) >= PLAN_MAX:
@@ -370,12 +390,15 @@ class RuleEngine:
         except Exception as exc:  # noqa: BLE001 - a bad value must not stop the pipeline
             self._eval_failed(rule, env, exc)
             return
-        key = (rule.index, env.device)
-        st = self._states.get(key)
+        self._step(rule, rule.states.get(env.device), res, env, reading)
+
+    def _step(self, rule: _Rule, st: _State | None, res: Any, env: _Env,
+              reading: Reading | None) -> None:
+        """Advance one (rule, device) state given the condition's result ``res``."""
         if st is None:
             if res is ABSENT or not res:
                 return
-            st = self._states[key] = _State()
+            st = rule.states[env.device] = _State()
         if st.active:
             if rule.clear is not None:
                 try:
@@ -457,17 +480,14 @@ class RuleEngine:
     def tick(self, now: float | None = None) -> None:
         """Fire rules whose ``for`` ran out without a new reading; drop idle states."""
         now = self.clock() if now is None else now
-        by_index = {r.index: r for r in self.rules}
-        for key, st in list(self._states.items()):
-            rule = by_index.get(key[0])
-            if rule is None:
-                continue
-            if not st.active and st.since is not None and now - st.since >= rule.for_:
-                env = _Env(self).load(key[1], st.reading, now)
-                self._fire(rule, st, env)
-            elif st.idle(rule.cooldown, now):
-                del self._states[key]
-                self._dirty = True
+        for rule in self.rules:
+            for device, st in list(rule.states.items()):
+                if not st.active and st.since is not None and now - st.since >= rule.for_:
+                    env = _Env(self).load(device, st.reading, now)
+                    self._fire(rule, st, env)
+                elif st.idle(rule.cooldown, now):
+                    del rule.states[device]
+                    self._dirty = True
 
     def on_online(self, device: str, online: bool) -> None:
         """Device registry listener: re-evaluate rules that read ``device.online``."""
@@ -640,17 +660,16 @@ class RuleEngine:
         """The state worth keeping across a restart, JSON-ready."""
         now = self.clock()
         out: dict[str, Any] = {}
-        by_index = {r.index: r for r in self.rules}
-        for (index, device), st in self._states.items():
-            rule = by_index.get(index)
-            if rule is None or st.idle(rule.cooldown, now):
-                continue
-            entry = out.setdefault(rule.name, {"fp": rule.fingerprint, "devices": {}})
-            r = st.reading
-            entry["devices"][device] = {
-                "active": st.active, "since": st.since, "fired": st.fired,
-                "reading": [r.metric, r.value, r.unit, r.ts] if r is not None else None,
-            }
+        for rule in self.rules:
+            for device, st in rule.states.items():
+                if st.idle(rule.cooldown, now):
+                    continue
+                entry = out.setdefault(rule.name, {"fp": rule.fingerprint, "devices": {}})
+                r = st.reading
+                entry["devices"][device] = {
+                    "active": st.active, "since": st.since, "fired": st.fired,
+                    "reading": [r.metric, r.value, r.unit, r.ts] if r is not None else None,
+                }
         return {"version": STATE_VERSION, "saved": now, "rules": out}
 
     async def save(self, force: bool = False) -> None:
@@ -700,7 +719,7 @@ class RuleEngine:
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("rule state: skipping %s/%s: %s", name, device, exc)
                     continue
-                self._states[(rule.index, device)] = st
+                rule.states[device] = st
 
 
 class ActionError(Exception):

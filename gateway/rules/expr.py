@@ -26,9 +26,11 @@ whose condition is absent neither fires nor clears.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -73,10 +75,11 @@ class Env(Protocol):
     unit: str | None
     ts: float
     now: float
+    values: dict[str, Any]  # the device's latest value of each metric
 
     def latest(self, metric: str) -> Any: ...
 
-    def window(self, metric: str) -> Sequence[tuple[float, Any]]: ...
+    def window(self, metric: str, seconds: float) -> Window | None: ...
 
     def info(self, key: str) -> Any: ...
 
@@ -246,7 +249,10 @@ class _Parser:
     def unary(self) -> Node:
         if self.at("op", "-"):
             tok = self.take()
-            return Node("unary", tok.pos, "-", (self.unary(),))
+            inner = self.unary()
+            if inner.kind == "lit" and _is_number(inner.value):
+                return Node("lit", tok.pos, -inner.value)  # -5 is a constant, not an operation
+            return Node("unary", tok.pos, "-", (inner,))
         if self.at("op", "+"):
             self.take()
             return self.unary()
@@ -326,9 +332,112 @@ def parse(text: str) -> Node:
 AGGREGATES = ("avg", "min", "max", "count", "rate", "sum")
 
 
-def _window_values(env: Env, metric: str, seconds: float) -> list[tuple[float, Any]]:
-    start = env.now - seconds
-    return [(t, v) for t, v in env.window(metric) if t > start and _is_number(v)]
+class Window:
+    """The values of one series over the last ``span`` seconds, aggregated incrementally.
+
+    Running sum and count, and monotonic deques for min and max, make every aggregate
+    O(1) amortised however many values the window holds. Timestamps are kept in arrival
+    order (a reading older than the previous one counts as arriving with it).
+    """
+
+    __slots__ = ("span", "items", "total", "n", "lows", "highs", "last_ts", "cap", "trimmed")
+
+    def __init__(self, span: float, cap: int = 100_000) -> None:
+        self.span = span
+        self.cap = cap
+        self.items: deque[tuple[float, float | None]] = deque()
+        self.total = 0.0
+        self.n = 0  # numeric values in the window
+        self.lows: deque[tuple[float, float]] = deque()
+        self.highs: deque[tuple[float, float]] = deque()
+        self.last_ts = -math.inf
+        self.trimmed = -math.inf  # ``now`` of the last trim: several aggregates, one trim
+
+    def push(self, ts: float, value: Any) -> None:
+        if ts < self.last_ts:
+            ts = self.last_ts
+        self.last_ts = ts
+        cls = value.__class__
+        if cls is float or cls is int:
+            self.items.append((ts, value))
+            self.total += value
+            self.n += 1
+            lows, highs = self.lows, self.highs
+            while lows and lows[-1][1] >= value:
+                lows.pop()
+            lows.append((ts, value))
+            while highs and highs[-1][1] <= value:
+                highs.pop()
+            highs.append((ts, value))
+        else:
+            self.items.append((ts, None))
+        self.trimmed = -math.inf
+        if len(self.items) > self.cap:
+            self._pop()
+
+    def _pop(self) -> None:
+        ts, v = self.items.popleft()
+        if v is not None:
+            self.n -= 1
+            self.total = self.total - v if self.n else 0.0
+        if self.lows and self.lows[0][0] <= ts:
+            self.lows.popleft()
+        if self.highs and self.highs[0][0] <= ts:
+            self.highs.popleft()
+
+    def trim(self, now: float) -> None:
+        """Forget values at or before ``now - span``."""
+        if now == self.trimmed:
+            return
+        self.trimmed = now
+        edge = now - self.span
+        items = self.items
+        while items and items[0][0] <= edge:
+            ts, v = items.popleft()
+            if v is not None:
+                self.n -= 1
+                self.total = self.total - v if self.n else 0.0
+        while self.lows and self.lows[0][0] <= edge:
+            self.lows.popleft()
+        while self.highs and self.highs[0][0] <= edge:
+            self.highs.popleft()
+
+    def count(self, now: float) -> Any:
+        self.trim(now)
+        return len(self.items)
+
+    def avg(self, now: float) -> Any:
+        self.trim(now)
+        return self.total / self.n if self.n else ABSENT
+
+    def sum(self, now: float) -> Any:
+        self.trim(now)
+        return self.total if self.n else ABSENT
+
+    def min(self, now: float) -> Any:
+        self.trim(now)
+        return self.lows[0][1] if self.n else ABSENT
+
+    def max(self, now: float) -> Any:
+        self.trim(now)
+        return self.highs[0][1] if self.n else ABSENT
+
+    def rate(self, now: float) -> Any:
+        """Change per second between the first and last value in the window."""
+        self.trim(now)
+        if not self.n:
+            return ABSENT
+        first = next(x for x in self.items if x[1] is not None)
+        last = next(x for x in reversed(self.items) if x[1] is not None)
+        if last[0] <= first[0]:
+            return ABSENT
+        assert first[1] is not None and last[1] is not None
+        return (last[1] - first[1]) / (last[0] - first[0])
+
+    def aggregate(self, name: str, now: float) -> Any:
+        """``avg``, ``min``, ``max``, ``sum``, ``count`` or ``rate`` as of ``now``."""
+        fn: Callable[[float], Any] = getattr(self, name)
+        return fn(now)
 
 
 def _is_number(v: Any) -> bool:
@@ -336,29 +445,12 @@ def _is_number(v: Any) -> bool:
 
 
 def _agg(name: str, metric: str, seconds: float) -> Compiled:
-    if name == "count":
-        def count(env: Env) -> Any:
-            start = env.now - seconds
-            return sum(1 for t, _ in env.window(metric) if t > start)
-        return count
+    method = getattr(Window, name)
+    empty = 0 if name == "count" else ABSENT
 
     def agg(env: Env) -> Any:
-        items = _window_values(env, metric, seconds)
-        if not items:
-            return ABSENT
-        if name == "avg":
-            return sum(v for _, v in items) / len(items)
-        if name == "min":
-            return min(v for _, v in items)
-        if name == "max":
-            return max(v for _, v in items)
-        if name == "sum":
-            return sum(v for _, v in items)
-        # rate: change per second between the first and last value in the window
-        (t0, v0), (t1, v1) = items[0], items[-1]
-        if t1 <= t0:
-            return ABSENT
-        return (v1 - v0) / (t1 - t0)
+        w = env.window(metric, seconds)
+        return empty if w is None else method(w, env.now)
 
     return agg
 
@@ -411,13 +503,12 @@ class Program:
     fn: Compiled
     metrics: set[str] = field(default_factory=set)  # metric names it reads
     windows: dict[str, float] = field(default_factory=dict)  # metric → longest window (s)
+    spans: set[tuple[str, float]] = field(default_factory=set)  # (metric, window) pairs
     reading_fields: bool = False  # reads value/metric/unit/ts
     device_fields: set[str] = field(default_factory=set)  # device.<field> it reads
 
 
 def _binop(op: str, a: Compiled, b: Compiled) -> Compiled:
-    import operator
-
     impl: Callable[[Any, Any], Any] = {
         "+": operator.add, "-": operator.sub, "*": operator.mul,
         "/": operator.truediv, "%": operator.mod,
@@ -461,34 +552,43 @@ def _compare(op: str, x: Any, y: Any) -> Any:
         raise EvalError(f"{x!r} {op} {y!r}: {exc}") from None
 
 
-def _cmp_fast(op: str, a: Compiled, b: Compiled) -> Compiled:
-    """A single numeric comparison: the common case, kept short."""
-    if op == ">":
-        def gt(env: Env) -> Any:
-            x = a(env)
-            y = b(env)
-            if x is ABSENT or y is ABSENT:
-                return ABSENT
-            try:
-                return x > y
-            except TypeError as exc:
-                raise EvalError(f"{x!r} > {y!r}: {exc}") from None
-        return gt
-    if op == "<":
-        def lt(env: Env) -> Any:
-            x = a(env)
-            y = b(env)
-            if x is ABSENT or y is ABSENT:
-                return ABSENT
-            try:
-                return x < y
-            except TypeError as exc:
-                raise EvalError(f"{x!r} < {y!r}: {exc}") from None
-        return lt
+_ORDER: dict[str, Callable[[Any, Any], Any]] = {
+    ">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le,
+    "==": operator.eq, "!=": operator.ne,
+}
 
-    def other(env: Env) -> Any:
+
+def _cmp_const(op: str, a: Compiled, c: Any, metric: str | None) -> Compiled:
+    """``x OP literal``, the common case: one closure call, the metric lookup inlined."""
+    impl = _ORDER[op]
+    if metric is not None:
+        name = metric
+
+        def metric_vs_const(env: Env) -> Any:
+            x = env.value if env.metric == name else env.values.get(name, ABSENT)
+            if x is ABSENT:
+                return ABSENT
+            try:
+                return impl(x, c)
+            except TypeError as exc:
+                raise EvalError(f"{x!r} {op} {c!r}: {exc}") from None
+        return metric_vs_const
+
+    def vs_const(env: Env) -> Any:
+        x = a(env)
+        if x is ABSENT:
+            return ABSENT
+        try:
+            return impl(x, c)
+        except TypeError as exc:
+            raise EvalError(f"{x!r} {op} {c!r}: {exc}") from None
+    return vs_const
+
+
+def _cmp_one(op: str, a: Compiled, b: Compiled) -> Compiled:
+    def one(env: Env) -> Any:
         return _compare(op, a(env), b(env))
-    return other
+    return one
 
 
 class _Compiler:
@@ -534,7 +634,12 @@ class _Compiler:
             fns = [self.compile(a) for a in node.args]
             ops: tuple[str, ...] = node.value
             if len(ops) == 1:
-                return _cmp_fast(ops[0], fns[0], fns[1])
+                left, right = node.args
+                if ops[0] in _ORDER and right.kind == "lit":
+                    metric = left.value if left.kind == "name" and \
+                        left.value not in READING_FIELDS else None
+                    return _cmp_const(ops[0], fns[0], right.value, metric)
+                return _cmp_one(ops[0], fns[0], fns[1])
 
             def chain(env: Env) -> Any:
                 x = fns[0](env)
@@ -598,7 +703,10 @@ class _Compiler:
                 return lambda env: env.unit if env.unit is not None else ABSENT
             return lambda env: env.ts
         self.program.metrics.add(name)
-        return lambda env: env.latest(name)
+
+        def metric_value(env: Env) -> Any:
+            return env.value if env.metric == name else env.values.get(name, ABSENT)
+        return metric_value
 
     def metric_arg(self, node: Node, fn: str) -> str:
         if node.kind != "name" or node.value in READING_FIELDS:
@@ -621,6 +729,7 @@ class _Compiler:
             self.program.metrics.add(metric)
             w = self.program.windows
             w[metric] = max(w.get(metric, 0.0), seconds)
+            self.program.spans.add((metric, seconds))
             return _agg(name, metric, seconds)
         if name == "exists":
             if len(args) != 1:
