@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 class JoiningConfig(AdapterConfig):
     step: float = Field(default=0.3, gt=0, description="seconds between join stages")
     fail_start: bool = False
+    refuse_join: bool = False
 
 
 class JoiningAdapter(Adapter):
@@ -40,6 +41,8 @@ class JoiningAdapter(Adapter):
 
     async def permit_join(self, seconds: int) -> None:
         self.log.info("permit_join %d", seconds)
+        if self.config.refuse_join:
+            raise RuntimeError("network not formed yet")
         if seconds:
             self.spawn(self._join(), name="join")
 

@@ -29,7 +29,8 @@ def joining_daemon(tmp_path: Path) -> GatewayProcess:
     env = install_plugin(tmp_path / "plugins")
     gw = GatewayProcess(tmp_path / "gw", {
         "gateway": {"state_dir": str(tmp_path / "state")}, "uplink": {"enabled": False},
-        "adapters": [{"type": "joining", "name": "zb", "step": 0.4}],
+        "adapters": [{"type": "joining", "name": "zb", "step": 0.4},
+                     {"type": "joining", "name": "zb2", "refuse_join": True}],
     }, env=env)
     gw.start()
     yield gw
@@ -53,6 +54,8 @@ def test_pair_opens_joining_and_shows_the_device_as_it_is_interviewed(
     assert proc.returncode == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("joining open on zb for 2 s")
+    # the other adapter could not open joining: said on stderr, pairing goes on
+    assert "gateway pair: zb2: RuntimeError: network not formed yet" in err
     joined = [line for line in lines if DEVICE in line]
     assert joined[0] == f"+ {DEVICE}: model TS0201, manufacturer _TZ3000_test, interview started"
     assert joined[-1] == f"~ {DEVICE}: model TS0201, manufacturer _TZ3000_test, interview done"
@@ -87,8 +90,15 @@ async def test_permit_join_endpoint_reports_each_adapter(joining_daemon: Gateway
         async with session.post("http://gateway/api/permit-join", json={"seconds": 5}) as resp:
             body = await resp.json()
             assert resp.status == 200
-            assert body["adapters"] == {"zb": {"ok": True}} and body["seconds"] == 5
+            assert body["seconds"] == 5 and body["adapters"]["zb"] == {"ok": True}
+            assert body["adapters"]["zb2"] == {
+                "ok": False, "error": "RuntimeError: network not formed yet"}
             assert body["until"] == pytest.approx(time.time() + 5, abs=2)
+        async with session.post("http://gateway/api/permit-join",
+                                json={"seconds": 5, "adapter": "zb2"}) as resp:
+            assert resp.status == 502
+            assert (await resp.json())["error"] == \
+                "permit-join failed: zb2: RuntimeError: network not formed yet"
         async with session.post("http://gateway/api/permit-join",
                                 json={"seconds": 5, "adapter": "other"}) as resp:
             assert resp.status == 409
@@ -96,7 +106,7 @@ async def test_permit_join_endpoint_reports_each_adapter(joining_daemon: Gateway
         # a plugin's routes are mounted through the gateway.api_routes entry point; a
         # plugin whose add_routes fails is left out, logged, and the rest still answers
         async with session.get("http://gateway/api/joining") as resp:
-            assert resp.status == 200 and await resp.json() == {"joining": ["zb"]}
+            assert resp.status == 200 and await resp.json() == {"joining": ["zb", "zb2"]}
     assert "routes 'broken' (tests.joining_adapter:broken_routes) not mounted: " \
         "RuntimeError: broken on purpose" in joining_daemon.log_text()
 

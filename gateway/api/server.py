@@ -470,8 +470,13 @@ class ApiServer:
         if opened:
             log.info("permit-join %s for %d s on %s", "open" if seconds else "closed", seconds,
                      ", ".join(opened))
-        data = {"seconds": seconds, "until": time.time() + seconds, "adapters": results}
-        return json_response(data, 200 if opened else 502)
+        data: dict[str, Any] = {"seconds": seconds, "until": time.time() + seconds,
+                                "adapters": results}
+        if not opened:
+            data["error"] = "permit-join failed: " + "; ".join(
+                f"{n}: {r['error']}" for n, r in results.items())
+            return json_response(data, 502)
+        return json_response(data)
 
     def _why_no_joining(self, only: Any) -> str:
         sup = self.gw.supervisor
