@@ -50,6 +50,8 @@ DRAIN_TIMEOUT = 5.0
 #: most readings handed to the pipeline in one call
 BATCH = 500
 PERMIT_MAX = 254
+#: zigpy drops a frame identical to one received within this many seconds (retransmission)
+DUPLICATE_WINDOW = 10.0
 
 
 class _Metrics:
@@ -108,6 +110,9 @@ class ZigbeeAdapter(Adapter):
         self._interviewed: set[str] = set()
         #: devices removed through remove(): their late leave/left events are not news
         self._removed: set[str] = set()
+        #: last report frame per (ieee, endpoint, cluster), and the one zigpy is handling
+        self._last_report: dict[tuple[Any, int, int], tuple[bytes, float]] = {}
+        self._frame: _Frame | None = None
         self._configuring: dict[str, asyncio.Task[Any]] = {}
         self._last_configure: dict[str, float] = {}
         self._last_link: dict[str, float] = {}
@@ -261,7 +266,7 @@ class ZigbeeAdapter(Adapter):
         if self._stopping or self._is_coordinator(device):
             return
         if dst_ep != 0 and src_ep != 0:
-            self._check_report(device, cluster, src_ep, message)
+            self._expect_report(device, cluster, src_ep, message)
         ieee = str(device.ieee)
         now = time.monotonic()
         if (ieee in self._interviewed and ieee not in self._configured
@@ -271,41 +276,39 @@ class ZigbeeAdapter(Adapter):
             self._last_link[ieee] = now
             self.ctx.devices.declare(self.device_id(device), lqi=device.lqi, rssi=device.rssi)
 
-    def _check_report(self, device: Any, cluster_id: int, src_ep: int, message: bytes) -> None:
-        """Count a Report Attributes frame zigpy will not be able to use.
+    def _expect_report(self, device: Any, cluster_id: int, src_ep: int,
+                       message: bytes) -> None:
+        """Note a Report Attributes frame; if zigpy emits nothing for it, it was malformed.
 
         zigpy drops frames it cannot parse (or values of the wrong type) at debug level,
         before any event: the only trace of a broken device would be missing readings.
+        zigpy calls this listener, then parses the frame and emits its events in the same
+        call; the frame is judged when the next one arrives or on the next loop turn,
+        whichever is first. Cheaper than parsing every frame twice.
         """
-        from zigpy.zcl import foundation
-
-        try:
-            hdr, rest = foundation.ZCLHeader.deserialize(message)
-        except Exception:  # noqa: BLE001 - not even a ZCL header
-            hdr, rest = None, b""
-        report = foundation.GeneralCommand.Report_Attributes
-        if hdr is not None and not (hdr.frame_control.is_general and hdr.command_id == report):
+        self._judge_frame(self._frame)
+        if not _is_report_frame(message):
             return
-        try:
-            if hdr is None:
-                raise ValueError("no ZCL header")
-            args: Any = foundation.GENERAL_COMMANDS[report].schema.deserialize(rest)[0]
-            ep = device.endpoints.get(src_ep)
-            cluster: Any = ep.in_clusters.get(cluster_id) if ep is not None else None
-            for record in args.attribute_reports if cluster is not None else ():
-                try:
-                    attr = cluster.find_attribute(record.attrid)
-                except KeyError:
-                    continue
-                raw = record.value.value
-                if not hasattr(raw, "serialize") or type(raw).__name__.startswith("data"):
-                    continue
-                attr.type(raw)
-        except Exception as exc:  # noqa: BLE001 - whatever zigpy would choke on
-            self._m.malformed.labels(self.prefix).inc()
-            self.log.warning("zigbee: malformed report from %s (cluster 0x%04X): %s: %s;"
-                             " frame %s", device.ieee, cluster_id, type(exc).__name__, exc,
-                             message.hex())
+        key = (device.ieee, src_ep, cluster_id)
+        now = time.monotonic()
+        last = self._last_report.get(key)
+        if last is not None and last[0] == message and now - last[1] < DUPLICATE_WINDOW:
+            return  # a retransmission zigpy filters out: no events expected
+        self._last_report[key] = (message, now)
+        frame = _Frame(key, message)
+        self._frame = frame
+        asyncio.get_running_loop().call_soon(self._judge_frame, frame)
+
+    def _judge_frame(self, frame: _Frame | None) -> None:
+        if frame is None or frame is not self._frame:
+            return
+        self._frame = None
+        if frame.handled:
+            return
+        self._m.malformed.labels(self.prefix).inc()
+        ieee, ep, cluster = frame.key
+        self.log.warning("zigbee: report from %s (endpoint %d, cluster 0x%04X) could not be"
+                         " parsed; frame %s", ieee, ep, cluster, frame.message.hex())
 
     # -- devices ---------------------------------------------------------------------------
 
@@ -396,6 +399,10 @@ class ZigbeeAdapter(Adapter):
         return "" if first is None or ep_id == first else f"_{ep_id}"
 
     def _on_attribute(self, device: Any, cluster: Any, event: Any, reported: bool) -> None:
+        frame = self._frame
+        if reported and frame is not None and frame.key == (
+                device.ieee, cluster.endpoint.endpoint_id, cluster.cluster_id):
+            frame.handled = True
         try:
             if not reported and (cluster.cluster_id, event.attribute_id) not in METRICS \
                     and not (cluster.cluster_id == IAS_ZONE and event.attribute_id == 0x0002):
@@ -689,6 +696,28 @@ class ZigbeeAdapter(Adapter):
                 self.log.warning("zigbee: coordinator backup failed: %s: %s",
                                  type(exc).__name__, exc)
             await asyncio.sleep(interval)
+
+
+class _Frame:
+    """A report frame handed to zigpy: did any attribute event come out of it?"""
+
+    __slots__ = ("key", "message", "handled")
+
+    def __init__(self, key: tuple[Any, int, int], message: bytes) -> None:
+        self.key = key
+        self.message = message
+        self.handled = False
+
+
+def _is_report_frame(message: bytes) -> bool:
+    """A ZCL Report Attributes frame (general, server to client), read from its header."""
+    if len(message) < 3:
+        return False
+    control = message[0]
+    if control & 0x03 != 0 or not control & 0x08:  # cluster-specific, or client to server
+        return False
+    command_at = 4 if control & 0x04 else 2  # a manufacturer code takes two bytes
+    return len(message) > command_at and message[command_at] == 0x0A
 
 
 def _int_or_none(value: Any) -> int | None:
