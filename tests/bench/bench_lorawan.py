@@ -18,8 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gmqtt import Client as MQTTClient  # noqa: E402
 from gmqtt.mqtt.constants import MQTTv311  # noqa: E402
+from google.protobuf import json_format  # noqa: E402
 
 from gateway.adapters.lorawan.decode import cayenne_lpp  # noqa: E402
+from gateway.adapters.lorawan.events import parse_json  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
 from tests.chirpstack_fake import TENANT, FakeChirpStack  # noqa: E402
 from tests.lorawan_harness import RecordingSink, make_adapter, wait_until  # noqa: E402
@@ -41,6 +43,17 @@ def cpu_per_uplink(tmp: Path, n: int = 20_000) -> None:
         adapter.uplink_readings(ev)
     dt = time.process_time() - t0
     print(f"object uplink → 7 readings:        {dt / n * 1e6:7.1f} µs CPU per uplink")
+    body = json_format.MessageToJson(ev, indent=None)
+    t0 = time.process_time()
+    for _ in range(n // 4):
+        parse_json("up", body)
+    dt = time.process_time() - t0
+    print(f"JSON uplink event → UplinkEvent:   {dt / (n // 4) * 1e6:7.1f} µs CPU per event")
+    t0 = time.process_time()
+    for _ in range(n // 4):
+        json_format.Parse(body, type(ev)(), ignore_unknown_fields=True)
+    dt = time.process_time() - t0
+    print(f"  (json_format.Parse alone:        {dt / (n // 4) * 1e6:7.1f} µs)")
     data = bytes.fromhex("0367011005686407732795")
     t0 = time.process_time()
     for _ in range(n):
