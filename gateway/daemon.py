@@ -189,6 +189,8 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     try:
         await gw.start()
         notifier.ready(f"running {len(config.adapters)} adapter(s)")
+        if gw.api is not None:
+            notifier.start_status(gw.api.status_line)
         try:
             await stop.wait()
         finally:

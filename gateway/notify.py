@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("gateway.notify")
 
@@ -28,6 +28,7 @@ class Notifier:
         self.watchdog_interval = _watchdog_interval(env)
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
         self._warned = False
 
     @property
@@ -73,6 +74,21 @@ class Notifier:
                                                             name="watchdog")
         log.info("systemd watchdog: pinging every %.3g s", self.watchdog_interval)
 
+    def start_status(self, describe: Callable[[], str], every: float = 30.0) -> None:
+        """Refresh ``STATUS=`` (the line ``systemctl status`` shows) every ``every`` s."""
+        if self.address is None or self._status_task is not None:
+            return
+        self._status_task = asyncio.get_running_loop().create_task(
+            self._refresh_status(describe, every), name="notify-status")
+
+    async def _refresh_status(self, describe: Callable[[], str], every: float) -> None:
+        while True:
+            try:
+                self.status(describe())
+            except Exception as exc:  # noqa: BLE001 - a status line is not worth a crash
+                log.debug("status line failed: %s", exc)
+            await asyncio.sleep(every)
+
     async def _ping(self, interval: float) -> None:
         while True:
             self.notify("WATCHDOG=1")
@@ -80,13 +96,14 @@ class Notifier:
 
     async def close(self) -> None:
         """Stop pinging and release the socket."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        for task in (self._task, self._status_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._task = self._status_task = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None

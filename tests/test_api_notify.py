@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import re
 import signal
 import socket
 import threading
@@ -103,6 +104,10 @@ def test_daemon_sends_ready_then_watchdog_pings_then_stopping(
         gw.stop()
     ready = [msg for _, msg in listener.messages if "READY=1" in msg]
     assert len(ready) == 1 and "STATUS=running 1 adapter(s)" in ready[0]
+    # then the line systemctl status shows, refreshed from the daemon's health
+    assert any(re.fullmatch(r"STATUS=ok: 1/1 adapter\(s\) running, uplink off, "
+                            r"outbox \d+ reading\(s\), \d/2 device\(s\) online", msg)
+               for _, msg in listener.messages), listener.messages
 
 
 def test_daemon_outside_systemd_sends_nothing_and_runs(tmp_path: Path,

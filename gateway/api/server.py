@@ -311,6 +311,16 @@ class ApiServer:
             self._counts = (now, len(devices), sum(1 for d in devices if d.get("online")))
         return self._counts[1], self._counts[2]
 
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: health, adapters, uplink, outbox."""
+        h = self.health()
+        running = sum(1 for a in h["adapters"].values() if a["state"] == "running")
+        uplink = ("uplink off" if not h["uplink"]["enabled"]
+                  else "uplink connected" if h["uplink"]["connected"] else "uplink DOWN")
+        return (f"{h['status']}: {running}/{len(h['adapters'])} adapter(s) running, {uplink}, "
+                f"outbox {h['outbox'].get('depth', 0)} reading(s), "
+                f"{h['devices']['online']}/{h['devices']['known']} device(s) online")
+
     async def healthz(self, request: web.Request) -> web.Response:
         """200 once ready (``status`` ok or degraded), 503 while starting or stopping."""
         data = self.health()
