@@ -83,8 +83,6 @@ async def grpc_catch_up(tmp: Path, devices: int, events: int) -> None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     print(f"gRPC: {devices} streams × {events} history events: {total / wall:7.0f} events/s, "
           f"{wall:.2f} s wall, {cpu / total * 1e6:.0f} µs CPU per event (server included)")
-    journal = tmp / "grpc" / "lorawan-lora.journal"
-    print(f"progress journal: {journal.stat().st_size / total:.0f} bytes written per event")
     # a restart replays every history: all of it must be skipped by the cursors
     await adapter.stop()
     adapter = make_adapter(tmp / "grpc", sink=sink, profiles=PROFILES, server=cs.address,
