@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.api.client import DaemonUnreachable, device_path, socket_from_config
 from gateway.api.commands import duration, format_status, parse_params, size, table
+from gateway.cli import main as cli
 
 
 def test_send_parameters_keep_json_types_and_fall_back_to_strings() -> None:
@@ -81,3 +84,17 @@ def test_socket_comes_from_api_socket_or_state_dir_without_needing_secrets(
         socket_from_config(cfg)
     with pytest.raises(DaemonUnreachable, match="no such file"):
         socket_from_config(tmp_path / "missing.yaml")
+
+
+def test_a_hung_daemon_is_reported_after_the_timeout(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "hung.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(path))
+        listener.listen(1)  # connections queue up, nobody ever answers
+        t0 = time.monotonic()
+        rc = cli(["status", "--socket", str(path), "--timeout", "0.3"])
+        elapsed = time.monotonic() - t0
+    assert rc == 3
+    assert f"the gateway did not answer on {path} within 0.3 s" in capsys.readouterr().err
+    assert elapsed < 5
