@@ -247,6 +247,7 @@ async def test_only_matching_devices_and_trigger_metrics_evaluate(host: Host) ->
     # the index: unrelated series have no rules at all
     assert engine._plan[("sim:fridge-1", "temperature")] == ()
     assert engine._plan[("sim:fridge-1", "window")] == ()
+    assert [p[0].name for p in engine._plan[("sim:freezer-1", "temperature")]] == ["freezers"]
 
 
 async def test_device_fields_and_offline_transitions_come_from_the_registry(

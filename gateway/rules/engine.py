@@ -204,6 +204,8 @@ class _State:
 
 
 Job = Callable[[], Awaitable[None]]
+#: the rules a (device, metric) can trigger, with what the hot path touches of each
+_Plan = tuple[tuple[_Rule, Compiled, dict[str, _State]], ...]
 
 
 class RuleEngine:
@@ -225,7 +227,7 @@ class RuleEngine:
         self._windows: dict[tuple[str, str, float], Window] = {}
         self._online: dict[str, bool] = {}
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._plan: dict[tuple[str, str], tuple[_Rule, ...]] = {}
+        self._plan: dict[tuple[str, str], _Plan] = {}
         self._env = _Env(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty = False
@@ -352,19 +354,17 @@ class RuleEngine:
                 env.values = latest.get(device, _EMPTY)
                 env._info = None
             env.metric, env.value, env.unit, env.ts = metric, value, unit, ts
-            for rule in rules:
+            for rule, when, states in rules:
                 if skip and rule.name in skip:
                     continue
                 try:
-                    res = rule.when(env)
+                    res = when(env)
                 except Exception as exc:  # noqa: BLE001 - a bad value must not stop the pipeline
                     self._eval_failed(rule, env, exc)
                     continue
-                st = rule.states.get(device)
                 # the common case, kept cheap: false, and nothing going on for this device
-                if st is None and not res:
-                    continue
-                self._step(rule, st, res, env, r)
+                if res or device in states:
+                    self._step(rule, states.get(device), res, env, r)
 
     def _add_window(self, r: Reading, spans: tuple[float, ...], now: float) -> None:
         windows = self._windows
@@ -377,10 +377,11 @@ class RuleEngine:
             if w.items[0][0] <= now - span:
                 w.trim(now)
 
-    def _plan_for(self, device: str, metric: str) -> tuple[_Rule, ...]:
+    def _plan_for(self, device: str, metric: str) -> _Plan:
         if len(self._plan) >= PLAN_MAX:
             self._plan.clear()
-        rules = tuple(r for r in self.rules if r.triggered_by(metric) and r.matches_device(device))
+        rules = tuple((r, r.when, r.states) for r in self.rules
+                      if r.triggered_by(metric) and r.matches_device(device))
         self._plan[(device, metric)] = rules
         return rules
 
