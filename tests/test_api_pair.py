@@ -84,6 +84,14 @@ def test_ctrl_c_during_pair_closes_joining(joining_daemon: GatewayProcess) -> No
     joining_daemon.wait_for_log("zb: permit_join 0", timeout=10)
 
 
+def test_pair_close_closes_joining_at_once(joining_daemon: GatewayProcess) -> None:
+    proc = pair_cli(joining_daemon, "--close", "--adapter", "zb")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.strip() == "joining closed on zb"
+    joining_daemon.wait_for_log("zb: permit_join 0", timeout=10)
+
+
 async def test_permit_join_endpoint_reports_each_adapter(joining_daemon: GatewayProcess) -> None:
     conn = aiohttp.UnixConnector(path=sock(joining_daemon))
     async with aiohttp.ClientSession(connector=conn) as session:

@@ -371,10 +371,15 @@ def _pair_line(d: dict[str, Any], known: bool) -> str:
 def pair(args: argparse.Namespace) -> int:
     """Open joining, count down, and show each device as it joins and is interviewed."""
     client = client_for(args)
-    before = {d["id"]: d for d in client.call("GET", _PAIR_QUERY)}
-    body: dict[str, Any] = {"seconds": args.seconds}
+    body: dict[str, Any] = {"seconds": 0 if args.close else args.seconds}
     if args.adapter:
         body["adapter"] = args.adapter
+    if args.close:
+        closed = client.call("POST", "/api/permit-join", body)
+        names = [n for n, r in (closed.get("adapters") or {}).items() if r.get("ok")]
+        print(f"joining closed on {', '.join(names)}")
+        return 0
+    before = {d["id"]: d for d in client.call("GET", _PAIR_QUERY)}
     opened = client.call("POST", "/api/permit-join", body)
     names = [n for n, r in (opened.get("adapters") or {}).items() if r.get("ok")]
     failed = {n: r.get("error") for n, r in (opened.get("adapters") or {}).items()
@@ -439,6 +444,7 @@ def _pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=_seconds, default=60,
                    help="how long joining stays open, 1 to 254 (default 60)")
     p.add_argument("--adapter", help="open joining on this adapter only")
+    p.add_argument("--close", action="store_true", help="close joining now and exit")
     p.add_argument("--interval", type=float, default=0.5, help=argparse.SUPPRESS)
 
 
