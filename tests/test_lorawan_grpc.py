@@ -399,6 +399,17 @@ async def test_downlink_without_wait_reports_enqueue_and_templates_work(
         assert r.ok and dict(chirpstack.queue[-1].object) == {"level": 7.0}
         r = await adapter.send(Command(f"lora:{EUI2}", "explode"))
         assert r.status == "unsupported" and "open" in r.detail
+        # a payload given with a named command replaces the template's; flags may be text
+        r = await adapter.send(Command(f"lora:{EUI2}", "open",
+                                       {"data_base64": "Ag==", "confirmed": "true"}))
+        assert r.ok and (chirpstack.queue[-1].data, chirpstack.queue[-1].confirmed) == (
+            b"\x02", True)
+        r = await adapter.send(Command(f"lora:{EUI2}", "downlink",
+                                       {"f_port": 4, "data": "01", "confirmed": "false"}))
+        assert r.ok and chirpstack.queue[-1].confirmed is False
+        r = await adapter.send(Command(f"lora:{EUI2}", "downlink",
+                                       {"f_port": 4, "data": "01", "confirmed": "maybe"}))
+        assert r.status == "refused"
     finally:
         await adapter.stop()
 

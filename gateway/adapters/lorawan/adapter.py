@@ -7,6 +7,7 @@ event streams or from ChirpStack's MQTT integration (see README.md for the trade
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import time
@@ -43,6 +44,18 @@ from gateway.core.backoff import Backoff
 from gateway.reading import Command, CommandResult, Reading, now
 
 _EUI = re.compile(r"^[0-9a-f]{16}$")
+_PAYLOAD_KEYS = frozenset({"data", "data_base64", "object"})
+
+
+def _flag(value: Any) -> bool:
+    """A boolean command parameter; "false", "0", "no" are false (API callers send text)."""
+    if isinstance(value, str):
+        if value.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if value.strip().lower() in ("false", "0", "no", "off", ""):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    return bool(value)
 #: a frame counter jump larger than this is a counter reset or rejoin, not lost uplinks
 _FCNT_GAP_MAX = 16384
 
@@ -476,10 +489,11 @@ class LorawanAdapter(Adapter):
                     f"LoRaWAN devices of profile {self.devices.get(eui, {}).get('profile', '?')!r}"
                     f" understand {known}, not {command.action!r}")
             base: dict[str, Any] = {"f_port": template.f_port, "confirmed": template.confirmed}
-            if template.data is not None:
-                base["data"] = template.data
-            if template.object is not None:
-                base["object"] = template.object
+            if not _PAYLOAD_KEYS.intersection(params):  # a payload given replaces the template's
+                if template.data is not None:
+                    base["data"] = template.data
+                if template.object is not None:
+                    base["object"] = template.object
             params = {**base, **params}
         return params
 
@@ -506,10 +520,9 @@ class LorawanAdapter(Adapter):
             if "data" in p:
                 data = bytes.fromhex(str(p["data"]))
             elif "data_base64" in p:
-                import base64
                 data = base64.b64decode(str(p["data_base64"]), validate=True)
             obj = p.get("object")
-            confirmed = bool(p.get("confirmed", False))
+            confirmed = _flag(p.get("confirmed", False))
             expires_at: float | None = None
             if "expires_at" in p:
                 expires_at = float(p["expires_at"])
@@ -528,7 +541,7 @@ class LorawanAdapter(Adapter):
         try:
             qid = await self.client.enqueue(eui, f_port, data=data, obj=obj, confirmed=confirmed,
                                             expires_at=expires_at,
-                                            flush_queue=bool(p.get("flush_queue", False)))
+                                            flush_queue=_flag(p.get("flush_queue", False)))
         except ChirpStackNotFound:
             self.metrics.downlinks.labels(self.ctx.name, "failed").inc()
             return CommandResult(False, "unknown_device", f"ChirpStack has no device {eui}")

@@ -49,7 +49,9 @@ class ChirpStackNotFound(ChirpStackError):
     """The object (device, application) does not exist in ChirpStack."""
 
 
-def explain(exc: grpc.aio.AioRpcError, what: str, server: str) -> ChirpStackError:
+def explain(exc: grpc.aio.AioRpcError, what: str, server: str,
+            invalid_hint: str = "Check tenant_id and the application ids (UUIDs from the "
+                                "ChirpStack web UI)") -> ChirpStackError:
     """Turn a gRPC error into an exception whose message says what to do next."""
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAUTHENTICATED:
@@ -65,7 +67,7 @@ def explain(exc: grpc.aio.AioRpcError, what: str, server: str) -> ChirpStackErro
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ChirpStackRefused(
             f"ChirpStack at {server} refused {what} as invalid (INVALID_ARGUMENT: {details}). "
-            "Check tenant_id and the application ids (UUIDs from the ChirpStack web UI)", code)
+            f"{invalid_hint}", code)
     if code == grpc.StatusCode.NOT_FOUND:
         return ChirpStackNotFound(f"{what}: not found in ChirpStack ({details})")
     return ChirpStackUnavailable(f"{what} failed: {code.name}: {details}")
@@ -196,7 +198,10 @@ class ChirpStackClient:
             resp = await self._devices.Enqueue(req, metadata=self._metadata,
                                                timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            raise explain(exc, f"queueing a downlink for {dev_eui}", self.server) from None
+            raise explain(exc, f"queueing a downlink for {dev_eui}", self.server,
+                          "Check f_port (1-223), the payload size allowed at the device's "
+                          "data rate, and the object the profile codec's encoder expects"
+                          ) from None
         return str(resp.id)
 
 
