@@ -54,3 +54,16 @@ def test_bad_lorawan_section_names_file_line_and_key(tmp_path: Path) -> None:
     else:
         raise AssertionError("a misspelled decoder was accepted")
     assert re.search(r"gateway\.yaml:9: adapters\[0\]\.profiles\.P\.decoder", problems), problems
+
+
+def test_readme_configuration_example_is_valid(tmp_path: Path) -> None:
+    from gateway.adapters.lorawan.config import LorawanConfig
+    from gateway.config.secrets import resolve_references
+
+    readme = (ROOT / "gateway" / "adapters" / "lorawan" / "README.md").read_text()
+    block = readme.split("## Configuration", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    (tmp_path / "chirpstack-api-token").write_text("t")
+    (section,) = resolve_references(yaml.safe_load(block),
+                                    {"CREDENTIALS_DIRECTORY": str(tmp_path)})["adapters"]
+    cfg = LorawanConfig.model_validate(section)
+    assert set(cfg.profiles) == {"Dragino LHT65", "Cayenne sensors", "Water meter"}
