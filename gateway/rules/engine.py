@@ -273,6 +273,8 @@ class RuleEngine:
         if self.state_path is not None:
             self._load_state()
         self._listen()
+        if not self.rules:
+            return
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="rules")
         if self.rules:
             log.info("rules: %d rule(s) loaded, %d state(s) restored", len(self.rules),
@@ -287,7 +289,8 @@ class RuleEngine:
             self._runner = None
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=ACTION_TIMEOUT)
-        await self.save(force=True)
+        if self.rules:
+            await self.save(force=True)
 
     async def settle(self, within: float = ACTION_TIMEOUT) -> None:
         """Wait (bounded) until the actions started so far have finished."""
@@ -306,8 +309,12 @@ class RuleEngine:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._urgent.wait(), TICK)
-            self._listen()  # the registry may appear after the core started
-            self.tick()
+            try:
+                self._listen()  # the registry may appear after the core started
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - keep the timer alive; state still saved
+                log.error("rules timer failed: %s: %s", type(exc).__name__, exc,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
             if self._urgent.is_set():
                 # a firing: write soon, but never more often than STATE_MIN_SPACING
                 gap = STATE_MIN_SPACING - (time.monotonic() - self._last_write)
@@ -464,7 +471,7 @@ class RuleEngine:
         self.m_fired.labels(rule.name).inc()
         log.info("rule %s fired on %s (%s=%r)", rule.name, env.device, env.metric or "-",
                  env.value if env.value is not ABSENT else None)
-        self._launch(rule, [(a.kind, self._prepare(rule, a, env, "firing"))
+        self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "firing"))
                            for a in rule.actions])
 
     def _clear(self, rule: _Rule, st: _State, env: _Env) -> None:
@@ -475,7 +482,7 @@ class RuleEngine:
         self.m_cleared.labels(rule.name).inc()
         log.info("rule %s cleared on %s", rule.name, env.device)
         if rule.on_clear:
-            self._launch(rule, [(a.kind, self._prepare(rule, a, env, "cleared"))
+            self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "cleared"))
                                for a in rule.on_clear])
 
     def tick(self, now: float | None = None) -> None:
@@ -535,6 +542,13 @@ class RuleEngine:
         return info
 
     # -- actions ----------------------------------------------------------------------------------
+
+    def _prepare_safely(self, rule: _Rule, action: _Action, env: _Env, state: str) -> Job:
+        try:
+            return self._prepare(rule, action, env, state)
+        except Exception as exc:  # noqa: BLE001 - reported as the action's failure
+            detail = f"{action.kind}: cannot render: {type(exc).__name__}: {exc}"
+            return lambda: self._fail(detail)
 
     def _prepare(self, rule: _Rule, action: _Action, env: _Env, state: str) -> Job:
         """Render an action now (values as they are at firing); return what runs later."""
