@@ -124,7 +124,9 @@ class ZigbeeAdapter(Adapter):
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._configured = self._load_configured()
-        cls = controller_class(self.config.radio_type)
+        # importing zigpy and a radio library takes a second or more on a Pi: do it off the
+        # event loop so the other adapters and the control API start meanwhile
+        cls = await asyncio.to_thread(controller_class, self.config.radio_type)
         zconf = self.config.zigpy_config(str(self.dir / "zigbee.db"))
         # new(start_radio=False) only opens the database: seed it from the exported
         # backup first, so a replaced stick (or a lost database) restores the old network
