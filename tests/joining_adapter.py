@@ -32,6 +32,8 @@ class JoiningAdapter(Adapter):
     Config = JoiningConfig
     config: JoiningConfig
 
+    joins = 0
+
     async def start(self) -> None:
         if self.config.fail_start:
             raise ConnectionError("no radio on /dev/ttyUSB9")
@@ -44,10 +46,11 @@ class JoiningAdapter(Adapter):
         if self.config.refuse_join:
             raise RuntimeError("network not formed yet")
         if seconds:
-            self.spawn(self._join(), name="join")
+            self.joins += 1
+            self.spawn(self._join(self.joins), name="join")
 
-    async def _join(self) -> None:
-        device = f"{self.prefix}:00:11:22:33:44:55:66:77"
+    async def _join(self, n: int) -> None:
+        device = f"{self.prefix}:00:11:22:33:44:55:66:{n:02x}"  # a new device each time
         await asyncio.sleep(self.config.step)
         self.ctx.devices.declare(device, model="TS0201", manufacturer="_TZ3000_test",
                                  interview="started")

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -21,11 +22,13 @@ import pytest
 from tests.daemon import GatewayProcess
 from tests.joining_adapter import install_plugin
 
-DEVICE = "zb:00:11:22:33:44:55:66:77"
+DEVICE_PREFIX = "zb:00:11:22:33:44:55:66:"
 
 
-@pytest.fixture
-def joining_daemon(tmp_path: Path) -> GatewayProcess:
+@pytest.fixture(scope="module")
+def joining_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One daemon for the module: each permit-join makes a new device join."""
+    tmp_path = tmp_path_factory.mktemp("pair")
     env = install_plugin(tmp_path / "plugins")
     gw = GatewayProcess(tmp_path / "gw", {
         "gateway": {"state_dir": str(tmp_path / "state")}, "uplink": {"enabled": False},
@@ -56,9 +59,11 @@ def test_pair_opens_joining_and_shows_the_device_as_it_is_interviewed(
     assert lines[0].startswith("joining open on zb for 2 s")
     # the other adapter could not open joining: said on stderr, pairing goes on
     assert "gateway pair: zb2: RuntimeError: network not formed yet" in err
-    joined = [line for line in lines if DEVICE in line]
-    assert joined[0] == f"+ {DEVICE}: model TS0201, manufacturer _TZ3000_test, interview started"
-    assert joined[-1] == f"~ {DEVICE}: model TS0201, manufacturer _TZ3000_test, interview done"
+    device = lines[1].split()[1].rstrip(":")
+    assert device.startswith(DEVICE_PREFIX)
+    joined = [line for line in lines if device in line]
+    assert joined[0] == f"+ {device}: model TS0201, manufacturer _TZ3000_test, interview started"
+    assert joined[-1] == f"~ {device}: model TS0201, manufacturer _TZ3000_test, interview done"
     assert lines[-1] == "joining closed: 1 new device(s)"
     assert "zb: permit_join 2" in joining_daemon.log_text()
 
@@ -69,11 +74,13 @@ def test_pair_json_prints_one_device_object_per_change(joining_daemon: GatewayPr
     assert proc.returncode == 0, err
     objects = [json.loads(line) for line in out.splitlines()]
     assert [o["interview"] for o in objects] == ["started", "done"]
-    assert all(o["id"] == DEVICE and o["model"] == "TS0201" for o in objects)
+    assert objects[0]["id"].startswith(DEVICE_PREFIX)
+    assert all(o["id"] == objects[0]["id"] and o["model"] == "TS0201" for o in objects)
     assert objects[-1]["adapter"] == "zb" and "first_seen" in objects[-1]
 
 
 def test_ctrl_c_during_pair_closes_joining(joining_daemon: GatewayProcess) -> None:
+    closes = joining_daemon.log_text().count("zb: permit_join 0")
     proc = pair_cli(joining_daemon, "--seconds", "60")
     joining_daemon.wait_for_log("zb: permit_join 60", timeout=15)
     time.sleep(0.3)
@@ -81,15 +88,16 @@ def test_ctrl_c_during_pair_closes_joining(joining_daemon: GatewayProcess) -> No
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "joining closed" in err
-    joining_daemon.wait_for_log("zb: permit_join 0", timeout=10)
+    joining_daemon.wait_for_log("zb: permit_join 0", timeout=10, count=closes + 1)
 
 
 def test_pair_close_closes_joining_at_once(joining_daemon: GatewayProcess) -> None:
+    closes = joining_daemon.log_text().count("zb: permit_join 0")
     proc = pair_cli(joining_daemon, "--close", "--adapter", "zb")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert out.strip() == "joining closed on zb"
-    joining_daemon.wait_for_log("zb: permit_join 0", timeout=10)
+    joining_daemon.wait_for_log("zb: permit_join 0", timeout=10, count=closes + 1)
 
 
 async def test_permit_join_endpoint_reports_each_adapter(joining_daemon: GatewayProcess) -> None:
