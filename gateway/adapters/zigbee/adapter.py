@@ -424,8 +424,8 @@ class ZigbeeAdapter(Adapter):
         self._emit(device, cluster, values)
 
     def _emit(self, device: Any, cluster: Any, values: list[tuple[str, Any, str | None]]) -> None:
-        if not values or self._stopping:
-            return
+        if not values:
+            return  # values arriving while stopping are still queued: stop() drains them
         ts = time.time()
         dev_id = self.device_id(device)
         suffix = self._metric_suffix(device, cluster)
