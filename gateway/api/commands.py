@@ -345,8 +345,6 @@ command("send", "send a command to a device")(send)
 
 #: fields worth showing as a joining device is interviewed
 _PAIR_FIELDS = ("model", "manufacturer", "interview", "interview_state")
-
-
 #: what pair asks for on each poll: the device list without values stays small
 _PAIR_QUERY = "/api/devices?fields=" + ",".join(_PAIR_FIELDS)
 
@@ -405,7 +403,10 @@ def pair(args: argparse.Namespace) -> int:
                 if seen.get(dev_id) == view:
                     continue
                 if args.json:
-                    full = client.call("GET", device_path(dev_id))
+                    try:
+                        full = client.call("GET", device_path(dev_id))
+                    except ApiError:  # removed in between: what the list said will do
+                        full = d
                     print(json.dumps(full, default=str), flush=True)
                 else:
                     if tty:
@@ -422,7 +423,7 @@ def pair(args: argparse.Namespace) -> int:
                 print(f"{int(remaining + 0.999)} s left, {_joined(seen, before)} new device(s)",
                       flush=True)
                 next_note += 10.0
-            time.sleep(min(args.interval, max(0.0, remaining)))
+            time.sleep(min(max(0.05, args.interval), max(0.0, remaining)))
     except KeyboardInterrupt:
         if tty:
             out.write("\n")
