@@ -98,6 +98,17 @@ def write_bytes(pid: int) -> int:
     return 0
 
 
+def runqueue_wait(pid: int) -> float:
+    """Seconds the daemon's threads were runnable but waiting for a CPU (other load)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -167,7 +178,7 @@ def main() -> None:
 
         # 2. sustained rate, zero loss; 3. CPU, disk, memory over the same run
         total = args.publishers * args.messages
-        cpu0, io0 = cpu_seconds(pid), write_bytes(pid)
+        cpu0, io0, wait0 = cpu_seconds(pid), write_bytes(pid), runqueue_wait(pid)
         t0 = time.time()
         pubs = start_publishers(devices.port, "rate", args.publishers, args.messages, 0.0)
         for proc in pubs:
@@ -176,6 +187,8 @@ def main() -> None:
         last = wait_cloud(cloud, "rate", total, 300)
         cpu = cpu_seconds(pid) - cpu0
         written = write_bytes(pid) - io0
+        waited = runqueue_wait(pid) - wait0
+        load = os.getloadavg()[0]
         got = cloud_seqs(cloud, "rate")
         missing = sum(args.messages - len({s for s, _, _ in got.get(f"mqtt:rate{i}", [])})
                       for i in range(args.publishers))
@@ -195,6 +208,8 @@ def main() -> None:
           f"{last - t0:.1f} s = {rate:,.0f} msg/s end to end (publishers offered "
           f"{offered:,.0f} msg/s; budget >= 10,000)")
     print(f"loss: {missing} missing, {duplicates} duplicate(s) at the cloud")
+    print(f"during the run the daemon used {cpu:.1f} s of CPU and waited {waited:.1f} s for "
+          f"one (load average {load:.1f} on {os.cpu_count()} cores)")
     print(f"gateway CPU: {cpu * 1e6 / total:.1f} us/message (budget <= 50)")
     print(f"gateway disk writes: {written / total:.0f} B/message (budget <= 500)")
     print(f"gateway peak RSS: {rss:.1f} MB (budget <= 45 MB with MQTT + CoAP + rules)")
