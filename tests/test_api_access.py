@@ -113,6 +113,11 @@ async def test_tcp_needs_the_bearer_token_and_the_unix_socket_does_not(tmp_path:
         status, body = await get(f"{base}/healthz",
                                  headers={"Authorization": f"Bearer {TOKEN}"})
         assert status == 200 and body["ready"] is True
+        async with aiohttp.ClientSession() as session, \
+                session.post(f"{base}/api/permit-join", json={"seconds": 5},
+                             headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            # past the token check: no adapter can join here
+            assert resp.status == 409
         status, body = await get("http://gateway/healthz",
                                  aiohttp.UnixConnector(path=str(state / "gateway.sock")))
         assert status == 200 and body["ready"] is True
@@ -120,16 +125,35 @@ async def test_tcp_needs_the_bearer_token_and_the_unix_socket_does_not(tmp_path:
         assert gw.stop() == 0
 
 
-async def test_loopback_tcp_without_token_answers_everyone(tmp_path: Path) -> None:
+async def test_loopback_tcp_without_token_reads_but_takes_no_commands(tmp_path: Path) -> None:
     port = free_port()
+    state = tmp_path / "state"
     gw = GatewayProcess(tmp_path / "gw", {
-        "gateway": {"state_dir": str(tmp_path / "state")}, "uplink": {"enabled": False},
+        "gateway": {"state_dir": str(state)}, "uplink": {"enabled": False},
         "api": {"http": f"127.0.0.1:{port}"},
+        "adapters": [{"type": "simulator", "name": "sim", "devices": 1}],
     })
     gw.start()
     try:
         status, body = await get(f"http://127.0.0.1:{port}/api/outbox")
         assert status == 200 and "depth" in body
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 200 and "gateway_ready 1.0" in await resp.text()
+            for method, path in (("POST", "/api/devices/sim:sim-1/commands"),
+                                 ("POST", "/api/permit-join"),
+                                 ("DELETE", "/api/devices/sim:sim-1"),
+                                 ("PATCH", "/api/devices/sim:sim-1")):
+                async with session.request(method, f"http://127.0.0.1:{port}{path}",
+                                           json={"action": "off", "name": "x"}) as resp:
+                    assert resp.status == 403, (method, path)
+                    assert "needs api.token_file" in (await resp.json())["error"]
+        # the same command through the Unix socket goes through
+        async with aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(state / "gateway.sock"))) as session, \
+                session.post("http://gateway/api/devices/sim:sim-1/commands",
+                             json={"action": "off"}) as resp:
+            assert resp.status == 200
     finally:
         gw.stop()
 

@@ -231,17 +231,8 @@ class ApiServer:
         route = request.match_info.route.resource
         endpoint = route.canonical if route is not None else "unmatched"
         try:
-            if self._token is not None and not _is_unix(request):
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
-                    response: web.StreamResponse = error_response(
-                        401, "missing or wrong token: send Authorization: Bearer <token from "
-                        "api.token_file>")
-                    response.headers["WWW-Authenticate"] = "Bearer"
-                else:
-                    response = await handler(request)
-            else:
-                response = await handler(request)
+            refusal = None if _is_unix(request) else self._refuse_tcp(request)
+            response: web.StreamResponse = refusal or await handler(request)
         except web.HTTPException as exc:
             response = error_response(exc.status, exc.reason if exc.text is None
                                       or exc.text.startswith(f"{exc.status}:") else exc.text)
@@ -253,6 +244,26 @@ class ApiServer:
         self.m_requests.labels(endpoint, str(response.status)).inc()
         log.debug("%s %s -> %d", request.method, request.path_qs, response.status)
         return response
+
+    def _refuse_tcp(self, request: web.Request) -> web.Response | None:
+        """TCP clients: the token when one is set; else only reading (GET/HEAD).
+
+        The Unix socket's file mode decides who may steer the gateway; a loopback port is
+        open to every local user, so without a token it must not take commands.
+        """
+        if self._token is not None:
+            given = request.headers.get("Authorization", "")
+            if hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+                return None
+            refused = error_response(401, "missing or wrong token: send Authorization: "
+                                          "Bearer <token from api.token_file>")
+            refused.headers["WWW-Authenticate"] = "Bearer"
+            return refused
+        if request.method in ("GET", "HEAD"):
+            return None
+        return error_response(403, f"{request.method} over TCP needs api.token_file (any local "
+                                   "user can reach a loopback port); use the Unix socket, "
+                                   "e.g. the gateway CLI")
 
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         try:
