@@ -3,7 +3,8 @@
 Served on a Unix socket (mode ``api.socket_mode``, default 0660: whoever may use the
 gateway is in its group) and optionally on TCP (``api.http``). TCP clients send
 ``Authorization: Bearer <token>`` when ``api.token_file`` is set; the config refuses a
-non-loopback bind without one. Every answer is JSON, except ``/metrics``.
+non-loopback bind without one, and without one TCP only reads. Every answer is JSON,
+except ``/metrics``. Adapters add routes through the ``gateway.api_routes`` entry points.
 """
 
 from __future__ import annotations
