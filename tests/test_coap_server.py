@@ -274,3 +274,33 @@ async def test_collection_refuses_json_and_packs_without_a_device(gw: Gateway,
     assert nameless.code == Code.BAD_REQUEST
     assert b"base name (bn) must name the device" in nameless.payload
     assert await gw.stored() == []
+
+
+async def test_garbage_datagrams_do_not_stop_the_server(gw: Gateway, cli: Context) -> None:
+    import random
+    import socket
+
+    rng = random.Random(7)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+        for _ in range(200):
+            raw.sendto(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))),
+                       ("127.0.0.1", gw.port))
+        # a CON with a truncated option and a payload marker with no payload
+        raw.sendto(bytes([0x40, 0x02, 0x12, 0x34, 0xBD]), ("127.0.0.1", gw.port))
+        raw.sendto(bytes([0x40, 0x02, 0x12, 0x35, 0xFF]), ("127.0.0.1", gw.port))
+    response = await post(cli, f"{gw.uri}/readings/kitchen", b'{"temperature": 20}', 50)
+    assert response.code == Code.CHANGED
+    assert [r.value for r in await gw.stored()] == [20]
+
+
+async def test_start_fails_when_the_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("::ffff:127.0.0.1", 0))  # no SO_REUSEPORT: the port stays ours
+        port = squatter.getsockname()[1]
+        g = Gateway(tmp_path, {"port": port})
+        with pytest.raises(OSError, match="in use"):
+            await g.start()  # the supervisor restarts the adapter with backoff
+        assert g.outbox is not None
+        await g.outbox.close()
