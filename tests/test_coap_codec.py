@@ -58,8 +58,9 @@ def test_senml_cbor_labels_and_relative_time() -> None:
     assert rel[0].ts == NOW - 30  # below 2**28: relative to now
 
 
-@pytest.mark.parametrize("payload", [b"[" * 60_000, b"", b"null", b"1", b'"x"', b"[1]", b'{"a": {"u": "W"}}',
-                                     b'{"a": "' + b"x" * 300 + b'"}', b'{"units": {}}'])
+@pytest.mark.parametrize("payload", [b"[" * 60_000, b"", b"null", b"1", b'"x"', b"[1]",
+                                     b'{"a": {"u": "W"}}', b'{"a": "' + b"x" * 300 + b'"}',
+                                     b'{"units": {}}'])
 def test_json_garbage_raises_payload_error(payload: bytes) -> None:
     with pytest.raises(codec.PayloadError):
         codec.decode(50, payload, DEV, NOW)
