@@ -148,7 +148,7 @@ class _Action:
 class _Rule:
     __slots__ = ("index", "name", "spec", "when", "clear", "for_", "cooldown", "level",
                  "devices", "metrics", "triggers", "any_metric", "uses_online", "actions",
-                 "on_clear", "fingerprint", "programs", "states")
+                 "on_clear", "fingerprint", "programs", "states", "guard")
 
     def __init__(self, index: int, spec: RuleSpec) -> None:
         self.index = index
@@ -157,6 +157,7 @@ class _Rule:
         when = compile_expr(spec.when)
         clear = compile_expr(spec.clear) if spec.clear is not None else None
         self.when: Compiled = when.fn
+        self.guard = when.guard
         self.clear: Compiled | None = clear.fn if clear is not None else None
         self.for_ = spec.for_
         self.cooldown = spec.cooldown
@@ -205,7 +206,7 @@ class _State:
 
 Job = Callable[[], Awaitable[None]]
 #: the rules a (device, metric) can trigger, with what the hot path touches of each
-_Plan = tuple[tuple[_Rule, Compiled, dict[str, _State]], ...]
+_Plan = tuple[tuple[_Rule, Compiled, dict[str, _State], tuple[str, Any] | None], ...]
 
 
 class RuleEngine:
@@ -361,9 +362,32 @@ class RuleEngine:
                 env.values = latest.get(device, _EMPTY)
                 env._info = None
             env.metric, env.value, env.unit, env.ts = metric, value, unit, ts
-            for rule, when, states in rules:
+            for rule, when, states, guard in rules:
                 if skip and rule.name in skip:
                     continue
+                if guard is not None:
+                    # ``metric OP constant`` on this very reading, inlined: most readings
+                    # leave most conditions false, and that costs no call here
+                    op, const = guard
+                    try:
+                        if op == ">":
+                            passed = value > const
+                        elif op == "<":
+                            passed = value < const
+                        elif op == ">=":
+                            passed = value >= const
+                        elif op == "<=":
+                            passed = value <= const
+                        elif op == "==":
+                            passed = value == const
+                        else:
+                            passed = value != const
+                    except TypeError:
+                        passed = True  # the full evaluation reports it
+                    if not passed:
+                        if device in states:
+                            self._step(rule, states[device], False, env, r)
+                        continue
                 try:
                     res = when(env)
                 except Exception as exc:  # noqa: BLE001 - a bad value must not stop the pipeline
@@ -387,8 +411,9 @@ class RuleEngine:
     def _plan_for(self, device: str, metric: str) -> _Plan:
         if len(self._plan) >= PLAN_MAX:
             self._plan.clear()
-        rules = tuple((r, r.when, r.states) for r in self.rules
-                      if r.triggered_by(metric) and r.matches_device(device))
+        rules = tuple((r, r.when, r.states,
+                       r.guard[1:] if r.guard is not None and r.guard[0] == metric else None)
+                      for r in self.rules if r.triggered_by(metric) and r.matches_device(device))
         self._plan[(device, metric)] = rules
         return rules
 

@@ -506,6 +506,9 @@ class Program:
     spans: set[tuple[str, float]] = field(default_factory=set)  # (metric, window) pairs
     reading_fields: bool = False  # reads value/metric/unit/ts
     device_fields: set[str] = field(default_factory=set)  # device.<field> it reads
+    #: ``(metric, op, constant)`` when the condition is ``metric OP constant`` or starts
+    #: with it in an ``and`` chain: false there means the whole condition is false
+    guard: tuple[str, str, Any] | None = None
 
 
 def _binop(op: str, a: Compiled, b: Compiled) -> Compiled:
@@ -779,8 +782,21 @@ class _Compiler:
 def compile_expr(text: str) -> Program:
     """Parse and compile one condition; raises :class:`ExprSyntaxError` naming the position."""
     comp = _Compiler(text)
-    comp.program.fn = comp.compile(parse(text))
+    tree = parse(text)
+    comp.program.fn = comp.compile(tree)
+    comp.program.guard = _guard(tree)
     return comp.program
+
+
+def _guard(node: Node) -> tuple[str, str, Any] | None:
+    while node.kind == "and":
+        node = node.args[0]
+    if node.kind != "cmp" or len(node.value) != 1 or node.value[0] not in _ORDER:
+        return None
+    left, right = node.args
+    if left.kind != "name" or left.value in READING_FIELDS or right.kind != "lit":
+        return None
+    return str(left.value), node.value[0], right.value
 
 
 # -- message templates ------------------------------------------------------------------------
