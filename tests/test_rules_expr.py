@@ -39,16 +39,28 @@ class Env:
             return self.value
         return self.values.get(metric, ABSENT)
 
-    def window(self, metric: str, seconds: float) -> Window | None:
-        if metric not in self._windows:
-            return None
-        w = Window(seconds)
-        for ts, v in self._windows[metric]:
-            w.push(ts, v)
-        return w
+    @property
+    def windows(self) -> _Windows:
+        return _Windows(self._windows)
 
     def info(self, key: str) -> Any:
         return self._info.get(key, ABSENT)
+
+
+class _Windows:
+    """Windows built on demand from lists of (ts, value), whatever the length asked."""
+
+    def __init__(self, items: dict[str, list[tuple[float, Any]]]) -> None:
+        self.items = items
+
+    def get(self, key: tuple[str, float]) -> Window | None:
+        metric, seconds = key
+        if metric not in self.items:
+            return None
+        w = Window(seconds)
+        for ts, v in self.items[metric]:
+            w.push(ts, v)
+        return w
 
 
 def ev(text: str, env: Env | None = None) -> Any:

@@ -65,12 +65,14 @@ ERROR_LOG_EVERY = 60.0
 #: rules whose actions produced the reading being accepted: they do not see it again
 _ORIGIN: ContextVar[frozenset[str]] = ContextVar("gateway_rules_origin", default=frozenset())
 _EMPTY: dict[str, Any] = {}
+_NO_WINDOWS: dict[tuple[str, float], Window] = {}
 
 
 class _Env:
     """What a condition sees for one evaluation (reused across readings)."""
 
-    __slots__ = ("device", "metric", "value", "unit", "ts", "now", "values", "engine", "_info")
+    __slots__ = ("device", "metric", "value", "unit", "ts", "now", "values", "windows", "engine",
+                 "_info")
 
     def __init__(self, engine: RuleEngine) -> None:
         self.engine = engine
@@ -81,6 +83,7 @@ class _Env:
         self.ts = 0.0
         self.now = 0.0
         self.values: dict[str, Any] = _EMPTY
+        self.windows: dict[tuple[str, float], Window] = _NO_WINDOWS
         self._info: dict[str, Any] | None = None
 
     def load(self, device: str, reading: Reading | None, now: float) -> _Env:
@@ -92,6 +95,7 @@ class _Env:
                                                            reading.unit, reading.ts)
         self.now = now
         self.values = self.engine._latest.get(device, _EMPTY)
+        self.windows = self.engine._windows.get(device, _NO_WINDOWS)
         self._info = None
         return self
 
@@ -100,8 +104,6 @@ class _Env:
             return self.value
         return self.values.get(metric, ABSENT)
 
-    def window(self, metric: str, seconds: float) -> Window | None:
-        return self.engine._windows.get((self.device, metric, seconds))
 
     def info(self, key: str) -> Any:
         if key == "id":
@@ -225,7 +227,7 @@ class RuleEngine:
         self.rules = [_Rule(i, spec) for i, spec in enumerate(rules) if spec.enabled]
         self.state_path = state_dir / STATE_FILE if state_dir is not None else None
         self._latest: dict[str, dict[str, Any]] = {}
-        self._windows: dict[tuple[str, str, float], Window] = {}
+        self._windows: dict[str, dict[tuple[str, float], Window]] = {}
         self._online: dict[str, bool] = {}
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}
         self._plan: dict[tuple[str, str], _Plan] = {}
@@ -360,6 +362,7 @@ class RuleEngine:
             if env.device != device:
                 env.device = device
                 env.values = latest.get(device, _EMPTY)
+                env.windows = self._windows.get(device, _NO_WINDOWS)
                 env._info = None
             env.metric, env.value, env.unit, env.ts = metric, value, unit, ts
             for rule, when, states, guard in rules:
@@ -398,9 +401,11 @@ class RuleEngine:
                     self._step(rule, states.get(device), res, env, r)
 
     def _add_window(self, r: Reading, spans: tuple[float, ...], now: float) -> None:
-        windows = self._windows
+        windows = self._windows.get(r.device)
+        if windows is None:
+            windows = self._windows[r.device] = {}
         for span in spans:
-            key = (r.device, r.metric, span)
+            key = (r.metric, span)
             w = windows.get(key)
             if w is None:
                 w = windows[key] = Window(span, WINDOW_MAX_ITEMS)

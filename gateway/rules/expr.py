@@ -30,7 +30,7 @@ import operator
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,7 +79,10 @@ class Env(Protocol):
 
     def latest(self, metric: str) -> Any: ...
 
-    def window(self, metric: str, seconds: float) -> Window | None: ...
+    @property
+    def windows(self) -> Mapping[tuple[str, float], Window]:
+        """The device's windows by (metric, seconds)."""
+        ...
 
     def info(self, key: str) -> Any: ...
 
@@ -371,7 +374,6 @@ class Window:
             highs.append((ts, value))
         else:
             self.items.append((ts, None))
-        self.trimmed = -math.inf
         if len(self.items) > self.cap:
             self._pop()
 
@@ -403,28 +405,34 @@ class Window:
             self.highs.popleft()
 
     def count(self, now: float) -> Any:
-        self.trim(now)
+        if now != self.trimmed:
+            self.trim(now)
         return len(self.items)
 
     def avg(self, now: float) -> Any:
-        self.trim(now)
+        if now != self.trimmed:
+            self.trim(now)
         return self.total / self.n if self.n else ABSENT
 
     def sum(self, now: float) -> Any:
-        self.trim(now)
+        if now != self.trimmed:
+            self.trim(now)
         return self.total if self.n else ABSENT
 
     def min(self, now: float) -> Any:
-        self.trim(now)
+        if now != self.trimmed:
+            self.trim(now)
         return self.lows[0][1] if self.n else ABSENT
 
     def max(self, now: float) -> Any:
-        self.trim(now)
+        if now != self.trimmed:
+            self.trim(now)
         return self.highs[0][1] if self.n else ABSENT
 
     def rate(self, now: float) -> Any:
         """Change per second between the first and last value in the window."""
-        self.trim(now)
+        if now != self.trimmed:
+            self.trim(now)
         if not self.n:
             return ABSENT
         first = next(x for x in self.items if x[1] is not None)
@@ -447,9 +455,10 @@ def _is_number(v: Any) -> bool:
 def _agg(name: str, metric: str, seconds: float) -> Compiled:
     method = getattr(Window, name)
     empty = 0 if name == "count" else ABSENT
+    key = (metric, seconds)
 
     def agg(env: Env) -> Any:
-        w = env.window(metric, seconds)
+        w = env.windows.get(key)
         return empty if w is None else method(w, env.now)
 
     return agg
