@@ -458,3 +458,15 @@ async def test_a_changed_rule_does_not_inherit_old_state(outbox: Outbox, tmp_pat
     await h2.feed(h2.r("temperature", 33))
     assert len(await h2.alerts()) == 2
     await e2.stop()
+
+
+async def test_a_backlog_reading_older_than_the_window_does_not_count(host: Host) -> None:
+    await start(host, [rule(when="count(temperature, 1m) >= 2",
+                            actions=[{"alert": {"message": "{avg(temperature, 1m)}"}}])])
+    await host.feed(host.r("temperature", 20.0))
+    await host.feed(host.r("temperature", 90.0, ts=host.clock() - 3600))  # an hour late
+    assert await host.alerts() == []
+    host.clock.advance(1)
+    await host.feed(host.r("temperature", 22.0))
+    (alert,) = await host.alerts()
+    assert alert["message"] == "21"

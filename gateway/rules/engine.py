@@ -405,12 +405,15 @@ class RuleEngine:
         if windows is None:
             windows = self._windows[r.device] = {}
         for span in spans:
+            edge = now - span
+            if r.ts <= edge:
+                continue  # a backlog reading older than the window: never inside it
             key = (r.metric, span)
             w = windows.get(key)
             if w is None:
                 w = windows[key] = Window(span, WINDOW_MAX_ITEMS)
             w.push(r.ts, r.value)
-            if w.items[0][0] <= now - span:
+            if w.items[0][0] <= edge:
                 w.trim(now)
 
     def _plan_for(self, device: str, metric: str) -> _Plan:
