@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -383,3 +384,25 @@ async def test_a_silent_mains_device_goes_offline_before_a_battery_one(tmp_path:
         assert registry.is_online(sensor_id)
     finally:
         await h.close()
+
+
+async def test_a_paired_device_survives_a_crash_right_after_pairing(zb: Harness) -> None:
+    crashed = await zb.started()
+    sensor = zv.climate_sensor()
+    dev_id = await zb.pair(crashed, sensor)
+    # a crash: nothing is shut down or flushed; a new process opens the same files
+    # (zigpy commits a device row as soon as its interview is done)
+    old_app = crashed.app
+    crashed.app = None
+    copy = zb.tmp / "after-crash"
+    await asyncio.to_thread(shutil.copytree, zb.state_dir / "zigbee", copy / "zigbee")
+    try:
+        zb.state_dir = copy
+        after = await zb.started(name="zigbee")
+        assert after.app is not None and sensor.ieee in after.app.devices
+        assert after.app.devices[sensor.ieee].model == "lumi.weather"
+        sensor.report(0x0402, {0x0000: 1234})
+        await zb.wait_reading(dev_id, "temperature", 12.34)
+    finally:
+        await old_app.shutdown()
+        await crashed.stop()
