@@ -470,3 +470,32 @@ async def test_a_backlog_reading_older_than_the_window_does_not_count(host: Host
     await host.feed(host.r("temperature", 22.0))
     (alert,) = await host.alerts()
     assert alert["message"] == "21"
+
+
+class _SlowDevices:
+    """A supervisor whose device takes 2 s to answer (no adapter here is that slow)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, command: Any) -> Any:
+        from gateway.reading import CommandResult
+
+        await asyncio.sleep(2.0)
+        self.sent.append(command.device)
+        return CommandResult.delivered()
+
+
+async def test_a_slow_action_does_not_hold_up_the_pipeline(host: Host) -> None:
+    slow = _SlowDevices()
+    host.supervisor = slow
+    engine = await start(host, [rule(name="slow", when="power > 100",
+                                     actions=[{"command": {"action": "off"}}])])
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(20):
+        assert await host.pipeline.accept([host.r("power", 150, device=f"sim:p{i}")])
+    assert loop.time() - t0 < 1.0  # twenty firings, none waited for its device
+    assert slow.sent == []
+    await engine.settle(10)
+    assert sorted(slow.sent) == sorted(f"sim:p{i}" for i in range(20))
