@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import gmqtt
-from gmqtt.mqtt.constants import MQTTv50, PubRecReasonCode
+from gmqtt.mqtt.constants import MQTTCommands, MQTTv50, PubRecReasonCode
+from gmqtt.mqtt.package import CommandWithMidPacket
 from gmqtt.storage import PersistentStorage
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -94,10 +95,6 @@ class _MidRecorder(PersistentStorage):  # type: ignore[misc]
         super().push_message(mid, raw_package)
 
 
-def _discard_puback(mid: int, reason_code: int = 0) -> None:
-    return None
-
-
 def _excerpt(payload: bytes) -> str:
     text = payload[:_EXCERPT].decode("utf-8", "replace")
     return repr(text) + ("..." if len(payload) > _EXCERPT else "")
@@ -148,6 +145,7 @@ class MqttAdapter(Adapter):
         self._stopping = False
         self._closed: asyncio.Future[None] | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
+        self._pubacks: list[bytes] = []
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         self._typed: set[str] = set()
         self._logged: set[str] = set()
@@ -185,6 +183,9 @@ class MqttAdapter(Adapter):
                 fut.set_result(code)
 
         handler._handle_puback_packet = on_puback
+        # gmqtt writes each PUBACK on its own (a send() system call per message); queue
+        # the ones of one loop turn and write them together
+        handler._send_puback = self._queue_puback
         self._client = client
         where = f"mqtt://{cfg.host}:{cfg.port}"
         try:
@@ -243,16 +244,18 @@ class MqttAdapter(Adapter):
         except TimeoutError:
             self.log.warning("mqtt %s: %d message(s) still being accepted at stop; the broker "
                              "will send them again", self.prefix, self._busy)
-        await asyncio.sleep(0)  # let gmqtt write the PUBACKs of the last accepted messages
+        # a finished message's PUBACK is queued by gmqtt's done-callback a loop turn or two
+        # later: let those run, then write what is queued before disconnecting
+        for _ in range(5):
+            await asyncio.sleep(0)
+        self._write_pubacks()
+        # from here PUBACKs have no connection to go to: withheld messages are sent again
         client, self._client = self._client, None
         if client is not None:
             try:
                 await asyncio.wait_for(client.disconnect(), 5.0)
             except Exception as exc:  # noqa: BLE001
                 self.log.warning("mqtt %s: disconnect failed: %s", self.prefix, exc)
-            # the withheld messages finish now; their PUBACKs have no connection to go to
-            # (gmqtt would log a warning for each one)
-            client._package_handler._send_puback = _discard_puback
         self._m_connected.set(0)
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
@@ -346,6 +349,22 @@ class MqttAdapter(Adapter):
             self._busy -= 1
             if self._stopping and not self._busy:
                 self._idle.set()
+
+    def _queue_puback(self, mid: int, reason_code: int = 0) -> None:
+        if not self._pubacks:
+            assert self._loop is not None
+            self._loop.call_soon(self._write_pubacks)
+        self._pubacks.append(CommandWithMidPacket.build_package(
+            MQTTCommands.PUBACK, mid, False, reason_code=reason_code, proto_ver=MQTTv50))
+
+    def _write_pubacks(self) -> None:
+        data = b"".join(self._pubacks)
+        self._pubacks.clear()
+        client = self._client
+        connection = client._connection if client is not None else None
+        if connection is None or not data:
+            return  # stopped: the broker sends what we did not acknowledge again
+        connection._protocol.write_data(data)
 
     def _unmatched(self, topic: str) -> int:
         self._m_unmatched.inc()
