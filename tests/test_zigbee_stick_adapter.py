@@ -210,9 +210,8 @@ async def test_adapter_recovers_from_an_unsolicited_stick_reset(
     assert reading.unit == "Cel"
 
 
-async def test_on_off_and_level_commands_reach_the_plug_and_come_back_as_readings(
-        stick: EzspStick, gateway: Gateway) -> None:
-    adapter = gateway.adapter
+async def pair_plug(stick: EzspStick, gw: Gateway) -> VirtualDevice:
+    adapter = gw.adapter
     assert isinstance(adapter, ZigbeeAdapter)
     plug = VirtualDevice(PLUG_IEEE, 0x6E01, model="PLUG1", manufacturer="Acme Power",
                          mains_powered=True,
@@ -223,6 +222,12 @@ async def test_on_off_and_level_commands_reach_the_plug_and_come_back_as_reading
     await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
     stick.join(plug)
     await until(lambda: (1, ON_OFF, 0x0000) in plug.reporting, 20, "reporting configured")
+    return plug
+
+
+async def test_on_off_and_level_commands_reach_the_plug_and_come_back_as_readings(
+        stick: EzspStick, gateway: Gateway) -> None:
+    plug = await pair_plug(stick, gateway)
 
     # Values read after pairing (off, level 0) are readings already: look past them
     await gateway.wait_reading("on_off", False, device=PLUG_ID)
@@ -247,3 +252,33 @@ async def test_on_off_and_level_commands_reach_the_plug_and_come_back_as_reading
 
     gone = await gateway.supervisor.send(Command("zigbee:00:00:00:00:00:00:99:99", "on"))
     assert gone.status == "unknown_device"
+
+
+async def test_removed_device_is_asked_to_leave_and_is_forgotten(
+        stick: EzspStick, gateway: Gateway) -> None:
+    plug = await pair_plug(stick, gateway)
+    adapter = gateway.adapter
+    assert isinstance(adapter, ZigbeeAdapter)
+    assert plug.ieee in stick.nv.children
+
+    result = await adapter.remove(PLUG_ID)
+    assert result.status == "delivered", result
+    leaves = [r for r in plug.received if r[:2] == ("zdo", "Mgmt_Leave_req")]
+    assert leaves and leaves[0][2] == plug.ieee
+    # The stick took it off the network, and the gateway forgets it (zigpy drops the
+    # device in the background, once its own leave request has been tried)
+    await until(lambda: plug.ieee not in stick.nv.children, 5, "plug gone from the stick")
+    assert adapter.app is not None
+    await until(lambda: plug.ieee not in adapter.app.devices, 10, "plug gone from zigpy")
+    gone = await gateway.supervisor.send(Command(PLUG_ID, "on"))
+    assert gone.status == "unknown_device"
+    assert dict(stick.ncp.unknown) == {}
+
+
+async def test_device_leaving_on_its_own_is_declared_left(
+        stick: EzspStick, gateway: Gateway) -> None:
+    sensor = await pair_sensor(stick, gateway)
+    stick.leave(sensor)  # its reset button: the stick reports "device left" to the host
+    await until(lambda: gateway.directory.info[SENSOR_ID].get("interview") == "left", 5,
+                "device left declared")
+    assert sensor.ieee not in stick.nv.children

@@ -211,6 +211,10 @@ class EzspStick:
         self.ncp.deliver(device.nwk, device.announce(),
                          kind=bt.EmberIncomingMessageType.INCOMING_BROADCAST)
 
+    def leave(self, device: VirtualDevice) -> None:
+        """The device leaves the network on its own (reset button, battery pulled out)."""
+        self.ncp.leave(device)
+
     def report(self, device: VirtualDevice, endpoint: int, cluster: int,
                values: Mapping[int, Any]) -> None:
         """The device sends a ZCL attribute report to the coordinator."""

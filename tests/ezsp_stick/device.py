@@ -76,6 +76,8 @@ class VirtualNode:
         self.manufacturer_code = manufacturer_code
         self.endpoints: dict[int, Endpoint] = {ep.endpoint: ep for ep in endpoints}
         self.received: list[tuple[Any, ...]] = []
+        #: set once the node was asked to leave; the stick then takes it off the network
+        self.leaving = False
         self._aps_seq = 0
 
     def next_aps_seq(self) -> int:
@@ -154,6 +156,8 @@ class VirtualNode:
         if cmd in (Z.Bind_req, Z.Unbind_req):
             return zdo_t.ZDOCmd(cmd | 0x8000), [ok]
         if cmd == Z.Mgmt_Leave_req:
+            # Addressed to itself (or to "whoever receives this"): it answers, then leaves
+            self.leaving = args[0] in (self.ieee, zt.EUI64(bytes(8)))
             return Z.Mgmt_Leave_rsp, [ok]
         if cmd == Z.Mgmt_Permit_Joining_req:
             return None  # broadcast: nobody answers

@@ -244,6 +244,19 @@ class Ncp:
         for node in targets:
             for reply in node.handle(aps, payload):
                 self.deliver(node.nwk, reply)
+            if node.leaving and isinstance(node, VirtualDevice):
+                self.leave(node)
+
+    def leave(self, device: VirtualDevice) -> None:
+        """The device left the network: the stick forgets it and tells the host."""
+        device.leaving = False
+        if self.nv.children.pop(device.ieee, None) is None:
+            return
+        self.callback("childJoinHandler", index=0, joining=False, childId=device.nwk,
+                      childEui64=device.ieee, childType=bt.EmberNodeType.SLEEPY_END_DEVICE)
+        self.callback("trustCenterJoinHandler", newNodeId=device.nwk, newNodeEui64=device.ieee,
+                      status=bt.EmberDeviceUpdate.DEVICE_LEFT,
+                      policyDecision=bt.EmberJoinDecision.NO_ACTION, parentOfNewNodeId=0x0000)
 
     # -- commands: version and identity --------------------------------------------------------
 
