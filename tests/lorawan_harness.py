@@ -76,3 +76,31 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0,  # noqa: AS
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+# An uplink and a status event in the JSON shape ChirpStack v4's integrations document
+# (protobuf JSON mapping, camelCase, "+00:00" offsets, enums as names); values are ours.
+DOCUMENTED_UP: dict[str, Any] = {
+    "deduplicationId": "5b1e0f7a-9c1d-4e2f-8a3b-6c7d8e9f0a1b",
+    "time": "2024-03-01T12:00:01.123456789+00:00",
+    "deviceInfo": {"tenantId": "52f14cd4-c6f1-4fbd-8f87-4025e1d49242",
+                   "tenantName": "ChirpStack",
+                   "applicationId": "17c82e96-be03-4f38-aef3-f83d48582d97",
+                   "applicationName": "garden", "deviceProfileId": "x",
+                   "deviceProfileName": "LHT65", "deviceName": "greenhouse",
+                   "devEui": "0102030405060708", "deviceClassEnabled": "CLASS_A",
+                   "tags": {"room": "north"}},
+    "devAddr": "00189440", "adr": True, "dr": 3, "fCnt": 42, "fPort": 2,
+    "data": "CJgBhg==", "object": {"TempC": 22.0, "battery": {"volts": 3.1}},
+    "rxInfo": [{"gatewayId": "0016c001f153a14c", "uplinkId": 4217106255, "rssi": -101,
+                "snr": -4.5, "context": "E3OWOQ==", "crcStatus": "CRC_OK",
+                "metadata": {"region_config_id": "eu868"}}],
+    "txInfo": {"frequency": 867100000, "modulation": {"lora": {
+        "bandwidth": 125000, "spreadingFactor": 11, "codeRate": "CR_4_5"}}},
+    "regionConfigId": "eu868",
+}
+DOCUMENTED_STATUS: dict[str, Any] = {
+    "deduplicationId": "0c2d4e6f-1a3b-4c5d-8e9f-a0b1c2d3e4f5",
+    "time": "2024-03-01T12:00:05.5+00:00",
+    "deviceInfo": DOCUMENTED_UP["deviceInfo"], "margin": 7, "batteryLevel": 64.2,
+}

@@ -17,7 +17,7 @@ from gateway.adapters.lorawan.events import (
     parse_json,
     parse_payload,
 )
-from tests.test_lorawan_mqtt import DOCUMENTED_STATUS, DOCUMENTED_UP
+from tests.lorawan_harness import DOCUMENTED_STATUS, DOCUMENTED_UP
 
 INFO = integration.DeviceInfo(tenant_id="t", application_id="a", device_profile_name="P",
                               device_name="n", dev_eui="0102030405060708",

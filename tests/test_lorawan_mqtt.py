@@ -23,7 +23,14 @@ from gateway.adapters.lorawan import LorawanAdapter
 from gateway.reading import Command
 from tests.brokers import Mosquitto
 from tests.chirpstack_fake import TENANT, FakeChirpStack
-from tests.lorawan_harness import RecordingSink, make_adapter, metric, wait_until
+from tests.lorawan_harness import (
+    DOCUMENTED_STATUS,
+    DOCUMENTED_UP,
+    RecordingSink,
+    make_adapter,
+    metric,
+    wait_until,
+)
 
 EUI = "0102030405060708"
 
@@ -248,32 +255,6 @@ async def test_burst_for_one_device_is_accepted_in_order_without_false_gaps(
                       adapter="lora") == 0
     finally:
         await adapter.stop()
-
-
-# An uplink and a status event in the JSON shape ChirpStack v4's integrations document
-# (protobuf JSON mapping, camelCase, "+00:00" offsets, enums as names); values are ours.
-DOCUMENTED_UP = {
-    "deduplicationId": "5b1e0f7a-9c1d-4e2f-8a3b-6c7d8e9f0a1b",
-    "time": "2024-03-01T12:00:01.123456789+00:00",
-    "deviceInfo": {"tenantId": TENANT, "tenantName": "ChirpStack",
-                   "applicationId": "17c82e96-be03-4f38-aef3-f83d48582d97",
-                   "applicationName": "garden", "deviceProfileId": "x",
-                   "deviceProfileName": "LHT65", "deviceName": "greenhouse", "devEui": EUI,
-                   "deviceClassEnabled": "CLASS_A", "tags": {"room": "north"}},
-    "devAddr": "00189440", "adr": True, "dr": 3, "fCnt": 42, "fPort": 2,
-    "data": "CJgBhg==", "object": {"TempC": 22.0, "battery": {"volts": 3.1}},
-    "rxInfo": [{"gatewayId": "0016c001f153a14c", "uplinkId": 4217106255, "rssi": -101,
-                "snr": -4.5, "context": "E3OWOQ==", "crcStatus": "CRC_OK",
-                "metadata": {"region_config_id": "eu868"}}],
-    "txInfo": {"frequency": 867100000, "modulation": {"lora": {
-        "bandwidth": 125000, "spreadingFactor": 11, "codeRate": "CR_4_5"}}},
-    "regionConfigId": "eu868",
-}
-DOCUMENTED_STATUS = {
-    "deduplicationId": "0c2d4e6f-1a3b-4c5d-8e9f-a0b1c2d3e4f5",
-    "time": "2024-03-01T12:00:05.5+00:00",
-    "deviceInfo": DOCUMENTED_UP["deviceInfo"], "margin": 7, "batteryLevel": 64.2,
-}
 
 
 async def test_chirpstack_json_events_become_readings(tmp_path: Path,

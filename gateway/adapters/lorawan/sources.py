@@ -240,7 +240,12 @@ class MqttIntegrationSource:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
-        await client.connect(c.host, c.port, keepalive=int(c.keepalive), version=MQTTv50)
+        try:
+            await client.connect(c.host, c.port, keepalive=int(c.keepalive), version=MQTTv50)
+        except OSError as exc:
+            raise ConnectionError(
+                f"cannot reach ChirpStack's MQTT integration broker at {c.host}:{c.port}: "
+                f"{exc.strerror or exc}; check mqtt.host and mqtt.port") from None
 
     def _on_connect(self, client: MQTTClient, flags: int, rc: int, properties: Any) -> None:
         if self._ever_connected:
