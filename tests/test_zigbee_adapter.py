@@ -7,8 +7,10 @@ device registry. Each test uses its own virtual network and state directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -390,8 +392,16 @@ async def test_a_paired_device_survives_a_crash_right_after_pairing(zb: Harness)
     crashed = await zb.started()
     sensor = zv.climate_sensor()
     dev_id = await zb.pair(crashed, sensor)
-    # a crash: nothing is shut down or flushed; a new process opens the same files
-    # (zigpy commits a device row as soon as its interview is done)
+    # zigpy's database worker commits the device row (forced) shortly after the interview
+    db = zb.state_dir / "zigbee" / "zigbee.db"
+
+    def device_row() -> bool:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            return bool(conn.execute("SELECT 1 FROM devices_v16 WHERE ieee = ?",
+                                     (str(sensor.ieee),)).fetchall())
+
+    await wait_for(device_row, 5, "zigpy to commit the device")
+    # then a crash: nothing is shut down or flushed; a new process opens the same files
     old_app = crashed.app
     crashed.app = None
     copy = zb.tmp / "after-crash"
