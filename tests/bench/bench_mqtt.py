@@ -164,6 +164,7 @@ def main() -> None:
         gw.start()
         pid = gw.pid
         time.sleep(1.0)
+        idle_rss = peak_rss_mb(pid)
 
         # 1. latency at 1,000 messages/s
         n_lat = int(1000 * args.latency_seconds)
@@ -212,7 +213,8 @@ def main() -> None:
           f"one (load average {load:.1f} on {os.cpu_count()} cores)")
     print(f"gateway CPU: {cpu * 1e6 / total:.1f} us/message (budget <= 50)")
     print(f"gateway disk writes: {written / total:.0f} B/message (budget <= 500)")
-    print(f"gateway peak RSS: {rss:.1f} MB (budget <= 45 MB with MQTT + CoAP + rules)")
+    print(f"gateway peak RSS: {rss:.1f} MB, {idle_rss:.1f} MB once started and idle (budget <= "
+          "45 MB with MQTT + CoAP + rules)")
     shutil.rmtree(work, ignore_errors=True)
 
 
