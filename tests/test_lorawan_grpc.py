@@ -587,3 +587,23 @@ async def test_stop_finishes_the_event_being_accepted_and_saves_its_cursor(
     store = DeviceStateStore(tmp_path / "lorawan-lora.json")
     store.load()
     assert store.devices[EUI].cursor == last
+
+
+async def test_location_event_gives_coordinates(tmp_path: Path,
+                                                chirpstack: FakeChirpStack) -> None:
+    from chirpstack_api.common import common_pb2
+
+    sink = RecordingSink()
+    adapter = make_adapter(tmp_path, sink=sink, **settings(chirpstack))
+    await adapter.start()
+    try:
+        chirpstack.emit(EUI, "location", integration.LocationEvent(
+            deduplication_id="l-1", device_info=chirpstack.device_info(EUI),
+            location=common_pb2.Location(latitude=37.344214, longitude=-8.839375, altitude=2,
+                                         accuracy=12.5)))
+        await wait_until(lambda: len(sink.accepted) == 4, what="location readings")
+        assert {r.metric: (r.value, r.unit) for r in sink.accepted} == {
+            "latitude": (37.344214, "lat"), "longitude": (-8.839375, "lon"),
+            "altitude": (2.0, "m"), "location_accuracy": (12.5, "m")}
+    finally:
+        await adapter.stop()

@@ -309,3 +309,15 @@ async def test_retained_status_state_is_taken_once_across_restarts(
         finally:
             await adapter.stop()
     assert sink.values("battery") == [71.0]
+
+
+async def test_unreachable_integration_broker_fails_start_naming_it(
+        tmp_path: Path, chirpstack: FakeChirpStack) -> None:
+    from tests.brokers import free_port
+
+    port = free_port()
+    adapter = make_adapter(tmp_path, server=chirpstack.address, api_token=chirpstack.token,
+                           tenant_id=TENANT, source="mqtt", mqtt={"port": port})
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}.*mqtt.host"):
+        await adapter.start()
+    await adapter.stop()

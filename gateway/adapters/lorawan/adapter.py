@@ -325,6 +325,8 @@ class LorawanAdapter(Adapter):
                 self.log.info("device %s joined (DevAddr %s)", eui, d.event.dev_addr)
             elif isinstance(d.event, integration.LogEvent):
                 self._chirpstack_log(eui, d.event)
+            elif isinstance(d.event, integration.LocationEvent):
+                readings = self.location_readings(d.event)
         except Exception as exc:  # noqa: BLE001 - one odd event must not stop the device's stream
             # skipped for good (committed below): replaying it would fail the same way
             self.malformed("error", f"device {eui}, {d.kind} event: {type(exc).__name__}: {exc}")
@@ -449,6 +451,18 @@ class LorawanAdapter(Adapter):
                Reading(device, "external_power", ev.external_power_source, None, ts)]
         if not ev.battery_level_unavailable and not ev.external_power_source:
             out.append(Reading(device, "battery", round(ev.battery_level, 1), "%EL", ts))
+        return out
+
+    def location_readings(self, ev: integration.LocationEvent) -> list[Reading]:
+        """A geolocation result (ChirpStack's location event) as latitude/longitude/altitude."""
+        device = f"{self.prefix}:{ev.device_info.dev_eui.lower()}"
+        ts = ev.time.ToMicroseconds() / 1e6 if ev.HasField("time") else now()
+        loc = ev.location
+        out = [Reading(device, "latitude", loc.latitude, "lat", ts),
+               Reading(device, "longitude", loc.longitude, "lon", ts),
+               Reading(device, "altitude", loc.altitude, "m", ts)]
+        if loc.accuracy:
+            out.append(Reading(device, "location_accuracy", loc.accuracy, "m", ts))
         return out
 
     # -- downlinks ----------------------------------------------------------------------------
