@@ -124,6 +124,13 @@ class ZigbeeAdapter(Adapter):
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._configured = self._load_configured()
+        if self.config.port.startswith("/dev/tty"):
+            from gateway.adapters.zigbee.hardware import stable_path
+
+            stable = stable_path(self.config.port)
+            if stable:
+                self.log.info("zigbee: %s is %s; that name survives replugging and reboots,"
+                              " prefer it as port:", self.config.port, stable)
         # importing zigpy and a radio library takes a second or more on a Pi: do it off the
         # event loop so the other adapters and the control API start meanwhile
         cls = await asyncio.to_thread(controller_class, self.config.radio_type)

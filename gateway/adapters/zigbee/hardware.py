@@ -100,6 +100,11 @@ def by_id_links(directory: Path = Path("/dev/serial/by-id")) -> dict[str, str]:
     return links
 
 
+def stable_path(port: str) -> str | None:
+    """The ``/dev/serial/by-id`` link of ``port``, when udev made one."""
+    return by_id_links().get(os.path.realpath(port))
+
+
 def identify(vid: int | None, pid: int | None, product: str | None) -> Stick | None:
     """The known stick with this USB id (and product string, where ids are shared)."""
     if vid is None or pid is None:
