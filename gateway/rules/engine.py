@@ -65,6 +65,7 @@ ERROR_LOG_EVERY = 60.0
 #: rules whose actions produced the reading being accepted: they do not see it again
 _ORIGIN: ContextVar[frozenset[str]] = ContextVar("gateway_rules_origin", default=frozenset())
 _EMPTY: dict[str, Any] = {}
+_MISSING: Any = object()
 _NO_WINDOWS: dict[tuple[str, float], Window] = {}
 
 
@@ -208,7 +209,9 @@ class _State:
 
 Job = Callable[[], Awaitable[None]]
 #: the rules a (device, metric) can trigger, with what the hot path touches of each
-_Plan = tuple[tuple[_Rule, Compiled, dict[str, _State], tuple[str, Any] | None], ...]
+_PlanEntry = tuple[_Rule, Compiled, dict[str, _State], str | None, Compiled | None, str | None,
+                   Any]
+_Plan = tuple[_PlanEntry, ...]
 
 
 class RuleEngine:
@@ -365,32 +368,46 @@ class RuleEngine:
                 env.windows = self._windows.get(device, _NO_WINDOWS)
                 env._info = None
             env.metric, env.value, env.unit, env.ts = metric, value, unit, ts
-            for rule, when, states, guard in rules:
+            memo: dict[str, Any] | None = None
+            for rule, when, states, gkey, gleft, gop, gconst in rules:
                 if skip and rule.name in skip:
                     continue
-                if guard is not None:
-                    # ``metric OP constant`` on this very reading, inlined: most readings
-                    # leave most conditions false, and that costs no call here
-                    op, const = guard
-                    try:
-                        if op == ">":
-                            passed = value > const
-                        elif op == "<":
-                            passed = value < const
-                        elif op == ">=":
-                            passed = value >= const
-                        elif op == "<=":
-                            passed = value <= const
-                        elif op == "==":
-                            passed = value == const
-                        else:
-                            passed = value != const
-                    except TypeError:
-                        passed = True  # the full evaluation reports it
-                    if not passed:
-                        if device in states:
-                            self._step(rule, states[device], False, env, r)
-                        continue
+                if gop is not None:
+                    # ``<left> OP constant`` decided here, without calling the condition:
+                    # most readings leave most conditions false. Rules sharing ``left``
+                    # (five thresholds on one average) compute it once per reading.
+                    if gkey is None:
+                        lv = value
+                    else:
+                        if memo is None:
+                            memo = {}
+                        lv = memo.get(gkey, _MISSING)
+                        if lv is _MISSING:
+                            try:
+                                lv = gleft(env) if gleft is not None else ABSENT
+                            except Exception:  # noqa: BLE001 - the full evaluation reports it
+                                lv = ABSENT
+                            memo[gkey] = lv
+                    if lv is not ABSENT:
+                        try:
+                            if gop == ">":
+                                passed = lv > gconst
+                            elif gop == "<":
+                                passed = lv < gconst
+                            elif gop == ">=":
+                                passed = lv >= gconst
+                            elif gop == "<=":
+                                passed = lv <= gconst
+                            elif gop == "==":
+                                passed = lv == gconst
+                            else:
+                                passed = lv != gconst
+                        except TypeError:
+                            passed = True  # the full evaluation reports it
+                        if not passed:
+                            if device in states:
+                                self._step(rule, states[device], False, env, r)
+                            continue
                 try:
                     res = when(env)
                 except Exception as exc:  # noqa: BLE001 - a bad value must not stop the pipeline
@@ -419,9 +436,19 @@ class RuleEngine:
     def _plan_for(self, device: str, metric: str) -> _Plan:
         if len(self._plan) >= PLAN_MAX:
             self._plan.clear()
-        rules = tuple((r, r.when, r.states,
-                       r.guard[1:] if r.guard is not None and r.guard[0] == metric else None)
-                      for r in self.rules if r.triggered_by(metric) and r.matches_device(device))
+        entries: list[_PlanEntry] = []
+        for r in self.rules:
+            if not (r.triggered_by(metric) and r.matches_device(device)):
+                continue
+            g = r.guard
+            if g is None:
+                entries.append((r, r.when, r.states, None, None, None, None))
+            elif g.metric == metric:
+                # the reading's own metric: its value is at hand
+                entries.append((r, r.when, r.states, None, None, g.op, g.const))
+            else:
+                entries.append((r, r.when, r.states, g.key, g.left, g.op, g.const))
+        rules = tuple(entries)
         self._plan[(device, metric)] = rules
         return rules
 

@@ -515,9 +515,22 @@ class Program:
     spans: set[tuple[str, float]] = field(default_factory=set)  # (metric, window) pairs
     reading_fields: bool = False  # reads value/metric/unit/ts
     device_fields: set[str] = field(default_factory=set)  # device.<field> it reads
-    #: ``(metric, op, constant)`` when the condition is ``metric OP constant`` or starts
-    #: with it in an ``and`` chain: false there means the whole condition is false
-    guard: tuple[str, str, Any] | None = None
+    guard: Guard | None = None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """``<left> OP constant``, the condition itself or the first term of its ``and`` chain.
+
+    False there means the whole condition is false, so the engine can decide without
+    calling the condition, and rules with the same ``left`` (``key``) share its value.
+    """
+
+    key: str  # canonical text of ``left``: equal keys compute equal values
+    left: Compiled
+    op: str
+    const: Any
+    metric: str | None  # ``left`` is this bare metric name
 
 
 def _binop(op: str, a: Compiled, b: Compiled) -> Compiled:
@@ -793,19 +806,28 @@ def compile_expr(text: str) -> Program:
     comp = _Compiler(text)
     tree = parse(text)
     comp.program.fn = comp.compile(tree)
-    comp.program.guard = _guard(tree)
+    comp.program.guard = _guard(tree, comp)
     return comp.program
 
 
-def _guard(node: Node) -> tuple[str, str, Any] | None:
+def _guard(node: Node, comp: _Compiler) -> Guard | None:
     while node.kind == "and":
         node = node.args[0]
     if node.kind != "cmp" or len(node.value) != 1 or node.value[0] not in _ORDER:
         return None
     left, right = node.args
-    if left.kind != "name" or left.value in READING_FIELDS or right.kind != "lit":
+    if right.kind != "lit" or left.kind == "lit":
         return None
-    return str(left.value), node.value[0], right.value
+    if left.kind == "name" and left.value in READING_FIELDS:
+        return None
+    metric = str(left.value) if left.kind == "name" else None
+    return Guard(_canonical(left), comp.compile(left), node.value[0], right.value, metric)
+
+
+def _canonical(node: Node) -> str:
+    """The node without positions: two rules writing the same term get the same text."""
+    inner = ",".join(_canonical(a) for a in node.args)
+    return f"{node.kind}:{node.value!r}({inner})"
 
 
 # -- message templates ------------------------------------------------------------------------
