@@ -416,3 +416,18 @@ async def test_a_paired_device_survives_a_crash_right_after_pairing(zb: Harness)
     finally:
         await old_app.shutdown()
         await crashed.stop()
+
+
+async def test_stop_hands_queued_readings_to_the_pipeline_first(zb: Harness) -> None:
+    adapter = await zb.started(retry_for=10)
+    sensor = zv.climate_sensor()
+    dev_id = await zb.pair(adapter, sensor)
+    refusals = iter([True] * 5)  # the store is busy for a moment when the gateway stops
+    zb.refuse = lambda readings: next(refusals, False)
+    sensor.report(0x0402, {0x0000: 3030})
+    await wait_for(lambda: adapter._pending, 2, "the reading to be queued")
+    await adapter.stop()
+    assert not adapter._pending
+    await zb.wait_reading(dev_id, "temperature", 30.3, within=0.5)
+    assert zb.metric("gateway_zigbee_readings_dropped_total", adapter="zigbee",
+                     reason="shutdown") == 0
