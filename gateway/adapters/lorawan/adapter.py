@@ -142,6 +142,7 @@ class LorawanAdapter(Adapter):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Load progress, discover devices (or use the last known ones), start the source."""
         cfg = self.config
         self.state.load()
         self.client = ChirpStackClient(cfg.server, cfg.api_token.get_secret_value(),
@@ -176,6 +177,7 @@ class LorawanAdapter(Adapter):
         self.spawn(self._discovery_loop(), name=f"{self.prefix}:discovery")
 
     async def stop(self) -> None:
+        """Stop the source (the event being accepted finishes), save progress, close."""
         self._stopping.set()
         if self.source is not None:
             await self.source.stop()
@@ -203,12 +205,15 @@ class LorawanAdapter(Adapter):
             self.log.info("ignoring ChirpStack %r events (not used by this adapter)", kind)
 
     def replay_skipped(self, n: int) -> None:
+        """Count stream history items skipped by the cursor."""
         self._m_replayed.inc(n)
 
     def reconnected(self, source: str) -> None:
+        """Count a reconnect of the uplink source."""
         self.metrics.reconnects.labels(self.ctx.name, source).inc()
 
     def fatal(self, exc: BaseException) -> None:
+        """A source cannot go on (e.g. the token was revoked): fail the adapter."""
         self.log.error("%s", exc)
         self.fail(exc)
 

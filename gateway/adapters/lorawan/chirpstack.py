@@ -220,5 +220,6 @@ class _StreamChannel:
         self.active = 0
 
     def release(self, _call: Any = None) -> None:
+        """A stream on this connection ended (a done callback of the call)."""
         self.active -= 1
 

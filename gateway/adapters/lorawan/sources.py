@@ -44,9 +44,13 @@ STREAM_HEALTHY_AFTER = 30.0
 class UplinkSource(Protocol):
     """Where integration events come from."""
 
-    async def start(self) -> None: ...
+    async def start(self) -> None:
+        """Connect; raise if the first contact fails."""
+        ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        """Stop delivering; what is being handled finishes or stays uncommitted."""
+        ...
 
     def track(self, dev_euis: Iterable[str]) -> None:
         """The devices to follow (the gRPC source streams each; MQTT needs no list)."""
@@ -56,15 +60,25 @@ class UplinkSource(Protocol):
 class SourceHooks(Protocol):
     """What sources report to the adapter besides deliveries."""
 
-    def malformed(self, reason: str, detail: str) -> None: ...
+    def malformed(self, reason: str, detail: str) -> None:
+        """An event that cannot be used (counted and logged)."""
+        ...
 
-    def ignored(self, kind: str) -> None: ...
+    def ignored(self, kind: str) -> None:
+        """An event type not used by the adapter."""
+        ...
 
-    def replay_skipped(self, n: int) -> None: ...
+    def replay_skipped(self, n: int) -> None:
+        """History items at or before the cursor, skipped."""
+        ...
 
-    def reconnected(self, source: str) -> None: ...
+    def reconnected(self, source: str) -> None:
+        """The source connected again after losing its connection or stream."""
+        ...
 
-    def fatal(self, exc: BaseException) -> None: ...
+    def fatal(self, exc: BaseException) -> None:
+        """The source cannot go on; the adapter must fail."""
+        ...
 
 
 class GrpcStreamSource:
@@ -89,9 +103,11 @@ class GrpcStreamSource:
         self._rng = random.Random()
 
     async def start(self) -> None:
+        """Nothing to connect up front: streams open as devices are tracked."""
         return None
 
     def track(self, dev_euis: Iterable[str]) -> None:
+        """Open a stream for each new device, close those of devices gone."""
         wanted = set(dev_euis)
         for eui in list(self._tasks):
             if eui not in wanted:
@@ -220,10 +236,12 @@ class MqttIntegrationSource:
         self._ever_connected = False
 
     def track(self, dev_euis: Iterable[str]) -> None:
+        """The broker sends every device's events: no per-device setup."""
         return None
 
     @property
     def connected(self) -> bool:
+        """Whether the broker connection is up."""
         return self._connected.is_set()
 
     async def start(self) -> None:

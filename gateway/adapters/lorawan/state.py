@@ -125,6 +125,7 @@ class DeviceStateStore:
     # -- queries ---------------------------------------------------------------------------
 
     def device(self, dev_eui: str) -> DeviceProgress:
+        """The progress of ``dev_eui``, created empty if unknown."""
         d = self.devices.get(dev_eui)
         if d is None:
             d = self.devices[dev_eui] = DeviceProgress(dedup=deque(maxlen=self.dedup_memory))
@@ -141,6 +142,7 @@ class DeviceStateStore:
         return new <= old
 
     def is_duplicate(self, dev_eui: str, dedup_id: str) -> bool:
+        """Whether an event with this deduplication id was already accepted."""
         d = self.devices.get(dev_eui)
         return bool(dedup_id) and d is not None and dedup_id in d.dedup
 
@@ -185,10 +187,12 @@ class DeviceStateStore:
             self._change(entry)
 
     def set_info(self, dev_eui: str, info: dict[str, str]) -> None:
+        """Remember what discovery said about a device (used when ChirpStack is away)."""
         if self.device(dev_eui).info != info:
             self._change({"d": dev_eui, "i": dict(info)})
 
     def forget(self, dev_eui: str) -> None:
+        """Drop a device that ChirpStack no longer has."""
         if dev_eui in self.devices:
             self._change({"d": dev_eui, "forget": True})
 
