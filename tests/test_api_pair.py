@@ -32,7 +32,7 @@ def joining_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
     env = install_plugin(tmp_path / "plugins")
     gw = GatewayProcess(tmp_path / "gw", {
         "gateway": {"state_dir": str(tmp_path / "state")}, "uplink": {"enabled": False},
-        "adapters": [{"type": "joining", "name": "zb", "step": 0.4},
+        "adapters": [{"type": "joining", "name": "zb", "step": 0.7},
                      {"type": "joining", "name": "zb2", "refuse_join": True}],
     }, env=env)
     gw.start()
@@ -52,11 +52,11 @@ def pair_cli(gw: GatewayProcess, *argv: str) -> subprocess.Popen[str]:
 
 def test_pair_opens_joining_and_shows_the_device_as_it_is_interviewed(
         joining_daemon: GatewayProcess) -> None:
-    proc = pair_cli(joining_daemon, "--seconds", "2", "--interval", "0.1")
+    proc = pair_cli(joining_daemon, "--seconds", "3", "--interval", "0.1")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     lines = out.splitlines()
-    assert lines[0].startswith("joining open on zb for 2 s")
+    assert lines[0].startswith("joining open on zb for 3 s")
     # the other adapter could not open joining: said on stderr, pairing goes on
     assert "gateway pair: zb2: RuntimeError: network not formed yet" in err
     device = lines[1].split()[1].rstrip(":")
@@ -65,11 +65,11 @@ def test_pair_opens_joining_and_shows_the_device_as_it_is_interviewed(
     assert joined[0] == f"+ {device}: model TS0201, manufacturer _TZ3000_test, interview started"
     assert joined[-1] == f"~ {device}: model TS0201, manufacturer _TZ3000_test, interview done"
     assert lines[-1] == "joining closed: 1 new device(s)"
-    assert "zb: permit_join 2" in joining_daemon.log_text()
+    assert "zb: permit_join 3" in joining_daemon.log_text()
 
 
 def test_pair_json_prints_one_device_object_per_change(joining_daemon: GatewayProcess) -> None:
-    proc = pair_cli(joining_daemon, "--seconds", "2", "--json", "--interval", "0.1")
+    proc = pair_cli(joining_daemon, "--seconds", "3", "--json", "--interval", "0.1")
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     objects = [json.loads(line) for line in out.splitlines()]
