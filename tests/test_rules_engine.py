@@ -245,9 +245,10 @@ async def test_only_matching_devices_and_trigger_metrics_evaluate(host: Host) ->
     assert sorted((a["rule"], a["device"], a["metric"]) for a in await host.alerts()) == [
         ("any_value", "sim:fridge-1", "door_front"), ("freezers", "sim:freezer-1", "temperature")]
     # the index: unrelated series have no rules at all
-    assert engine._plan[("sim:fridge-1", "temperature")] == ()
-    assert engine._plan[("sim:fridge-1", "window")] == ()
-    assert [p[0].name for p in engine._plan[("sim:freezer-1", "temperature")]] == ["freezers"]
+    assert engine.relevant_rules("sim:fridge-1", "temperature") == []
+    assert engine.relevant_rules("sim:fridge-1", "window") == []
+    assert engine.relevant_rules("sim:fridge-1", "door_back") == ["any_value"]
+    assert engine.relevant_rules("sim:freezer-1", "temperature") == ["freezers"]
 
 
 async def test_device_fields_and_offline_transitions_come_from_the_registry(

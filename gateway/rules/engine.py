@@ -58,8 +58,10 @@ MAX_PENDING_ACTIONS = 1000
 WINDOW_MAX_ITEMS = 10_000
 #: device descriptions (name, type, tags) are re-read from the registry this often
 INFO_TTL = 10.0
-#: (device, metric) pairs remembered with their relevant rules before the cache restarts
+#: devices tracked (values, windows, relevant rules) before the engine starts over
 PLAN_MAX = 200_000
+#: metrics per device remembered with their relevant rules before that cache restarts
+PLAN_PER_DEVICE = 1000
 ERROR_LOG_EVERY = 60.0
 
 #: rules whose actions produced the reading being accepted: they do not see it again
@@ -95,8 +97,9 @@ class _Env:
             self.metric, self.value, self.unit, self.ts = (reading.metric, reading.value,
                                                            reading.unit, reading.ts)
         self.now = now
-        self.values = self.engine._latest.get(device, _EMPTY)
-        self.windows = self.engine._windows.get(device, _NO_WINDOWS)
+        d = self.engine._devices.get(device)
+        self.values = d.values if d is not None else _EMPTY
+        self.windows = d.windows if d is not None else _NO_WINDOWS
         self._info = None
         return self
 
@@ -117,6 +120,33 @@ class _Env:
         if v is None:
             return [] if key == "tags" else ABSENT
         return v
+
+
+class _Device:
+    """What the engine keeps per device: latest values, windows, relevant rules."""
+
+    __slots__ = ("id", "values", "windows", "plan")
+
+    def __init__(self, device: str) -> None:
+        self.id = device
+        self.values: dict[str, Any] = {}
+        self.windows: dict[tuple[str, float], Window] = {}
+        #: metric → the rules its readings evaluate, computed on first sight
+        self.plan: dict[str, _Plan] = {}
+
+
+def _push(windows: dict[tuple[str, float], Window], keys: tuple[tuple[tuple[str, float], float],
+          ...], ts: float, value: Any, now: float) -> None:
+    for key, span in keys:
+        edge = now - span
+        if ts <= edge:
+            continue  # a backlog reading older than the window: never inside it
+        w = windows.get(key)
+        if w is None:
+            w = windows[key] = Window(span, WINDOW_MAX_ITEMS)
+        w.push(ts, value)
+        if w.items[0][0] <= edge:
+            w.trim(now)
 
 
 class _Action:
@@ -229,11 +259,9 @@ class RuleEngine:
         self.clock = clock
         self.rules = [_Rule(i, spec) for i, spec in enumerate(rules) if spec.enabled]
         self.state_path = state_dir / STATE_FILE if state_dir is not None else None
-        self._latest: dict[str, dict[str, Any]] = {}
-        self._windows: dict[str, dict[tuple[str, float], Window]] = {}
+        self._devices: dict[str, _Device] = {}
         self._online: dict[str, bool] = {}
         self._info: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._plan: dict[tuple[str, str], _Plan] = {}
         self._env = _Env(self)
         self._tasks: set[asyncio.Task[None]] = set()
         self._dirty = False
@@ -244,12 +272,15 @@ class RuleEngine:
         self._error_logged: dict[str, float] = {}
         self.referenced: set[str] = set()
         self.window_spans: dict[str, tuple[float, ...]] = {}
+        #: metric → ((metric, span), span) for each window kept of it
         self._online_rules = [r for r in self.rules if r.uses_online]
         for rule in self.rules:
             for p in rule.programs:
                 self.referenced |= p.metrics
                 for m, secs in p.spans:
                     self.window_spans[m] = tuple(sorted({*self.window_spans.get(m, ()), secs}))
+        self.window_keys = {m: tuple(((m, span), span) for span in spans)
+                            for m, spans in self.window_spans.items()}
         self.m_fired = Counter("gateway_rule_fired", "Rule firings (actions started)", ["rule"],
                                registry=metrics)
         self.m_cleared = Counter("gateway_rule_cleared", "Rules that cleared", ["rule"],
@@ -336,36 +367,43 @@ class RuleEngine:
     def observe(self, readings: Sequence[Reading]) -> None:
         """Pipeline observer: update values and windows, evaluate the relevant rules."""
         now = self.clock()
-        latest = self._latest
+        devices = self._devices
         referenced = self.referenced
-        windowed = self.window_spans
+        window_keys = self.window_keys
         # first every value of the batch (a message carries temperature and humidity
         # together: a rule reading both must see both), then the rules
+        d: _Device | None = None
         for r in readings:
-            device, metric, value, _, _ = r
+            device, metric, value, _, ts = r
             if metric in referenced:
-                vals = latest.get(device)
-                if vals is None:
-                    vals = latest[device] = {}
-                vals[metric] = value
-                if metric in windowed:
-                    self._add_window(r, windowed[metric], now)
+                if d is None or d.id != device:
+                    d = devices.get(device)
+                    if d is None:
+                        d = self._new_device(device)
+                d.values[metric] = value
+                keys = window_keys.get(metric)
+                if keys is not None:
+                    _push(d.windows, keys, ts, value, now)
         skip = _ORIGIN.get()
-        plan = self._plan
         env = self._env
         env.now = now
         env.device = ""  # values and device facts are re-read once per device and batch
+        d = None
         for r in readings:
             device, metric, value, unit, ts = r
-            rules = plan.get((device, metric))
+            if d is None or d.id != device:
+                d = devices.get(device)
+                if d is None:
+                    d = self._new_device(device)
+            rules = d.plan.get(metric)
             if rules is None:
-                rules = self._plan_for(device, metric)
+                rules = self._plan_for(d, metric)
             if not rules:
                 continue
             if env.device != device:
                 env.device = device
-                env.values = latest.get(device, _EMPTY)
-                env.windows = self._windows.get(device, _NO_WINDOWS)
+                env.values = d.values
+                env.windows = d.windows
                 env._info = None
             env.metric, env.value, env.unit, env.ts = metric, value, unit, ts
             memo: dict[str, Any] | None = None
@@ -376,15 +414,20 @@ class RuleEngine:
                     # ``<left> OP constant`` decided here, without calling the condition:
                     # most readings leave most conditions false. Rules sharing ``left``
                     # (five thresholds on one average) compute it once per reading.
-                    if gkey is None:
-                        lv = value
+                    if gleft is None:
+                        lv = value  # the reading's own metric
+                    elif gkey is None:
+                        try:
+                            lv = gleft(env)
+                        except Exception:  # noqa: BLE001 - the full evaluation reports it
+                            lv = ABSENT
                     else:
                         if memo is None:
                             memo = {}
                         lv = memo.get(gkey, _MISSING)
                         if lv is _MISSING:
                             try:
-                                lv = gleft(env) if gleft is not None else ABSENT
+                                lv = gleft(env)
                             except Exception:  # noqa: BLE001 - the full evaluation reports it
                                 lv = ABSENT
                             memo[gkey] = lv
@@ -417,29 +460,26 @@ class RuleEngine:
                 if res or device in states:
                     self._step(rule, states.get(device), res, env, r)
 
-    def _add_window(self, r: Reading, spans: tuple[float, ...], now: float) -> None:
-        windows = self._windows.get(r.device)
-        if windows is None:
-            windows = self._windows[r.device] = {}
-        for span in spans:
-            edge = now - span
-            if r.ts <= edge:
-                continue  # a backlog reading older than the window: never inside it
-            key = (r.metric, span)
-            w = windows.get(key)
-            if w is None:
-                w = windows[key] = Window(span, WINDOW_MAX_ITEMS)
-            w.push(r.ts, r.value)
-            if w.items[0][0] <= edge:
-                w.trim(now)
+    def _new_device(self, device: str) -> _Device:
+        if len(self._devices) >= PLAN_MAX:
+            # a flood of one-off device ids: start over rather than grow without bound
+            log.warning("rules: %d devices tracked; forgetting their values and windows",
+                        len(self._devices))
+            self._devices.clear()
+        d = self._devices[device] = _Device(device)
+        return d
 
-    def _plan_for(self, device: str, metric: str) -> _Plan:
-        if len(self._plan) >= PLAN_MAX:
-            self._plan.clear()
+    def _plan_for(self, d: _Device, metric: str) -> _Plan:
+        if len(d.plan) >= PLAN_PER_DEVICE:
+            d.plan.clear()
+        device = d.id
+        chosen = [r for r in self.rules if r.triggered_by(metric) and r.matches_device(device)]
+        shared: dict[str, int] = {}
+        for r in chosen:
+            if r.guard is not None and r.guard.metric != metric:
+                shared[r.guard.key] = shared.get(r.guard.key, 0) + 1
         entries: list[_PlanEntry] = []
-        for r in self.rules:
-            if not (r.triggered_by(metric) and r.matches_device(device)):
-                continue
+        for r in chosen:
             g = r.guard
             if g is None:
                 entries.append((r, r.when, r.states, None, None, None, None))
@@ -447,10 +487,19 @@ class RuleEngine:
                 # the reading's own metric: its value is at hand
                 entries.append((r, r.when, r.states, None, None, g.op, g.const))
             else:
-                entries.append((r, r.when, r.states, g.key, g.left, g.op, g.const))
+                key = g.key if shared[g.key] > 1 else None
+                entries.append((r, r.when, r.states, key, g.left, g.op, g.const))
         rules = tuple(entries)
-        self._plan[(device, metric)] = rules
+        d.plan[metric] = rules
         return rules
+
+    def relevant_rules(self, device: str, metric: str) -> list[str]:
+        """Names of the rules a reading of ``metric`` from ``device`` evaluates."""
+        d = self._devices.get(device) or self._new_device(device)
+        plan = d.plan.get(metric)
+        if plan is None:
+            plan = self._plan_for(d, metric)
+        return [entry[0].name for entry in plan]
 
     def _evaluate(self, rule: _Rule, env: _Env, reading: Reading | None) -> None:
         try:

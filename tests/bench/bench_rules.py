@@ -196,7 +196,7 @@ async def scenario(label: str, rule_specs: list[RuleSpec], msgs: list[list[Readi
     r = best([await run(rules_only, msgs) for _ in range(repeats)])
     fo = best([await run(filters_only, msgs) for _ in range(repeats)])
     per = 1e6 / readings
-    relevant = sum(len(engine._plan.get((x.device, x.metric), ())) for m in msgs for x in m)
+    relevant = sum(len(engine.relevant_rules(x.device, x.metric)) for m in msgs for x in m)
     print(f"[{label}] {n} messages, {readings} readings, {len(engine.rules)} rules, "
           f"{len(fs.filters)} filters, {DEVICES} devices; best of {repeats}; "
           f"{relevant / readings:.1f} rules evaluated per reading")
