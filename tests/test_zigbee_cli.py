@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -86,3 +88,36 @@ async def test_hardware_lists_no_stick_on_a_machine_without_one() -> None:
     assert rc == 0 and json.loads(out) == []
     rc, out, _ = await _cli("hardware")
     assert rc == 1 and "no known Zigbee stick" in out
+
+
+def test_daemon_keeps_its_zigbee_network_across_a_restart(gateway_factory: Any,
+                                                          tmp_path: Path) -> None:
+    """The real ``gateway run`` process, loading the adapter by its entry point; the
+    virtual radio (no stick here) forms the network inside that process."""
+    state = tmp_path / "gw" / "state"
+    config = {
+        "gateway": {"id": "zigbee-daemon", "state_dir": str(state)},
+        "uplink": {"enabled": False},
+        "adapters": [{"type": "zigbee", "name": "zigbee", "radio_type": RADIO_TYPE,
+                      "port": "virtual://daemon", "channel": 25}],
+    }
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    gw = gateway_factory(config, env=env).start()
+    assert "radio on virtual://daemon up" in gw.log_text()
+    sock = str(state / "gateway.sock")
+    first = subprocess.run([sys.executable, "-m", "gateway", "zigbee", "backup", "--socket",
+                            sock, "--json"], capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    pan = json.loads(first.stdout)["backups"]["zigbee"]["pan_id"]
+    assert gw.stop() == 0
+    assert "gateway stopped" in gw.log_text()
+
+    # the virtual stick's memory lived in that process: the new one starts blank, and the
+    # network comes back from zigpy's database in the state directory
+    gw = gateway_factory(config, name="gw", env=env).start(wait_ready=0)
+    gw.wait_for_log("ready in", count=2)  # the same log file as the first run
+    again = subprocess.run([sys.executable, "-m", "gateway", "zigbee", "backup", "--socket",
+                            sock, "--json"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["backups"]["zigbee"]["pan_id"] == pan
+    assert gw.stop() == 0
