@@ -431,3 +431,22 @@ async def test_stop_hands_queued_readings_to_the_pipeline_first(zb: Harness) -> 
     await zb.wait_reading(dev_id, "temperature", 30.3, within=0.5)
     assert zb.metric("gateway_zigbee_readings_dropped_total", adapter="zigbee",
                      reason="shutdown") == 0
+
+
+async def test_a_corrupt_zigbee_database_is_set_aside_and_the_network_restored(
+        zb: Harness) -> None:
+    adapter = await zb.started()
+    await adapter.backup()
+    old = zb.net.network_info
+    assert old is not None
+    await adapter.stop()
+    db = zb.state_dir / "zigbee" / "zigbee.db"
+    await asyncio.to_thread(db.write_bytes, b"this is not a database" * 100)
+    zb.net.network_info = zb.net.node_info = None  # and a blank stick, for good measure
+
+    again = await zb.started()
+    assert again.app is not None
+    assert [p.name.split(".corrupt-")[0] for p in db.parent.glob("*.corrupt-*")] == ["zigbee.db"]
+    info = zb.net.network_info
+    assert info is not None and (info.pan_id, info.extended_pan_id) == (
+        old.pan_id, old.extended_pan_id)

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import json
 import os
+import sqlite3
 import time
 import weakref
 from collections.abc import Callable
@@ -137,7 +138,13 @@ class ZigbeeAdapter(Adapter):
         zconf = self.config.zigpy_config(str(self.dir / "zigbee.db"))
         # new(start_radio=False) only opens the database: seed it from the exported
         # backup first, so a replaced stick (or a lost database) restores the old network
-        app = await cls.new(zconf, auto_form=True, start_radio=False)
+        try:
+            app = await cls.new(zconf, auto_form=True, start_radio=False)
+        except sqlite3.DatabaseError as exc:
+            # a corrupt database must not keep the network down: set it aside and start
+            # from the exported backup; devices come back as they next talk
+            await asyncio.to_thread(self._quarantine_database, str(exc))
+            app = await cls.new(zconf, auto_form=True, start_radio=False)
         self.app = app
         try:
             if app.backups.most_recent_backup() is None:
@@ -206,6 +213,18 @@ class ZigbeeAdapter(Adapter):
             self._drop(len(self._pending), "shutdown")
             self._pending.clear()
         await super().stop()
+
+    def _quarantine_database(self, reason: str) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        db = self.dir / "zigbee.db"
+        for suffix in ("", "-wal", "-shm"):
+            part = db.with_name(db.name + suffix)
+            if part.exists():
+                part.rename(db.with_name(f"{db.name}{suffix}.corrupt-{stamp}"))
+        self.log.error("zigbee: database %s is unusable (%s); moved aside as"
+                       " *.corrupt-%s, starting a new one from %s. Paired devices stay in the"
+                       " network and reappear as they next talk.", db, reason, stamp,
+                       self.dir / backups.LATEST)
 
     async def _drained(self) -> None:
         for _ in range(int(DRAIN_TIMEOUT / 0.01) + 1):
