@@ -35,12 +35,13 @@ Handler = Callable[[argparse.Namespace], int]
 
 # -- shared plumbing ----------------------------------------------------------------------
 
-def _common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, json_flag: bool = True, timeout: float = 10.0) -> None:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                    help=f"config of the running gateway, to find its socket (default "
                         f"{DEFAULT_CONFIG})")
     p.add_argument("-s", "--socket", help="control socket path (overrides --config)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    p.add_argument("--timeout", type=float, default=timeout,
+                   help=f"seconds to wait for an answer (default {timeout:g})")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -330,7 +331,8 @@ def send(args: argparse.Namespace) -> int:
 
 
 def _send_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
+    # longer than the daemon's own api.command_timeout (30 s): its answer says what happened
+    _common(p, timeout=45.0)
     p.add_argument("device", help="device id, e.g. zigbee:00:12:4b:00:01:02:03:04")
     p.add_argument("action", help="what to do, e.g. on, off, toggle, set")
     p.add_argument("params", nargs="*", metavar="key=value",
@@ -441,7 +443,7 @@ def pair(args: argparse.Namespace) -> int:
 
 
 def _pair_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
+    _common(p, timeout=45.0)
     p.add_argument("--seconds", type=_seconds, default=60,
                    help="how long joining stays open, 1 to 254 (default 60)")
     p.add_argument("--adapter", help="open joining on this adapter only")
@@ -504,7 +506,7 @@ def forget(args: argparse.Namespace) -> int:
 
 
 def _forget_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
+    _common(p, timeout=45.0)  # a Zigbee device is asked to leave first
     p.add_argument("device", help="device id, e.g. mqtt:old-sensor")
 
 
