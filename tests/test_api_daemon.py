@@ -108,7 +108,7 @@ async def test_metrics_parse_and_reading_counters_move_as_readings_flow(
     assert ("gateway_build_info", (("python", sys.version.split()[0]), ("version", "0.1.0"))) \
         in before
     # 3 devices x 3 metrics every 0.2 s: ~45 readings/s
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.0)
     _, second, _ = await call(daemon, "GET", "/metrics")
     after = metric_samples(second)
     assert after[("gateway_readings_received_total", sim)] >= received + 9
