@@ -55,7 +55,7 @@ ACTION_TIMEOUT = 10.0
 #: firings whose actions are still running; beyond this new ones are dropped and counted
 MAX_PENDING_ACTIONS = 1000
 #: values kept per (device, metric) window, whatever its length
-WINDOW_MAX_ITEMS = 10_000
+WINDOW_MAX_ITEMS = 2000
 #: device descriptions (name, type, tags) are re-read from the registry this often
 INFO_TTL = 10.0
 #: devices tracked (values, windows, relevant rules) before the engine starts over
