@@ -268,6 +268,7 @@ class RuleEngine:
         self._urgent = asyncio.Event()
         self._last_write = 0.0
         self._runner: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
         self._listening = False
         self._error_logged: dict[str, float] = {}
         self.referenced: set[str] = set()
@@ -800,11 +801,18 @@ class RuleEngine:
         """Write the state file if anything changed (or ``force``)."""
         if self.state_path is None or not (self._dirty or force):
             return
+        previous = self._writing
+        if previous is not None and not previous.done():
+            # a write cancelled mid-way (stop) still runs in its thread: never two at once
+            with contextlib.suppress(Exception):
+                await asyncio.shield(previous)
         self._dirty = False
         self._last_write = time.monotonic()
         data = self.snapshot()
+        write = asyncio.ensure_future(asyncio.to_thread(_write_json, self.state_path, data))
+        self._writing = write
         try:
-            await asyncio.to_thread(_write_json, self.state_path, data)
+            await asyncio.shield(write)
         except Exception as exc:  # noqa: BLE001 - keep running; retry on the next change
             self._dirty = True
             self.m_state_errors.inc()
