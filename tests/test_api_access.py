@@ -60,6 +60,7 @@ def test_loopback_bind_needs_no_token(tmp_path: Path, http: str) -> None:
 
 
 def test_non_loopback_bind_with_token_file_passes_check(tmp_path: Path) -> None:
+    write(tmp_path / "token", TOKEN + "\n")
     config = write(tmp_path / "gw.yaml", base_yaml(tmp_path)
                    + f"api:\n  token_file: {tmp_path / 'token'}\n  http: 0.0.0.0:8780\n")
     assert load_config(config).api.http_address == ("0.0.0.0", 8780)
@@ -158,17 +159,23 @@ async def test_loopback_tcp_without_token_reads_but_takes_no_commands(tmp_path: 
         gw.stop()
 
 
-def test_a_short_token_stops_the_daemon_at_start(tmp_path: Path) -> None:
-    token_file = write(tmp_path / "api-token", "short\n")
-    gw = GatewayProcess(tmp_path / "gw", {
-        "gateway": {"state_dir": str(tmp_path / "state")}, "uplink": {"enabled": False},
-        "api": {"http": f"127.0.0.1:{free_port()}", "token_file": str(token_file)},
-    })
-    gw.start(wait_ready=0)
-    assert gw.proc is not None
-    assert gw.proc.wait(30) == 1
-    assert "api.token_file" in gw.log_text() and "at least 16" in gw.log_text()
-    gw.stop()
+@pytest.mark.parametrize(("content", "expected"), [
+    ("tiny5\n", "holds 5 characters; use a token of at least 16"),
+    (None, "cannot read"),
+])
+def test_a_short_or_missing_token_is_refused_at_config_check(
+        tmp_path: Path, content: str | None, expected: str) -> None:
+    token_file = tmp_path / "api-token"
+    if content is not None:
+        write(token_file, content)
+    config = write(tmp_path / "gw.yaml", base_yaml(tmp_path)
+                   + f"api:\n  token_file: {token_file}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(config)
+    problem = exc.value.problems[0]
+    assert problem.startswith(f"{config}:6: api.token_file: ")
+    assert expected in problem
+    assert "tiny5" not in problem  # the secret itself is never shown
 
 
 def test_socket_left_by_a_killed_daemon_is_replaced_and_a_live_one_is_not(

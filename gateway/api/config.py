@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from gateway.config.types import Duration, Section
 
+#: shortest bearer token accepted
+TOKEN_MIN = 16
 #: Linux limit on a Unix socket path (sun_path is 108 bytes, NUL included)
 SUN_PATH_MAX = 107
 _GROUP = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
@@ -26,6 +29,18 @@ def split_host_port(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, port
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in ``path``; ValueError saying what is wrong with it."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(token) < TOKEN_MIN:
+        raise ValueError(f"{path} holds {len(token)} characters; use a token of at least "
+                         f"{TOKEN_MIN} (e.g. openssl rand -hex 32)")
+    return token
 
 
 def is_loopback(host: str) -> bool:
@@ -58,6 +73,14 @@ class ApiConfig(Section):
         if v is not None and len(os.fsencode(v)) > SUN_PATH_MAX:
             raise ValueError(f"a Unix socket path may be at most {SUN_PATH_MAX} bytes long; "
                              "choose a shorter path, e.g. /run/gateway/gateway.sock")
+        return v
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_readable(cls, v: str | None) -> str | None:
+        # checked here so that `gateway check` says it, not the daemon at its next start
+        if v is not None:
+            read_token(Path(v))
         return v
 
     @field_validator("socket_mode")

@@ -33,7 +33,7 @@ from prometheus_client.exposition import choose_encoder
 
 from gateway import __version__
 from gateway.adapters.registry import UnknownAdapterType, adapter_class
-from gateway.api.config import SUN_PATH_MAX
+from gateway.api.config import SUN_PATH_MAX, read_token
 from gateway.reading import Command, CommandResult
 
 if TYPE_CHECKING:
@@ -542,11 +542,8 @@ def _answers(path: Path) -> bool:
 
 
 def _read_token(path: Path) -> str:
+    # read again at start: the file may have changed since the config was checked
     try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ApiStartError(f"api.token_file: cannot read {path}: {exc.strerror or exc}") from None
-    if len(token) < 16:
-        raise ApiStartError(f"api.token_file: {path} holds {len(token)} characters; use a token "
-                            "of at least 16 (e.g. openssl rand -hex 32)")
-    return token
+        return read_token(path)
+    except ValueError as exc:
+        raise ApiStartError(f"api.token_file: {exc}") from None
