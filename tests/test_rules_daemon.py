@@ -141,3 +141,38 @@ def test_mqtt_readings_trigger_a_local_publish_and_an_alert(
     assert gw.log_text().count("rule hot fired") == 1
     _, events = read_outbox(state / "outbox.db")
     assert [e.body["message"] for e in events if e.kind == "alert"] == ["mqtt:kitchen hot"]
+
+
+def test_a_for_in_progress_and_a_firing_survive_sigkill(
+        tmp_path: Path, gateway_factory: Callable[..., GatewayProcess]) -> None:
+    state = tmp_path / "state"
+    config = sim_config(state, count=0)
+    config["adapters"][0].update({"devices": 1, "interval": 0.2})
+    config["rules"] = [{"name": "hold", "when": "temperature > -100", "for": "8s",
+                        "actions": [{"alert": {"message": "held"}}]}]
+    config["filters"] = []
+    path = state / "rules-state.json"
+
+    def saved() -> dict[str, Any]:
+        try:
+            return dict(json.loads(path.read_text())["rules"]["hold"]["devices"]["sim:sim-1"])
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    gw = gateway_factory(config).start()
+    wait_until(lambda: saved().get("since") is not None, timeout=10)  # written within 5 s
+    since = saved()["since"]
+    gw.kill()  # mid-`for`: no clean stop
+    gw2 = gateway_factory(config, name="gw2").start()
+    gw2.wait_for_log("ALERT hold", timeout=15)
+    wait_until(lambda: saved().get("active") is True, timeout=5)  # written within 0.5 s
+    gw2.kill()
+    # it fired 8 s after the condition began before the kill, not 8 s after the restart
+    fired = saved()["fired"]
+    assert since + 8 <= fired < since + 10, (since, fired)
+    gw3 = gateway_factory(config, name="gw3").start()
+    time.sleep(2.0)
+    assert gw3.stop() == 0
+    assert "ALERT" not in gw3.log_text()
+    _, events = read_outbox(state / "outbox.db")
+    assert [e.body["message"] for e in events if e.kind == "alert"] == ["held"]
