@@ -48,8 +48,11 @@ MAX_SERIES = 500_000
 Emit = Callable[[Sequence[Reading]], Awaitable[bool]]
 
 
+_NUMBERS = frozenset({int, float})
+
+
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return v.__class__ in _NUMBERS
 
 
 class _Filter:
@@ -79,16 +82,6 @@ class _Filter:
 
     def count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
-
-    def within(self, base: Any, v: Any) -> bool:
-        """Whether ``v`` is inside the deadband around ``base`` (not worth sending)."""
-        if v == base:
-            return True
-        if _is_number(base) and _is_number(v):
-            assert self.band is not None
-            limit = self.band * abs(base) / 100.0 if self.pct else self.band
-            return bool(abs(v - base) < limit)
-        return False
 
 
 class _Series:
@@ -150,15 +143,56 @@ class FilterSet:
         call = self._call
         series = self._series
         out: list[Reading] | None = None
-        for i, r in enumerate(readings):
-            s = series.get((r.device, r.metric))
+        i = 0
+        for r in readings:
+            device, metric, value, _, ts = r
+            v: Any = value  # compared by its runtime type below
+            s = series.get((device, metric))
             if s is None:
-                s = self._new_series(r.device, r.metric)
-            if s.f is None or self._keep(s.f, s, r, call):
+                s = self._new_series(device, metric)
+            f = s.f
+            keep = True
+            if f is None:
+                pass
+            elif f.drop:
+                f.count("drop")
+                keep = False
+            elif f.window:
+                if value.__class__ in _NUMBERS:
+                    self._aggregate(f, s, r)
+                    keep = False
+                # text and booleans cannot be averaged: sent as they are
+            else:
+                # compare with what was durably sent, or kept earlier in this batch
+                if s.call == call:
+                    base_v, base_ts = s.local_v, s.local_ts
+                else:
+                    base_v, base_ts = s.sent_v, s.sent_ts
+                if base_ts is not None and not (f.heartbeat and ts - base_ts >= f.heartbeat):
+                    if f.min_interval and ts - base_ts < f.min_interval:
+                        f.count("min_interval")
+                        keep = False
+                    elif f.band is not None and (v == base_v or (
+                            v.__class__ in _NUMBERS and base_v.__class__ in _NUMBERS
+                            and abs(v - base_v) < (f.band * abs(base_v) / 100.0
+                                                   if f.pct else f.band))):
+                        f.count("deadband")
+                        keep = False
+                    elif f.sample > 1:
+                        s.n += 1
+                        if s.n % f.sample:
+                            f.count("sample")
+                            keep = False
+                if keep:
+                    s.call = call
+                    s.local_v = s.pend_v = value
+                    s.local_ts = s.pend_ts = ts
+            if keep:
                 if out is not None:
                     out.append(r)
             elif out is None:
                 out = list(readings[:i])
+            i += 1
         return readings if out is None else out
 
     def confirm(self, readings: Sequence[Reading]) -> None:
@@ -178,36 +212,6 @@ class FilterSet:
         s = _Series(f, device, metric)
         self._series[(device, metric)] = s
         return s
-
-    def _keep(self, f: _Filter, s: _Series, r: Reading, call: int) -> bool:
-        if f.drop:
-            f.count("drop")
-            return False
-        if f.window:
-            if not _is_number(r.value):
-                return True  # text and booleans cannot be averaged: sent as they are
-            self._aggregate(f, s, r)
-            return False
-        if s.call == call:
-            base_v, base_ts = s.local_v, s.local_ts
-        else:
-            base_v, base_ts = s.sent_v, s.sent_ts
-        if base_ts is not None and not (f.heartbeat and r.ts - base_ts >= f.heartbeat):
-            if f.min_interval and r.ts - base_ts < f.min_interval:
-                f.count("min_interval")
-                return False
-            if f.band is not None and f.within(base_v, r.value):
-                f.count("deadband")
-                return False
-            if f.sample > 1:
-                s.n += 1
-                if s.n % f.sample:
-                    f.count("sample")
-                    return False
-        s.call = call
-        s.local_v = s.pend_v = r.value
-        s.local_ts = s.pend_ts = r.ts
-        return True
 
     # -- windows -------------------------------------------------------------------------------
 
