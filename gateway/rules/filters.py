@@ -164,6 +164,8 @@ class FilterSet:
                 # text and booleans cannot be averaged: sent as they are
             else:
                 # compare with what was durably sent, or kept earlier in this batch
+                base_v: Any
+                base_ts: float | None
                 if s.call == call:
                     base_v, base_ts = s.local_v, s.local_ts
                 else:
