@@ -48,7 +48,7 @@ MAX_SERIES = 500_000
 Emit = Callable[[Sequence[Reading]], Awaitable[bool]]
 
 
-_NUMBERS = frozenset({int, float})
+_NUMBERS: frozenset[Any] = frozenset({int, float})
 
 
 def _is_number(v: Any) -> bool:
