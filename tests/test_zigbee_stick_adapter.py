@@ -35,6 +35,9 @@ SENSOR_IEEE = "00:0d:6f:00:0a:bc:de:f1"
 SENSOR_ID = f"zigbee:{SENSOR_IEEE}"
 PLUG_IEEE = "00:0d:6f:00:0b:11:22:33"
 PLUG_ID = f"zigbee:{PLUG_IEEE}"
+IAS_ZONE = 0x0500
+DOOR_IEEE = "00:0d:6f:00:0c:44:55:66"
+DOOR_ID = f"zigbee:{DOOR_IEEE}"
 
 
 async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
@@ -282,3 +285,32 @@ async def test_device_leaving_on_its_own_is_declared_left(
     await until(lambda: gateway.directory.info[SENSOR_ID].get("interview") == "left", 5,
                 "device left declared")
     assert sensor.ieee not in stick.nv.children
+
+
+async def test_door_sensor_is_enrolled_and_its_zone_status_becomes_contact_readings(
+        stick: EzspStick, gateway: Gateway) -> None:
+    adapter = gateway.adapter
+    assert isinstance(adapter, ZigbeeAdapter)
+    door = VirtualDevice(DOOR_IEEE, 0x7A10, model="DS01", manufacturer="Acme Security",
+                         endpoints=[Endpoint(1, device_type=0x0402,
+                                             in_clusters=[0x0000, POWER, IAS_ZONE])],
+                         attributes={(1, IAS_ZONE): {0x0000: 0, 0x0001: 0x0015,
+                                                     0x0002: 0x0000}})
+    await adapter.permit_join(60)
+    await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
+    stick.join(door)
+    zone = door.attributes[(1, IAS_ZONE)]
+    # The adapter writes itself in as the CIE and sends an enroll response
+    await until(lambda: zone.get(0x0000) == 1, 20, "zone enrolled")
+    assert zone[0x0010] == stick.nv.eui64
+    await gateway.wait_reading("contact", True, device=DOOR_ID)  # read at pairing: closed
+
+    seen = len(await gateway.refresh())
+    stick.send_command(door, 1, IAS_ZONE, 0x00, zone_status=0x0001, extended_status=0,
+                       zone_id=0, delay=0)  # alarm 1: the door opened
+    await gateway.wait_reading("contact", False, device=DOOR_ID, after=seen)
+    seen = len(await gateway.refresh())
+    stick.send_command(door, 1, IAS_ZONE, 0x00, zone_status=0x0004, extended_status=0,
+                       zone_id=0, delay=0)  # closed again, but tampered with
+    await gateway.wait_reading("contact", True, device=DOOR_ID, after=seen)
+    await gateway.wait_reading("tamper", True, device=DOOR_ID, after=seen)

@@ -211,6 +211,13 @@ class EzspStick:
         self.ncp.deliver(device.nwk, device.announce(),
                          kind=bt.EmberIncomingMessageType.INCOMING_BROADCAST)
 
+    def send_command(self, device: VirtualDevice, endpoint: int, cluster: int,
+                     command_id: int, **args: Any) -> None:
+        """The device sends a cluster command to the coordinator (IAS zone status...)."""
+        if device.ieee not in self.nv.children:
+            raise RuntimeError(f"{device.ieee} has not joined")
+        self.ncp.deliver(device.nwk, device.command(endpoint, cluster, command_id, **args))
+
     def leave(self, device: VirtualDevice) -> None:
         """The device leaves the network on its own (reset button, battery pulled out)."""
         self.ncp.leave(device)

@@ -5,7 +5,8 @@ sees is byte for byte what a real device would send. A :class:`VirtualNode` answ
 ZDO descriptor requests (the coordinator itself is one: bellows interviews it);
 a :class:`VirtualDevice` adds ZCL clusters with attribute values, answers reads,
 attribute writes, reporting configuration and binds, acts on On/Off and Level commands
-(reporting the change where reporting was configured), and builds attribute reports.
+(reporting the change where reporting was configured) and IAS enroll responses, and
+builds attribute reports and cluster commands of its own.
 Every request it receives is recorded in ``received`` for tests to check.
 """
 
@@ -28,6 +29,7 @@ ZDO_PROFILE = 0x0000
 HA_PROFILE = 0x0104
 ON_OFF = 0x0006
 LEVEL = 0x0008
+IAS_ZONE = 0x0500
 ZDO_ENDPOINT = 0
 #: where reports go when nothing was bound: the coordinator's first endpoint
 COORDINATOR_ENDPOINT = 1
@@ -273,6 +275,11 @@ class VirtualDevice(VirtualNode):
                 # "with on/off": level 0 switches off, anything else on
                 on_off[0x0000] = data[0] > 0
             return foundation.Status.SUCCESS, changed
+        if cluster == IAS_ZONE and command_id == 0x00 and len(data) >= 2:
+            # Enroll response from the CIE: the zone is enrolled under the given id
+            values[0x0000] = 1 if data[0] == 0x00 else 0
+            values[0x0011] = data[1]
+            return foundation.Status.SUCCESS, {}
         log.warning("device %s: cluster 0x%04X command 0x%02X not simulated", self.ieee,
                     cluster, command_id)
         return foundation.Status.SUCCESS, {}
@@ -325,6 +332,16 @@ class VirtualDevice(VirtualNode):
         body = hdr.serialize() + foundation.GENERAL_COMMANDS[
             foundation.GeneralCommand.Report_Attributes].schema(
                 attribute_reports=records).serialize()
+        return (aps_frame(HA_PROFILE, cluster, endpoint, COORDINATOR_ENDPOINT,
+                          self.next_aps_seq()), body)
+
+    def command(self, endpoint: int, cluster: int, command_id: int, **args: Any) -> Message:
+        """A cluster command the device sends to the coordinator (server to client), such
+        as an IAS zone's status change notification; ``args`` per zigpy's schema."""
+        cmd = zcl.Cluster._registry[cluster].client_commands[command_id]
+        hdr = foundation.ZCLHeader.cluster(tsn=self.next_tsn(), command_id=command_id,
+                                           direction=foundation.Direction.Server_to_Client)
+        body = hdr.serialize() + cmd.schema(**args).serialize()
         return (aps_frame(HA_PROFILE, cluster, endpoint, COORDINATOR_ENDPOINT,
                           self.next_aps_seq()), body)
 
