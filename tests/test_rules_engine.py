@@ -500,3 +500,15 @@ async def test_a_slow_action_does_not_hold_up_the_pipeline(host: Host) -> None:
     assert slow.sent == []
     await engine.settle(10)
     assert sorted(slow.sent) == sorted(f"sim:p{i}" for i in range(20))
+
+
+async def test_min_and_max_windows_follow_values_leaving_the_window(host: Host) -> None:
+    await start(host, [rule(when="max(humidity, 1m) - min(humidity, 1m) > 20",
+                            actions=[{"alert": {"message":
+                                                "{min(humidity, 1m)}..{max(humidity, 1m)}"}}])])
+    for v in (50, 70, 55):  # spread 20: not above
+        await host.feed(host.r("humidity", v))
+        host.clock.advance(20)
+    await host.feed(host.r("humidity", 30))  # 50 left the window: 30..70
+    (alert,) = await host.alerts()
+    assert alert["message"] == "30..70"

@@ -135,15 +135,18 @@ class _Device:
         self.plan: dict[str, _Plan] = {}
 
 
-def _push(windows: dict[tuple[str, float], Window], keys: tuple[tuple[tuple[str, float], float],
-          ...], ts: float, value: Any, now: float) -> None:
-    for key, span in keys:
+_WindowKeys = tuple[tuple[tuple[str, float], float, bool], ...]
+
+
+def _push(windows: dict[tuple[str, float], Window], keys: _WindowKeys, ts: float, value: Any,
+          now: float) -> None:
+    for key, span, extremes in keys:
         edge = now - span
         if ts <= edge:
             continue  # a backlog reading older than the window: never inside it
         w = windows.get(key)
         if w is None:
-            w = windows[key] = Window(span, WINDOW_MAX_ITEMS)
+            w = windows[key] = Window(span, WINDOW_MAX_ITEMS, extremes)
         w.push(ts, value)
         if w.items[0][0] <= edge:
             w.trim(now)
@@ -280,8 +283,10 @@ class RuleEngine:
                 self.referenced |= p.metrics
                 for m, secs in p.spans:
                     self.window_spans[m] = tuple(sorted({*self.window_spans.get(m, ()), secs}))
-        self.window_keys = {m: tuple(((m, span), span) for span in spans)
-                            for m, spans in self.window_spans.items()}
+        extremes = {key for rule in self.rules for p in rule.programs for key in p.extremes}
+        self.window_keys: dict[str, _WindowKeys] = {
+            m: tuple(((m, span), span, (m, span) in extremes) for span in spans)
+            for m, spans in self.window_spans.items()}
         self.m_fired = Counter("gateway_rule_fired", "Rule firings (actions started)", ["rule"],
                                registry=metrics)
         self.m_cleared = Counter("gateway_rule_cleared", "Rules that cleared", ["rule"],

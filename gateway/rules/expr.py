@@ -343,11 +343,13 @@ class Window:
     order (a reading older than the previous one counts as arriving with it).
     """
 
-    __slots__ = ("span", "items", "total", "n", "lows", "highs", "last_ts", "cap", "trimmed")
+    __slots__ = ("span", "items", "total", "n", "lows", "highs", "last_ts", "cap", "trimmed",
+                 "extremes")
 
-    def __init__(self, span: float, cap: int = 100_000) -> None:
+    def __init__(self, span: float, cap: int = 100_000, extremes: bool = True) -> None:
         self.span = span
         self.cap = cap
+        self.extremes = extremes  # keep the min/max queues (only when min or max is asked)
         self.items: deque[tuple[float, float | None]] = deque()
         self.total = 0.0
         self.n = 0  # numeric values in the window
@@ -365,6 +367,8 @@ class Window:
             self.items.append((ts, value))
             self.total += value
             self.n += 1
+            if not self.extremes:
+                return self._bound()
             lows, highs = self.lows, self.highs
             while lows and lows[-1][1] >= value:
                 lows.pop()
@@ -374,6 +378,9 @@ class Window:
             highs.append((ts, value))
         else:
             self.items.append((ts, None))
+        self._bound()
+
+    def _bound(self) -> None:
         if len(self.items) > self.cap:
             self._pop()
 
@@ -513,6 +520,7 @@ class Program:
     metrics: set[str] = field(default_factory=set)  # metric names it reads
     windows: dict[str, float] = field(default_factory=dict)  # metric → longest window (s)
     spans: set[tuple[str, float]] = field(default_factory=set)  # (metric, window) pairs
+    extremes: set[tuple[str, float]] = field(default_factory=set)  # ... asked for min/max
     reading_fields: bool = False  # reads value/metric/unit/ts
     device_fields: set[str] = field(default_factory=set)  # device.<field> it reads
     guard: Guard | None = None
@@ -755,6 +763,8 @@ class _Compiler:
             w = self.program.windows
             w[metric] = max(w.get(metric, 0.0), seconds)
             self.program.spans.add((metric, seconds))
+            if name in ("min", "max"):
+                self.program.extremes.add((metric, seconds))
             return _agg(name, metric, seconds)
         if name == "exists":
             if len(args) != 1:
