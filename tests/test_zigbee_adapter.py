@@ -425,7 +425,8 @@ async def test_stop_hands_queued_readings_to_the_pipeline_first(zb: Harness) -> 
     refusals = iter([True] * 5)  # the store is busy for a moment when the gateway stops
     zb.refuse = lambda readings: next(refusals, False)
     sensor.report(0x0402, {0x0000: 3030})
-    await wait_for(lambda: adapter._pending, 2, "the reading to be queued")
+    await wait_for(lambda: any(r.value == 30.3 for r in adapter._pending), 2,
+                   "the reading to be queued")
     await adapter.stop()
     assert not adapter._pending
     await zb.wait_reading(dev_id, "temperature", 30.3, within=0.5)
