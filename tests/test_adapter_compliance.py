@@ -1,0 +1,671 @@
+"""Every adapter type against the Adapter contract of shared/DESIGN.md, through its real path.
+
+One suite, parametrized over simulator, mqtt (real mosquitto, PUBACKs read on the wire),
+coap (a real aiocoap client), zigbee (real zigpy behind the virtual radio, real pipeline
+and outbox) and lorawan (the gRPC ChirpStack stand-in, cursors read from disk). The sink
+is ``tests.compliance.GateSink``: it holds or refuses a batch on demand, which a real
+outbox cannot be made to do on time; for zigbee it passes accepted batches on to the real
+pipeline. Each adapter runs under an instance name other than its type, so device ids
+must come from the name.
+
+Checked for each adapter:
+
+1. accept-then-ack: no PUBACK / 2.04 / saved cursor while ``accept`` is held, one after;
+   (all adapters) a refused batch is offered again and arrives exactly once;
+2. refusal: the device hears a refusal it retries on, or the adapter keeps retrying, and
+   a refusal that outlasts the adapter's patience is counted, never silent;
+3. a malformed payload is counted in ``gateway_<type>_malformed_total``, logged, and the
+   next good payload still arrives;
+4. ``stop()`` finishes a batch whose ``accept`` is in progress and returns in bounded time;
+5. device ids, ``owns()``, SenML units, value and timestamp types;
+6. ``send()`` to an unknown device returns a failed ``CommandResult`` and never raises.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gmqtt
+import pytest
+from aiocoap import Context
+from aiocoap.numbers.codes import Code
+from prometheus_client import CollectorRegistry
+
+from gateway.adapters.base import Adapter, AdapterContext
+from gateway.adapters.coap import CoapAdapter
+from gateway.adapters.coap.config import CoapConfig
+from gateway.adapters.lorawan.state import cursor_key
+from gateway.adapters.mqtt import MqttAdapter
+from gateway.adapters.mqtt.config import MqttConfig
+from gateway.adapters.simulator import SimulatorAdapter, SimulatorConfig
+from gateway.reading import Command, CommandResult, Reading
+from tests import coap_helpers
+from tests import zigbee_virtual as zv
+from tests.brokers import Mosquitto
+from tests.chirpstack_fake import TENANT, FakeChirpStack
+from tests.compliance import SENML_UNITS, GateSink, MqttTap, eventually
+from tests.lorawan_harness import make_adapter
+from tests.zigbee_harness import Harness as ZigbeeHarness
+
+#: stop() must return within this long once the batch it waits for is accepted
+STOP_BOUND = 5.0
+#: the statuses a CommandResult may carry (gateway.reading.CommandResult)
+STATUSES = {"sent", "delivered", "refused", "timeout", "unknown_device", "unsupported", "error"}
+SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Driver(abc.ABC):
+    """One adapter type, started on a GateSink, and a device that talks to it."""
+
+    type: ClassVar[str]
+    #: whether the device hears an acknowledgement (PUBACK, 2.04, cursor) at all
+    acknowledges: ClassVar[bool]
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.name = f"{self.type}-east"
+        self.sink = GateSink()
+        self.metrics = CollectorRegistry()
+        self.log = logging.getLogger(f"gateway.adapter.{self.name}")
+        self._adapter: Adapter | None = None
+        self.stopped = False
+
+    @property
+    def adapter(self) -> Adapter:
+        assert self._adapter is not None, "adapter not started"
+        return self._adapter
+
+    def context(self) -> AdapterContext:
+        return AdapterContext(name=self.name, sink=self.sink, state_dir=self.tmp,
+                              metrics=self.metrics, log=self.log)
+
+    @abc.abstractmethod
+    async def start(self, **options: Any) -> Adapter:
+        """Start the adapter (and whatever stands for its devices' world)."""
+
+    @abc.abstractmethod
+    async def send_good(self, seq: int) -> None:
+        """The device sends one good message marked ``seq``."""
+
+    async def send_bad(self) -> None:
+        """The device sends one malformed payload."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def native(self, seq: int) -> str:
+        """The native id of the device sending message ``seq``."""
+
+    def marker(self, r: Reading) -> int | None:
+        """The ``seq`` of the message ``r`` came from, if ``r`` carries it."""
+        return int(r.value) if r.metric == "seq" else None
+
+    def acked(self, seq: int) -> bool:
+        """Whether the device got a success acknowledgement for message ``seq``."""
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def unknown_commands(self) -> list[Command]:
+        """Commands for devices this adapter does not know."""
+
+    def malformed_total(self) -> float:
+        wanted = f"gateway_{self.type}_malformed_total"
+        return sum(s.value for m in self.metrics.collect() for s in m.samples
+                   if s.name == wanted)
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self.adapter.stop()
+
+    async def close(self) -> None:
+        self.sink.gate.set()
+        self.sink.refusing = False
+        if self._adapter is not None and not self.stopped:
+            await self.stop()
+
+    # -- helpers for the checks -----------------------------------------------------------
+
+    def seqs(self, readings: list[Reading]) -> list[int]:
+        return [s for s in map(self.marker, readings) if s is not None]
+
+
+class SimulatorDriver(Driver):
+    """The simulator's one device emits seq 0, 1, 2... by itself every 0.1 s."""
+
+    type = "simulator"
+    acknowledges = False
+
+    async def start(self, **options: Any) -> Adapter:
+        cfg = SimulatorConfig(type="simulator", name=self.name, devices=1, interval=0.1,
+                              metrics=["temperature", "humidity", "battery", "seq"], seed=1,
+                              **options)
+        self._adapter = SimulatorAdapter(cfg, self.context())
+        await self._adapter.start()
+        return self._adapter
+
+    async def send_good(self, seq: int) -> None:
+        return None  # the simulated device sends on its own clock
+
+    def native(self, seq: int) -> str:
+        return "sim-1"
+
+    def unknown_commands(self) -> list[Command]:
+        return [Command(f"{self.name}:sim-9", "on"), Command(f"{self.name}:no such", "off")]
+
+
+class MqttDriver(Driver):
+    """A gmqtt device on mosquitto; the adapter reaches the broker through a PUBACK tap."""
+
+    type = "mqtt"
+    acknowledges = True
+
+    def __init__(self, tmp: Path, broker: Mosquitto) -> None:
+        super().__init__(tmp)
+        self.broker = broker
+        self.tap = MqttTap(broker.host, broker.port)
+        self.device: gmqtt.Client | None = None
+
+    async def start(self, **options: Any) -> Adapter:
+        await self.tap.start()
+        cfg = MqttConfig.model_validate({
+            "type": "mqtt", "name": self.name, "host": self.tap.host, "port": self.tap.port,
+            "client_id": "gw-compliance", "reconnect_delay": 0.2,
+            "subscriptions": [{"topic": "devices/{device}/telemetry",
+                               "units": {"temperature": "°C", "humidity": "%"}}],
+            "commands": {"topic": "devices/{device}/set", "timeout": 3}, **options})
+        self._adapter = MqttAdapter(cfg, self.context())
+        await self._adapter.start()
+        self.device = gmqtt.Client("compliance-device")
+        await self.device.connect(self.broker.host, self.broker.port, keepalive=10)
+        return self._adapter
+
+    @staticmethod
+    def topic(native: str) -> str:
+        return f"devices/{native}/telemetry"
+
+    async def send_good(self, seq: int) -> None:
+        assert self.device is not None
+        body = {"seq": seq, "temperature": 21.5, "humidity": 40}
+        self.device.publish(self.topic(self.native(seq)), json.dumps(body).encode(), qos=1)
+
+    async def send_bad(self) -> None:
+        assert self.device is not None
+        self.device.publish(self.topic("broken"), b"{not json", qos=1)
+
+    def native(self, seq: int) -> str:
+        return f"d{seq}"
+
+    def acked(self, seq: int) -> bool:
+        return any(code < 0x80 for code in self.tap.acks_for(self.topic(self.native(seq))))
+
+    def unknown_commands(self) -> list[Command]:
+        return [Command(f"{self.name}:ghost", "set", {"state": "ON"}),
+                Command(f"{self.name}:a/+/b", "set", {"state": "ON"})]
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self.device is not None:
+                await self.device.disconnect()
+            await self.tap.stop()
+
+
+class CoapDriver(Driver):
+    """A real aiocoap client posting JSON; like a device, it retries after a 5.03."""
+
+    type = "coap"
+    acknowledges = True
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.port = coap_helpers.udp_port()
+        self.client: Context | None = None
+        #: response codes (and Max-Age) each message's requests got, retries included
+        self.answers: dict[int, list[tuple[Code, int | None]]] = {}
+        self.bad_answers: list[Code] = []
+        self._requests: set[asyncio.Task[None]] = set()
+
+    @property
+    def uri(self) -> str:
+        return f"coap://127.0.0.1:{self.port}"
+
+    async def start(self, **options: Any) -> Adapter:
+        cfg = CoapConfig.model_validate({"type": "coap", "name": self.name,
+                                         "bind": "127.0.0.1", "port": self.port,
+                                         "retry_after": 1, **options})
+        self._adapter = CoapAdapter(cfg, self.context())
+        await self._adapter.start()
+        self.client = await coap_helpers.client()
+        return self._adapter
+
+    async def _device(self, seq: int) -> None:
+        assert self.client is not None
+        body = json.dumps({"seq": seq, "temperature": 21.5, "humidity": 40,
+                           "units": {"temperature": "Cel", "humidity": "%RH"}}).encode()
+        answers = self.answers.setdefault(seq, [])
+        for _attempt in range(100):
+            resp = await coap_helpers.post(self.client, f"{self.uri}/readings/{self.native(seq)}",
+                                           body, 50, within=15)
+            answers.append((resp.code, resp.opt.max_age))
+            if resp.code != Code.SERVICE_UNAVAILABLE:
+                return
+            await asyncio.sleep(0.05)  # a device would wait Max-Age; the test is in a hurry
+
+    async def send_good(self, seq: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._device(seq))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def send_bad(self) -> None:
+        assert self.client is not None
+        resp = await coap_helpers.post(self.client, f"{self.uri}/readings/broken",
+                                       b'{"temperature": 21.', 50)
+        self.bad_answers.append(resp.code)
+
+    def native(self, seq: int) -> str:
+        return f"d{seq}"
+
+    def acked(self, seq: int) -> bool:
+        return any(code == Code.CHANGED for code, _ in self.answers.get(seq, []))
+
+    def unknown_commands(self) -> list[Command]:
+        return [Command(f"{self.name}:ghost", "on"), Command(f"{self.name}:a/b", "on")]
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            for task in list(self._requests):
+                task.cancel()
+            await asyncio.gather(*self._requests, return_exceptions=True)
+            if self.client is not None:
+                await self.client.shutdown()
+
+
+class ZigbeeDriver(Driver):
+    """A paired virtual climate sensor; readings go on to the real pipeline and outbox."""
+
+    type = "zigbee"
+    acknowledges = False
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.harness = ZigbeeHarness(tmp)
+        self.metrics = self.harness.metrics
+        self.sensor = zv.climate_sensor()
+
+    async def start(self, **options: Any) -> Adapter:
+        h = self.harness
+        await h.start_core()
+        assert h.pipeline is not None
+        # the harness builds the adapter's sink from pipeline.accept: put the gate in front
+        self.sink.inner = h.pipeline.accept
+        h.pipeline.accept = self.sink.accept  # type: ignore[method-assign]
+        adapter = self._adapter = await h.started(self.name, **options)
+        await h.pair(adapter, self.sensor)
+        return adapter
+
+    async def send_good(self, seq: int) -> None:
+        self.sensor.report(0x0402, {0x0000: 1000 + seq})  # centi-degrees: 10.00 + seq/100
+
+    async def send_bad(self) -> None:
+        self.sensor.report_raw(0x0402, b"\x00\x00\x29\x01")  # an int16 cut short
+
+    def marker(self, r: Reading) -> int | None:
+        if r.metric == "temperature" and isinstance(r.value, float) and 10 <= r.value < 11:
+            return round((r.value - 10) * 100)
+        return None
+
+    def native(self, seq: int) -> str:
+        return str(self.sensor.ieee)
+
+    def unknown_commands(self) -> list[Command]:
+        return [Command(f"{self.name}:00:00:00:00:00:00:00:99", "on"),
+                Command(f"{self.name}:not-an-ieee", "on")]
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self.harness.adapters = []  # stopped above; the harness closes the core
+            await self.harness.close()
+
+
+class LorawanDriver(Driver):
+    """A device behind the ChirpStack stand-in; its ack is the cursor saved on disk."""
+
+    type = "lorawan"
+    acknowledges = True
+    EUI = "0102030405060708"
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.cs = FakeChirpStack()
+        app = self.cs.add_application("garden")
+        self.cs.add_device(app, self.EUI, "greenhouse", profile="Dragino LHT65")
+        self.items: dict[int, str] = {}
+
+    async def start(self, **options: Any) -> Adapter:
+        await self.cs.start()
+        self._adapter = make_adapter(
+            self.tmp, self.metrics, sink=self.sink, name=self.name,
+            server=self.cs.address, api_token=self.cs.token, tenant_id=TENANT,
+            stream={"backoff_initial": 0.05, "backoff_max": 0.2},
+            default_profile={"decoder": "object", "fields": {
+                "temperature": {"metric": "temperature", "unit": "Cel"}}}, **options)
+        await self._adapter.start()
+        return self._adapter
+
+    async def send_good(self, seq: int) -> None:
+        ev = self.cs.uplink(self.EUI, seq, obj={"seq": seq, "temperature": 21.5})
+        self.items[seq] = self.cs.emit(self.EUI, "up", ev)
+
+    async def send_bad(self) -> None:
+        self.cs.emit_raw(self.EUI, "up", "{not json")
+
+    def native(self, seq: int) -> str:
+        return self.EUI
+
+    def saved_cursor(self) -> str:
+        """The device's cursor as the state files on disk have it (snapshot + journal)."""
+        path = self.tmp / f"lorawan-{self.name}.json"
+        cursors: list[str] = []
+        if path.exists():
+            snap = json.loads(path.read_text()).get("devices", {}).get(self.EUI, {})
+            cursors.append(str(snap.get("cursor", "")))
+        journal = path.with_suffix(".journal")
+        if journal.exists():
+            for line in journal.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line being written
+                if entry.get("d") == self.EUI and entry.get("c"):
+                    cursors.append(str(entry["c"]))
+        keyed = [(k, c) for c in cursors if (k := cursor_key(c)) is not None]
+        return max(keyed)[1] if keyed else ""
+
+    def acked(self, seq: int) -> bool:
+        saved, item = cursor_key(self.saved_cursor()), cursor_key(self.items[seq])
+        return saved is not None and item is not None and saved >= item
+
+    def unknown_commands(self) -> list[Command]:
+        down = {"f_port": 10, "data": "0100"}
+        return [Command(f"{self.name}:ffffffffffffff99", "downlink", down),
+                Command(f"{self.name}:not-an-eui", "downlink", down)]
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.cs.stop()
+
+
+DRIVERS: dict[str, type[Driver]] = {d.type: d for d in (
+    SimulatorDriver, MqttDriver, CoapDriver, ZigbeeDriver, LorawanDriver)}
+ACKING = [t for t, d in DRIVERS.items() if d.acknowledges]
+WIRED = [t for t in DRIVERS if t != "simulator"]  # the simulator has no wire payloads
+
+
+def _case(kind: str, xfail: dict[str, str] | None = None) -> Any:
+    reason = (xfail or {}).get(kind)
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(kind, marks=marks, id=kind)
+
+
+async def _driver(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Driver:
+    if kind == "mqtt":
+        return MqttDriver(tmp_path, request.getfixturevalue("mosquitto"))
+    return DRIVERS[kind](tmp_path)
+
+
+@pytest.fixture
+async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
+    d = await _driver(request.param, tmp_path, request)
+    try:
+        yield d
+    finally:
+        await asyncio.wait_for(d.close(), 20)
+
+
+def cases(kinds: list[str], xfail: dict[str, str] | None = None) -> Any:
+    """Parametrize the ``driver`` fixture over adapter types."""
+    return pytest.mark.parametrize("driver", [_case(k, xfail) for k in kinds], indirect=True)
+
+
+# -- 1. accept-then-ack ---------------------------------------------------------------------
+
+
+@cases(ACKING)
+async def test_device_is_acknowledged_only_after_accept_returned_true(driver: Driver) -> None:
+    await driver.start()
+    sink = driver.sink
+    sink.gate.clear()  # a commit in progress: accept has not returned
+    await driver.send_good(1)
+    await eventually(lambda: 1 in driver.seqs(sink.offered()), 5, "the message at the sink")
+    await asyncio.sleep(0.3)  # time enough for an early acknowledgement to show
+    assert not driver.acked(1), "acknowledged before accept returned True"
+    sink.gate.set()
+    await eventually(lambda: driver.acked(1), 5, "the acknowledgement once accepted")
+    assert driver.seqs(sink.accepted).count(1) == 1
+
+
+@cases(list(DRIVERS))
+async def test_refused_batch_is_offered_again_and_arrives_exactly_once(driver: Driver) -> None:
+    await driver.start()
+    sink = driver.sink
+    sink.refusing = True  # the outbox is full
+    await driver.send_good(1)
+    await eventually(lambda: driver.seqs(sink.offered()).count(1) >= 3, 8,
+                     "the refused message offered again")
+    assert 1 not in driver.seqs(sink.accepted)
+    if driver.acknowledges:
+        assert not driver.acked(1), "acknowledged although the sink refused"
+    sink.refusing = False
+    await eventually(lambda: 1 in driver.seqs(sink.accepted), 8, "the message accepted")
+    if driver.acknowledges:
+        await eventually(lambda: driver.acked(1), 5, "the acknowledgement once accepted")
+    await asyncio.sleep(0.3)
+    assert driver.seqs(sink.accepted).count(1) == 1
+
+
+# -- 2. refusal as the device hears it ------------------------------------------------------
+
+
+@cases(["coap"])
+async def test_coap_device_hears_503_with_max_age_while_the_outbox_refuses(
+        driver: Driver) -> None:
+    assert isinstance(driver, CoapDriver)
+    await driver.start()
+    driver.sink.refusing = True
+    await driver.send_good(1)
+    await eventually(lambda: len(driver.answers.get(1, [])) >= 2, 8, "two refusals")
+    driver.sink.refusing = False
+    await eventually(lambda: driver.acked(1), 8, "2.04 after the retry")
+    *refusals, last = driver.answers[1]
+    assert refusals and all(code == Code.SERVICE_UNAVAILABLE and max_age == 1
+                            for code, max_age in refusals)
+    assert last[0] == Code.CHANGED
+
+
+@cases(["mqtt"])
+async def test_mqtt_refusal_answers_0x97_on_the_wire_in_nack_mode(driver: Driver) -> None:
+    assert isinstance(driver, MqttDriver)
+    await driver.start(on_refused="nack")
+    driver.sink.refusing = True
+    await driver.send_good(1)
+    topic = driver.topic(driver.native(1))
+    await eventually(lambda: driver.tap.acks_for(topic) != [], 5, "a PUBACK")
+    assert driver.tap.acks_for(topic) == [0x97]
+    assert driver.seqs(driver.sink.accepted) == []
+
+
+@cases(["mqtt"])
+async def test_mqtt_refused_message_is_held_without_any_puback_by_default(
+        driver: Driver) -> None:
+    assert isinstance(driver, MqttDriver)
+    await driver.start()
+    driver.sink.refusing = True
+    await driver.send_good(1)
+    await eventually(lambda: driver.seqs(driver.sink.offered()).count(1) >= 3, 8, "retries")
+    assert driver.tap.acks_for(driver.topic(driver.native(1))) == []
+    driver.sink.refusing = False
+    await eventually(lambda: driver.tap.acks_for(driver.topic(driver.native(1))) == [0], 8,
+                     "one PUBACK with reason code 0")
+
+
+@cases(["lorawan"])
+async def test_lorawan_cursor_stays_put_while_refused_and_the_event_comes_again_after_restart(
+        driver: Driver) -> None:
+    assert isinstance(driver, LorawanDriver)
+    await driver.start()
+    await driver.send_good(1)
+    await eventually(lambda: driver.acked(1), 5, "the first event's cursor")
+    driver.sink.refusing = True
+    await driver.send_good(2)
+    await eventually(lambda: 2 in driver.seqs(driver.sink.offered()), 5, "a refusal")
+    await driver.stop()  # stopped while refused: the event stays with ChirpStack
+    assert not driver.acked(2)
+    driver.sink.refusing = False
+    driver.stopped = False
+    await driver.start()
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 8, "the event again")
+    assert driver.acked(2)
+    assert driver.seqs(driver.sink.accepted) == [1, 2]
+
+
+@cases(["zigbee"])
+async def test_zigbee_refusal_outlasting_retry_for_is_counted_and_logged_not_silent(
+        driver: Driver, caplog: pytest.LogCaptureFixture) -> None:
+    assert isinstance(driver, ZigbeeDriver)
+    await driver.start(retry_for=0.3)
+    caplog.set_level(logging.WARNING)
+
+    def dropped() -> float:
+        return driver.harness.metric("gateway_zigbee_readings_dropped_total",
+                                     adapter=driver.name, reason="refused")
+
+    before = dropped()
+    driver.sink.refusing = True
+    await driver.send_good(1)
+    await eventually(lambda: dropped() > before, 5, "the dropped reading counted")
+    assert any("dropped" in r.getMessage() and r.levelno >= logging.WARNING
+               for r in caplog.records)
+    driver.sink.refusing = False
+    await driver.send_good(2)
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 5, "the next reading")
+
+
+# -- 3. malformed payloads ------------------------------------------------------------------
+
+
+@cases(WIRED)
+async def test_malformed_payload_is_counted_logged_and_the_next_one_arrives(
+        driver: Driver, caplog: pytest.LogCaptureFixture) -> None:
+    await driver.start()
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
+    before = driver.malformed_total()
+    await driver.send_bad()
+    await eventually(lambda: driver.malformed_total() > before, 5,
+                     f"gateway_{driver.type}_malformed_total to move")
+    await driver.send_good(2)
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 5, "the good payload")
+    assert driver.malformed_total() == before + 1
+    assert [r for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name.startswith("gateway")], "not logged"
+    assert not driver.adapter.failed.done()
+    if isinstance(driver, CoapDriver):
+        assert driver.bad_answers == [Code.BAD_REQUEST]
+    if isinstance(driver, MqttDriver):
+        assert driver.tap.acks_for(driver.topic("broken")) == [0x99]
+
+
+# -- 4. stop drains -------------------------------------------------------------------------
+
+
+@cases(list(DRIVERS), xfail={
+    "simulator": "SimulatorAdapter.stop() cancels its spawned _submit tasks (Adapter.stop's "
+                 "default) while their sink.accept is still awaiting the commit: the batch "
+                 "being accepted at stop is abandoned instead of finished",
+})
+async def test_stop_finishes_the_batch_being_accepted_and_returns_promptly(
+        driver: Driver) -> None:
+    await driver.start()
+    sink = driver.sink
+    sink.gate.clear()
+    await driver.send_good(3)
+    await eventually(lambda: 3 in driver.seqs(sink.offered()), 5, "the message at the sink")
+    stopping = asyncio.ensure_future(driver.stop())
+    await asyncio.sleep(0.3)
+    sink.gate.set()
+    released = time.monotonic()
+    await asyncio.wait_for(stopping, STOP_BOUND + 5)
+    assert time.monotonic() - released < STOP_BOUND
+    assert driver.seqs(sink.accepted).count(3) == 1
+    if driver.acknowledges:
+        # whatever the tap or the client reads now was sent before the adapter closed
+        await eventually(lambda: driver.acked(3), 3, "the acknowledgement sent before close")
+
+
+@cases(list(DRIVERS))
+async def test_stop_of_an_idle_adapter_returns_promptly(driver: Driver) -> None:
+    await driver.start()
+    await driver.send_good(1)
+    await eventually(lambda: 1 in driver.seqs(driver.sink.accepted), 5, "a first message")
+    t0 = time.monotonic()
+    await asyncio.wait_for(driver.stop(), STOP_BOUND + 5)
+    assert time.monotonic() - t0 < STOP_BOUND
+
+
+# -- 5. ids, units, types -------------------------------------------------------------------
+
+
+@cases(list(DRIVERS))
+async def test_readings_carry_named_device_ids_senml_units_and_plain_types(
+        driver: Driver) -> None:
+    adapter = await driver.start()
+    for seq in (1, 2):
+        await driver.send_good(seq)
+    await eventually(lambda: {1, 2} <= set(driver.seqs(driver.sink.accepted)), 5,
+                     "two messages")
+    readings = driver.sink.accepted
+    now = time.time()
+    for r in readings:
+        assert type(r) is Reading, r
+        prefix, sep, native = r.device.partition(":")
+        assert (prefix, sep) == (driver.name, ":") and native, r
+        assert adapter.owns(r.device), r
+        assert SNAKE.match(r.metric), r
+        assert type(r.value) in (float, int, bool, str), r
+        assert r.unit is None or r.unit in SENML_UNITS, r
+        assert type(r.ts) is float and now - 86400 < r.ts <= now + 1, r
+    marked = [r for r in readings if driver.marker(r) in (1, 2)]
+    assert {r.device for r in marked if driver.marker(r) == 1} == {
+        f"{driver.name}:{driver.native(1)}"}
+    assert any(r.unit == "Cel" for r in readings)
+    assert not adapter.owns(f"{driver.type}:{driver.native(1)}")  # the type is not the name
+    assert not adapter.owns(f"{driver.name}x:{driver.native(1)}")
+    assert not adapter.owns(driver.native(1))
+
+
+# -- 6. commands to unknown devices ---------------------------------------------------------
+
+
+@cases(list(DRIVERS))
+async def test_command_to_an_unknown_device_is_a_failed_result_not_an_exception(
+        driver: Driver) -> None:
+    adapter = await driver.start()
+    for command in driver.unknown_commands():
+        result = await asyncio.wait_for(adapter.send(command), 15)
+        assert isinstance(result, CommandResult), (command, result)
+        assert result.ok is False and result.status in STATUSES, (command, result)
+        assert result.detail, (command, result)
