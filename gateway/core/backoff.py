@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+# seeding a random.Random reads the OS entropy pool (~150 µs): every Backoff shares one
+_JITTER = random.Random()
+
 
 @dataclass
 class Backoff:
@@ -17,7 +20,7 @@ class Backoff:
     maximum: float = 60.0
     factor: float = 2.0
     attempt: int = 0
-    _rng: random.Random = field(default_factory=random.Random, repr=False)
+    _rng: random.Random = field(default=_JITTER, repr=False)
 
     def next_delay(self) -> float:
         ceiling = min(self.maximum, self.initial * self.factor**self.attempt)
