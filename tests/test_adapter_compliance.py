@@ -45,6 +45,7 @@ from gateway.adapters.coap.config import CoapConfig
 from gateway.adapters.lorawan.state import cursor_key
 from gateway.adapters.mqtt import MqttAdapter
 from gateway.adapters.mqtt.config import MqttConfig
+from gateway.adapters.registry import adapter_class, available_types
 from gateway.adapters.simulator import SimulatorAdapter, SimulatorConfig
 from gateway.reading import Command, CommandResult, Reading
 from tests import coap_helpers
@@ -352,9 +353,13 @@ class LorawanDriver(Driver):
         app = self.cs.add_application("garden")
         self.cs.add_device(app, self.EUI, "greenhouse", profile="Dragino LHT65")
         self.items: dict[int, str] = {}
+        self.cs_running = False
 
     async def start(self, **options: Any) -> Adapter:
-        await self.cs.start()
+        if not self.cs_running:  # a second start (a restart) finds ChirpStack still up
+            await self.cs.start()
+            self.cs_running = True
+        self.stopped = False
         self._adapter = make_adapter(
             self.tmp, self.metrics, sink=self.sink, name=self.name,
             server=self.cs.address, api_token=self.cs.token, tenant_id=TENANT,
@@ -441,6 +446,16 @@ def cases(kinds: list[str], xfail: dict[str, str] | None = None) -> Any:
     return pytest.mark.parametrize("driver", [_case(k, xfail) for k in kinds], indirect=True)
 
 
+def test_every_installed_adapter_type_is_covered_by_the_suite() -> None:
+    assert set(available_types()) == set(DRIVERS)
+
+
+@cases(list(DRIVERS))
+async def test_adapter_is_the_class_registered_under_its_type(driver: Driver) -> None:
+    adapter = await driver.start()
+    assert type(adapter) is adapter_class(driver.type)
+
+
 # -- 1. accept-then-ack ---------------------------------------------------------------------
 
 
@@ -450,11 +465,11 @@ async def test_device_is_acknowledged_only_after_accept_returned_true(driver: Dr
     sink = driver.sink
     sink.gate.clear()  # a commit in progress: accept has not returned
     await driver.send_good(1)
-    await eventually(lambda: 1 in driver.seqs(sink.offered()), 5, "the message at the sink")
+    await eventually(lambda: 1 in driver.seqs(sink.offered()), 10, "the message at the sink")
     await asyncio.sleep(0.3)  # time enough for an early acknowledgement to show
     assert not driver.acked(1), "acknowledged before accept returned True"
     sink.gate.set()
-    await eventually(lambda: driver.acked(1), 5, "the acknowledgement once accepted")
+    await eventually(lambda: driver.acked(1), 10, "the acknowledgement once accepted")
     assert driver.seqs(sink.accepted).count(1) == 1
 
 
@@ -464,15 +479,15 @@ async def test_refused_batch_is_offered_again_and_arrives_exactly_once(driver: D
     sink = driver.sink
     sink.refusing = True  # the outbox is full
     await driver.send_good(1)
-    await eventually(lambda: driver.seqs(sink.offered()).count(1) >= 3, 8,
+    await eventually(lambda: driver.seqs(sink.offered()).count(1) >= 3, 10,
                      "the refused message offered again")
     assert 1 not in driver.seqs(sink.accepted)
     if driver.acknowledges:
         assert not driver.acked(1), "acknowledged although the sink refused"
     sink.refusing = False
-    await eventually(lambda: 1 in driver.seqs(sink.accepted), 8, "the message accepted")
+    await eventually(lambda: 1 in driver.seqs(sink.accepted), 10, "the message accepted")
     if driver.acknowledges:
-        await eventually(lambda: driver.acked(1), 5, "the acknowledgement once accepted")
+        await eventually(lambda: driver.acked(1), 10, "the acknowledgement once accepted")
     await asyncio.sleep(0.3)
     assert driver.seqs(sink.accepted).count(1) == 1
 
@@ -487,9 +502,9 @@ async def test_coap_device_hears_503_with_max_age_while_the_outbox_refuses(
     await driver.start()
     driver.sink.refusing = True
     await driver.send_good(1)
-    await eventually(lambda: len(driver.answers.get(1, [])) >= 2, 8, "two refusals")
+    await eventually(lambda: len(driver.answers.get(1, [])) >= 2, 10, "two refusals")
     driver.sink.refusing = False
-    await eventually(lambda: driver.acked(1), 8, "2.04 after the retry")
+    await eventually(lambda: driver.acked(1), 10, "2.04 after the retry")
     *refusals, last = driver.answers[1]
     assert refusals and all(code == Code.SERVICE_UNAVAILABLE and max_age == 1
                             for code, max_age in refusals)
@@ -503,7 +518,7 @@ async def test_mqtt_refusal_answers_0x97_on_the_wire_in_nack_mode(driver: Driver
     driver.sink.refusing = True
     await driver.send_good(1)
     topic = driver.topic(driver.native(1))
-    await eventually(lambda: driver.tap.acks_for(topic) != [], 5, "a PUBACK")
+    await eventually(lambda: driver.tap.acks_for(topic) != [], 10, "a PUBACK")
     assert driver.tap.acks_for(topic) == [0x97]
     assert driver.seqs(driver.sink.accepted) == []
 
@@ -515,10 +530,10 @@ async def test_mqtt_refused_message_is_held_without_any_puback_by_default(
     await driver.start()
     driver.sink.refusing = True
     await driver.send_good(1)
-    await eventually(lambda: driver.seqs(driver.sink.offered()).count(1) >= 3, 8, "retries")
+    await eventually(lambda: driver.seqs(driver.sink.offered()).count(1) >= 3, 10, "retries")
     assert driver.tap.acks_for(driver.topic(driver.native(1))) == []
     driver.sink.refusing = False
-    await eventually(lambda: driver.tap.acks_for(driver.topic(driver.native(1))) == [0], 8,
+    await eventually(lambda: driver.tap.acks_for(driver.topic(driver.native(1))) == [0], 10,
                      "one PUBACK with reason code 0")
 
 
@@ -528,16 +543,15 @@ async def test_lorawan_cursor_stays_put_while_refused_and_the_event_comes_again_
     assert isinstance(driver, LorawanDriver)
     await driver.start()
     await driver.send_good(1)
-    await eventually(lambda: driver.acked(1), 5, "the first event's cursor")
+    await eventually(lambda: driver.acked(1), 10, "the first event's cursor")
     driver.sink.refusing = True
     await driver.send_good(2)
-    await eventually(lambda: 2 in driver.seqs(driver.sink.offered()), 5, "a refusal")
+    await eventually(lambda: 2 in driver.seqs(driver.sink.offered()), 10, "a refusal")
     await driver.stop()  # stopped while refused: the event stays with ChirpStack
     assert not driver.acked(2)
     driver.sink.refusing = False
-    driver.stopped = False
     await driver.start()
-    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 8, "the event again")
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 10, "the event again")
     assert driver.acked(2)
     assert driver.seqs(driver.sink.accepted) == [1, 2]
 
@@ -556,12 +570,12 @@ async def test_zigbee_refusal_outlasting_retry_for_is_counted_and_logged_not_sil
     before = dropped()
     driver.sink.refusing = True
     await driver.send_good(1)
-    await eventually(lambda: dropped() > before, 5, "the dropped reading counted")
+    await eventually(lambda: dropped() > before, 10, "the dropped reading counted")
     assert any("dropped" in r.getMessage() and r.levelno >= logging.WARNING
                for r in caplog.records)
     driver.sink.refusing = False
     await driver.send_good(2)
-    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 5, "the next reading")
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 10, "the next reading")
 
 
 # -- 3. malformed payloads ------------------------------------------------------------------
@@ -575,10 +589,10 @@ async def test_malformed_payload_is_counted_logged_and_the_next_one_arrives(
     caplog.clear()
     before = driver.malformed_total()
     await driver.send_bad()
-    await eventually(lambda: driver.malformed_total() > before, 5,
+    await eventually(lambda: driver.malformed_total() > before, 10,
                      f"gateway_{driver.type}_malformed_total to move")
     await driver.send_good(2)
-    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 5, "the good payload")
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 10, "the good payload")
     assert driver.malformed_total() == before + 1
     assert [r for r in caplog.records
             if r.levelno >= logging.WARNING and r.name.startswith("gateway")], "not logged"
@@ -603,7 +617,7 @@ async def test_stop_finishes_the_batch_being_accepted_and_returns_promptly(
     sink = driver.sink
     sink.gate.clear()
     await driver.send_good(3)
-    await eventually(lambda: 3 in driver.seqs(sink.offered()), 5, "the message at the sink")
+    await eventually(lambda: 3 in driver.seqs(sink.offered()), 10, "the message at the sink")
     stopping = asyncio.ensure_future(driver.stop())
     await asyncio.sleep(0.3)
     sink.gate.set()
@@ -620,7 +634,7 @@ async def test_stop_finishes_the_batch_being_accepted_and_returns_promptly(
 async def test_stop_of_an_idle_adapter_returns_promptly(driver: Driver) -> None:
     await driver.start()
     await driver.send_good(1)
-    await eventually(lambda: 1 in driver.seqs(driver.sink.accepted), 5, "a first message")
+    await eventually(lambda: 1 in driver.seqs(driver.sink.accepted), 10, "a first message")
     t0 = time.monotonic()
     await asyncio.wait_for(driver.stop(), STOP_BOUND + 5)
     assert time.monotonic() - t0 < STOP_BOUND
@@ -635,7 +649,7 @@ async def test_readings_carry_named_device_ids_senml_units_and_plain_types(
     adapter = await driver.start()
     for seq in (1, 2):
         await driver.send_good(seq)
-    await eventually(lambda: {1, 2} <= set(driver.seqs(driver.sink.accepted)), 5,
+    await eventually(lambda: {1, 2} <= set(driver.seqs(driver.sink.accepted)), 10,
                      "two messages")
     readings = driver.sink.accepted
     now = time.time()
