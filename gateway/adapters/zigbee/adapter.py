@@ -401,14 +401,17 @@ class ZigbeeAdapter(Adapter):
         self._unwatch(device)
         subs: list[Callable[[], None]] = []
         for ep in device.non_zdo_endpoints:
-            for cluster in ep.in_clusters.values():
-                subs.append(cluster.on_event(
-                    "attribute_report",
-                    lambda ev, d=device, c=cluster: self._on_attribute(d, c, ev, True)))
-                subs.append(cluster.on_event(
-                    "attribute_read",
-                    lambda ev, d=device, c=cluster: self._on_attribute(d, c, ev, False)))
-                if cluster.cluster_id == IAS_ZONE:
+            for cluster in [*ep.in_clusters.values(), *ep.out_clusters.values()]:
+                reported = functools.partial(self._on_attribute, device, cluster, reported=True)
+                # zigpy files a report from a device that lists the cluster as an output
+                # under that output cluster; "attribute_updated" replaces "attribute_report"
+                # when a value is transformed on the way in
+                subs.append(cluster.on_event("attribute_report", reported))
+                subs.append(cluster.on_event("attribute_updated", reported))
+                if cluster.is_server:
+                    subs.append(cluster.on_event("attribute_read", functools.partial(
+                        self._on_attribute, device, cluster, reported=False)))
+                if cluster.cluster_id == IAS_ZONE and cluster.is_server:
                     watcher = _ZoneWatcher(self, device, cluster)
                     cluster.add_listener(watcher)
                     subs.append(functools.partial(cluster.remove_listener, watcher))
@@ -426,7 +429,7 @@ class ZigbeeAdapter(Adapter):
         ep_id = cluster.endpoint.endpoint_id
         return "" if first is None or ep_id == first else f"_{ep_id}"
 
-    def _on_attribute(self, device: Any, cluster: Any, event: Any, reported: bool) -> None:
+    def _on_attribute(self, device: Any, cluster: Any, event: Any, *, reported: bool) -> None:
         frame = self._frame
         if reported and frame is not None and frame.key == (
                 device.ieee, cluster.endpoint.endpoint_id, cluster.cluster_id):
