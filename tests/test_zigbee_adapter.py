@@ -171,6 +171,11 @@ async def test_generic_command_and_attribute_write_report_their_results(zb: Harn
         "cluster": 6, "attribute": "off_wait_time", "value": 5}))
     assert res.status == "refused" and "READ_ONLY" in res.detail
 
+    res = await adapter.send(Command(dev_id, "read", {
+        "cluster": "on_off", "attributes": ["on_time", "global_scene_control"]}))
+    assert res.status == "delivered" and "on_time=30" in res.detail
+    assert "global_scene_control=error UNSUPPORTED_ATTRIBUTE" in res.detail
+
     res = await adapter.send(Command(dev_id, "command", {"cluster": 0x0300, "command": 0}))
     assert res.status == "refused" and "no cluster" in res.detail
     res = await adapter.send(Command(dev_id, "dance"))
