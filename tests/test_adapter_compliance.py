@@ -41,12 +41,16 @@ from prometheus_client import CollectorRegistry
 
 from gateway.adapters.base import Adapter, AdapterContext
 from gateway.adapters.coap import CoapAdapter
+from gateway.adapters.coap import adapter as coap_adapter
 from gateway.adapters.coap.config import CoapConfig
 from gateway.adapters.lorawan.state import cursor_key
 from gateway.adapters.mqtt import MqttAdapter
+from gateway.adapters.mqtt import adapter as mqtt_adapter
 from gateway.adapters.mqtt.config import MqttConfig
 from gateway.adapters.registry import adapter_class, available_types
 from gateway.adapters.simulator import SimulatorAdapter, SimulatorConfig
+from gateway.adapters.zigbee import adapter as zigbee_adapter
+from gateway.core.supervisor import STOP_TIMEOUT
 from gateway.reading import Command, CommandResult, Reading
 from tests import coap_helpers
 from tests import zigbee_virtual as zv
@@ -148,6 +152,7 @@ class SimulatorDriver(Driver):
                               metrics=["temperature", "humidity", "battery", "seq"], seed=1,
                               **options)
         self._adapter = SimulatorAdapter(cfg, self.context())
+        self.stopped = False
         await self._adapter.start()
         return self._adapter
 
@@ -174,7 +179,9 @@ class MqttDriver(Driver):
         self.device: gmqtt.Client | None = None
 
     async def start(self, **options: Any) -> Adapter:
-        await self.tap.start()
+        first = self._adapter is None
+        if first:
+            await self.tap.start()
         cfg = MqttConfig.model_validate({
             "type": "mqtt", "name": self.name, "host": self.tap.host, "port": self.tap.port,
             "client_id": "gw-compliance", "reconnect_delay": 0.2,
@@ -182,9 +189,11 @@ class MqttDriver(Driver):
                                "units": {"temperature": "°C", "humidity": "%"}}],
             "commands": {"topic": "devices/{device}/set", "timeout": 3}, **options})
         self._adapter = MqttAdapter(cfg, self.context())
+        self.stopped = False
         await self._adapter.start()
-        self.device = gmqtt.Client("compliance-device")
-        await self.device.connect(self.broker.host, self.broker.port, keepalive=10)
+        if first:
+            self.device = gmqtt.Client("compliance-device")
+            await self.device.connect(self.broker.host, self.broker.port, keepalive=10)
         return self._adapter
 
     @staticmethod
@@ -243,8 +252,10 @@ class CoapDriver(Driver):
                                          "bind": "127.0.0.1", "port": self.port,
                                          "retry_after": 1, **options})
         self._adapter = CoapAdapter(cfg, self.context())
+        self.stopped = False
         await self._adapter.start()
-        self.client = await coap_helpers.client()
+        if self.client is None:
+            self.client = await coap_helpers.client()
         return self._adapter
 
     async def _device(self, seq: int) -> None:
@@ -305,13 +316,21 @@ class ZigbeeDriver(Driver):
 
     async def start(self, **options: Any) -> Adapter:
         h = self.harness
-        await h.start_core()
-        assert h.pipeline is not None
-        # the harness builds the adapter's sink from pipeline.accept: put the gate in front
-        self.sink.inner = h.pipeline.accept
-        h.pipeline.accept = self.sink.accept  # type: ignore[method-assign]
+        first = self._adapter is None
+        if first:
+            await h.start_core()
+            assert h.pipeline is not None
+            # the harness builds the adapter's sink from pipeline.accept: gate in front
+            self.sink.inner = h.pipeline.accept
+            h.pipeline.accept = self.sink.accept  # type: ignore[method-assign]
+        self.stopped = False
         adapter = self._adapter = await h.started(self.name, **options)
-        await h.pair(adapter, self.sensor)
+        if first:
+            dev_id = await h.pair(adapter, self.sensor)
+            # the values read at pairing go through first: later checks start from quiet
+            await h.wait_reading(dev_id, "temperature")
+            await eventually(lambda: h.metric("gateway_zigbee_readings_pending",
+                                              adapter=self.name) == 0, 5, "an empty queue")
         return adapter
 
     async def send_good(self, seq: int) -> None:
@@ -359,13 +378,13 @@ class LorawanDriver(Driver):
         if not self.cs_running:  # a second start (a restart) finds ChirpStack still up
             await self.cs.start()
             self.cs_running = True
-        self.stopped = False
         self._adapter = make_adapter(
             self.tmp, self.metrics, sink=self.sink, name=self.name,
             server=self.cs.address, api_token=self.cs.token, tenant_id=TENANT,
             stream={"backoff_initial": 0.05, "backoff_max": 0.2},
             default_profile={"decoder": "object", "fields": {
                 "temperature": {"metric": "temperature", "unit": "Cel"}}}, **options)
+        self.stopped = False
         await self._adapter.start()
         return self._adapter
 
@@ -638,6 +657,61 @@ async def test_stop_of_an_idle_adapter_returns_promptly(driver: Driver) -> None:
     t0 = time.monotonic()
     await asyncio.wait_for(driver.stop(), STOP_BOUND + 5)
     assert time.monotonic() - t0 < STOP_BOUND
+
+
+@cases(list(DRIVERS))
+async def test_stop_returns_promptly_while_the_sink_keeps_refusing_and_drops_nothing_silently(
+        driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zigbee_adapter, "DRAIN_TIMEOUT", 0.5)  # its own limit, shortened
+    await driver.start(**({"retry_for": 30.0} if driver.type == "zigbee" else {}))
+    driver.sink.refusing = True
+    await driver.send_good(1)
+    await eventually(lambda: driver.seqs(driver.sink.offered()).count(1) >= 2, 10, "retries")
+    t0 = time.monotonic()
+    await asyncio.wait_for(driver.stop(), STOP_TIMEOUT + 5)
+    assert time.monotonic() - t0 < STOP_TIMEOUT  # the supervisor gives up on stop() then
+    assert 1 not in driver.seqs(driver.sink.accepted)
+    if driver.acknowledges:
+        await asyncio.sleep(0.2)
+        assert not driver.acked(1), "acknowledged a refused message at stop"
+    if isinstance(driver, ZigbeeDriver):  # the device will not resend: counted, not silent
+        assert driver.harness.metric("gateway_zigbee_readings_dropped_total",
+                                     adapter=driver.name, reason="shutdown") == 1
+
+
+@cases(list(DRIVERS))
+async def test_stop_gives_up_in_bounded_time_when_accept_never_returns(
+        driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the adapters' own drain limits, shortened so the suite stays quick (LoRaWAN's 5 s
+    # is a literal in its source and stays)
+    for module in (mqtt_adapter, coap_adapter, zigbee_adapter):
+        monkeypatch.setattr(module, "DRAIN_TIMEOUT", 0.5)
+    await driver.start()
+    driver.sink.gate.clear()  # the store hangs
+    await driver.send_good(1)
+    await eventually(lambda: 1 in driver.seqs(driver.sink.offered()), 10, "the message held")
+    t0 = time.monotonic()
+    await asyncio.wait_for(driver.stop(), STOP_TIMEOUT + 5)
+    assert time.monotonic() - t0 < STOP_TIMEOUT
+    if driver.acknowledges:
+        assert not driver.acked(1), "acknowledged a message whose accept never returned"
+
+
+@cases(list(DRIVERS))
+async def test_a_restarted_adapter_registers_its_metrics_again_and_keeps_working(
+        driver: Driver) -> None:
+    first = await driver.start()
+    await driver.send_good(1)
+    await eventually(lambda: 1 in driver.seqs(driver.sink.accepted), 10, "a first message")
+    await driver.stop()
+    seen = len(driver.sink.accepted)
+    second = await driver.start()  # what the supervisor does: a new instance, same registry
+    assert second is not first
+    await driver.send_good(2)
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted[seen:]), 10,
+                     "a message after the restart")
+    if driver.acknowledges:
+        await eventually(lambda: driver.acked(2), 10, "its acknowledgement")
 
 
 # -- 5. ids, units, types -------------------------------------------------------------------
