@@ -182,7 +182,9 @@ async def test_new_devices_reach_the_file_soon_but_readings_do_not_write_it(
     try:
         reg.observe([reading("mqtt:new")])
         path = tmp_path / "devices.json"
-        await wait_for(lambda: path.exists() and "mqtt:new" in path.read_text(), 5.0)
+        # the counter moves once the write has returned, after the file is in place
+        await wait_for(lambda: reg.m_flushes._value.get() >= 1, 5.0)
+        assert "mqtt:new" in path.read_text()
         writes = reg.m_flushes._value.get()
         for i in range(2000):
             reg.observe([reading("mqtt:new", value=float(i))])
