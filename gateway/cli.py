@@ -54,7 +54,8 @@ def _check(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     names = ", ".join(f"{a.name} ({a.type})" for a in cfg.adapters) or "none"
-    print(f"{args.config}: OK — gateway {cfg.gateway.id}, adapters: {names}")
+    print(f"{args.config}: OK — gateway {cfg.gateway.id}, adapters: {names}, "
+          f"{len(cfg.rules)} rule(s), {len(cfg.filters)} filter(s)")
     return 0
 
 

@@ -160,3 +160,4 @@ def test_the_annotated_example_config_passes_check(tmp_path: Path) -> None:
     cfg = load_config(root / "configs" / "gateway.yaml",
                       env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)})
     assert cfg.rules and cfg.filters  # the example documents both
+    assert f"{len(cfg.rules)} rule(s), {len(cfg.filters)} filter(s)" in out.stdout
