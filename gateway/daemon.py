@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import gc
 import importlib
 import logging
+import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -32,6 +35,34 @@ from gateway.store.outbox import Outbox
 from gateway.uplink.client import Uplink
 
 log = logging.getLogger("gateway")
+
+
+class StateLock:
+    """One daemon per state directory: two writers would corrupt the outbox and registry."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "gateway.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> StateLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RuntimeError(f"another gateway (pid {holder}) is running on state directory "
+                               f"{self.path.parent}; stop it first or use another "
+                               "gateway.state_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
 
 
 class Gateway:
@@ -57,12 +88,13 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _store(self) -> AsyncIterator[None]:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.outbox = await Outbox.open(self.config.outbox_path, self.config.store,
-                                        metrics=self.metrics)
-        try:
-            yield
-        finally:
-            await self.outbox.close()
+        with StateLock(self.config.state_dir):
+            self.outbox = await Outbox.open(self.config.outbox_path, self.config.store,
+                                            metrics=self.metrics)
+            try:
+                yield
+            finally:
+                await self.outbox.close()
 
     @contextlib.asynccontextmanager
     async def _uplink(self) -> AsyncIterator[None]:

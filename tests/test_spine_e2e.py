@@ -248,3 +248,16 @@ def test_a_cloud_command_reaches_the_device_and_its_result_comes_back(
     assert by_id["c2"]["ok"] is False and by_id["c2"]["status"] == "unknown_device"
     assert any(r["status"] == "error" and "bad command" in r["detail"] for r in results)
     gw.stop()
+
+
+def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
+        tmp_path: Path, mosquitto: Mosquitto,
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    state = tmp_path / "state"
+    first = gateway_factory(gw_config(state, mosquitto.port, count=0)).start()
+    second = gateway_factory(gw_config(state, mosquitto.port, count=0), name="second")
+    second.start(wait_ready=0)
+    assert second.proc is not None
+    assert second.proc.wait(30) == 1
+    assert f"another gateway (pid {first.pid}) is running on state directory" in second.log_text()
+    assert first.proc is not None and first.proc.poll() is None  # the first one is untouched
