@@ -222,3 +222,13 @@ def test_incremental_window_matches_a_full_recount() -> None:
         assert w.aggregate("max", t) == max(inside)
         assert w.aggregate("count", t) == len(inside)
         assert w.aggregate("avg", t) == pytest.approx(sum(inside) / len(inside), abs=1e-6)
+
+
+def test_nan_and_infinity_do_not_poison_a_window() -> None:
+    w = Window(60.0)
+    for t, v in [(1.0, 10.0), (2.0, float("nan")), (3.0, float("inf")), (4.0, 20.0)]:
+        w.push(t, v)
+    assert w.aggregate("avg", 4.0) == 15.0
+    assert w.aggregate("count", 4.0) == 4
+    assert w.aggregate("max", 4.0) == 20.0
+    assert w.aggregate("avg", 62.5) == 20.0  # after the 10 left, the sum is still right

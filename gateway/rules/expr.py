@@ -363,7 +363,8 @@ class Window:
             ts = self.last_ts
         self.last_ts = ts
         cls = value.__class__
-        if cls is float or cls is int:
+        # NaN and infinities would poison the running sum for good: counted, not summed
+        if cls is int or (cls is float and -math.inf < value < math.inf):
             self.items.append((ts, value))
             self.total += value
             self.n += 1
