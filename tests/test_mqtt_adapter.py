@@ -317,3 +317,38 @@ async def test_stop_acknowledges_what_is_accepted_during_the_drain(
     await asyncio.sleep(0.5)
     assert len(h.sink.calls) == calls  # nothing came back: every PUBACK left before we did
     assert len(h.sink.accepted) == 40
+
+
+async def test_zigbee2mqtt_device_list_fills_in_models_and_vendors(
+        h: Harness, mosquitto: Mosquitto) -> None:
+    # what zigbee2mqtt 1.x retains on <base>/bridge/devices (trimmed to the fields we read)
+    devices = [
+        {"ieee_address": "0x00124b0018e1d3f2", "type": "Coordinator", "friendly_name":
+         "Coordinator", "definition": None},
+        {"ieee_address": "0x00158d0004a1b2c3", "type": "EndDevice",
+         "friendly_name": "living_room_climate",
+         "definition": {"model": "WSDCGQ11LM", "vendor": "Xiaomi",
+                        "description": "Aqara temperature, humidity and pressure sensor"}},
+        {"ieee_address": "0x680ae2fffe0a1b2c", "type": "Router", "friendly_name": "hall/plug",
+         "definition": {"model": "E1603", "vendor": "IKEA"}},
+    ]
+    bridge = gmqtt.Client("z2m")
+    await bridge.connect(mosquitto.host, mosquitto.port)
+    bridge.publish("zigbee2mqtt/bridge/devices", json.dumps(devices).encode(), qos=1,
+                   retain=True)
+    await asyncio.sleep(0.2)
+    await h.adapter(subscriptions=[{"topic": "zigbee2mqtt/{device}", "format": "zigbee2mqtt"}])
+    try:
+        await wait_for(lambda: h.devices.get("mqtt:living_room_climate") is not None)
+        dev = h.devices.get("mqtt:living_room_climate")
+        assert dev is not None
+        assert (dev["model"], dev["manufacturer"], dev["ieee_address"]) == (
+            "WSDCGQ11LM", "Xiaomi", "0x00158d0004a1b2c3")
+        assert h.devices.get("mqtt:Coordinator") is None
+        assert h.devices.get("mqtt:hall/plug") is None  # not addressable as one topic level
+        bridge.publish("zigbee2mqtt/living_room_climate",
+                       b'{"temperature": 22.66, "humidity": 52.43}', qos=1)
+        await wait_for(lambda: len(h.sink.accepted) == 2)
+        assert h.sink.calls[0][0].device == "mqtt:living_room_climate"
+    finally:
+        await bridge.disconnect()

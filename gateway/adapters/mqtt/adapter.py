@@ -48,6 +48,8 @@ MAX_BATCH = 5000
 MAX_TRACKED = 1000
 #: held (refused) messages retry after this, doubling up to the max
 RETRY_INITIAL, RETRY_MAX = 0.05, 2.0
+#: zigbee2mqtt's retained device list grows with the network
+BRIDGE_MAX_PAYLOAD = 4 * 1024 * 1024
 #: stop() waits this long for accepted work before disconnecting
 DRAIN_TIMEOUT = 8.0
 _EXCERPT = 80
@@ -95,6 +97,17 @@ class _MidRecorder(PersistentStorage):  # type: ignore[misc]
         super().push_message(mid, raw_package)
 
 
+def _bridge_topic(route: _Route) -> str | None:
+    """``zigbee2mqtt/bridge/devices`` for a ``zigbee2mqtt/{device}`` subscription."""
+    parts = route.sub.topic.split("/")
+    if route.sub.format != "zigbee2mqtt" or parts[-1] != "{device}" or len(parts) < 2:
+        return None
+    base = parts[:-1]
+    if any(p.startswith("{") or p == "+" for p in base):
+        return None
+    return "/".join([*base, "bridge", "devices"])
+
+
 def _excerpt(payload: bytes) -> str:
     text = payload[:_EXCERPT].decode("utf-8", "replace")
     return repr(text) + ("..." if len(payload) > _EXCERPT else "")
@@ -120,6 +133,7 @@ class MqttAdapter(Adapter):
         assert isinstance(config, MqttConfig)
         self._routes = [_Route(s, self.prefix) for s in config.subscriptions]
         self._route_cache: dict[str, tuple[_Route, dict[str, str]]] = {}
+        self._bridges = {t for r in self._routes if (t := _bridge_topic(r)) is not None}
         self._max_payload = config.max_payload
         self._command_topic = TopicTemplate(config.commands.topic) if config.commands else None
         m = _metrics(ctx.metrics)
@@ -219,6 +233,7 @@ class MqttAdapter(Adapter):
         client = self._client
         assert client is not None and self._loop is not None
         subs = [gmqtt.Subscription(r.template.filter, qos=r.sub.qos) for r in self._routes]
+        subs += [gmqtt.Subscription(t, qos=1) for t in sorted(self._bridges)]
         mid = client.subscribe(subs)
         fut = self._subacks[mid] = self._loop.create_future()
         try:
@@ -323,6 +338,8 @@ class MqttAdapter(Adapter):
                 return await self._withhold()
             hit = self._route_cache.get(topic) or self._route(topic)
             if hit is None:
+                if topic in self._bridges:
+                    return self._bridge_devices(topic, payload)
                 return self._unmatched(topic)
             route, slots = hit
             if len(payload) > self._max_payload:
@@ -365,6 +382,41 @@ class MqttAdapter(Adapter):
         if connection is None or not data:
             return  # stopped: the broker sends what we did not acknowledge again
         connection._protocol.write_data(data)
+
+    def _bridge_devices(self, topic: str, payload: bytes) -> int:
+        """zigbee2mqtt's device list: declare each device's model and vendor."""
+        if len(payload) > BRIDGE_MAX_PAYLOAD:
+            self._m_oversized.inc()
+            self._log_once(topic, "mqtt %s: %s is %d bytes, more than %d; device models not "
+                           "read", self.prefix, topic, len(payload), BRIDGE_MAX_PAYLOAD)
+            return PAYLOAD_INVALID
+        try:
+            entries = json.loads(payload)
+            if not isinstance(entries, list):
+                raise ValueError("expected a JSON list of devices")
+            declared = 0
+            for entry in entries:
+                if not isinstance(entry, dict) or entry.get("type") == "Coordinator":
+                    continue
+                name = entry.get("friendly_name")
+                if not isinstance(name, str) or not name or "/" in name:
+                    continue
+                definition = entry.get("definition") or {}
+                info = {"model": definition.get("model"),
+                        "manufacturer": definition.get("vendor") or entry.get("manufacturer"),
+                        "description": definition.get("description"),
+                        "ieee_address": entry.get("ieee_address")}
+                self.ctx.devices.declare(f"{self.prefix}:{name}",
+                                         **{k: v for k, v in info.items()
+                                            if isinstance(v, str) and v})
+                declared += 1
+        except (ValueError, AttributeError) as exc:
+            self._m_malformed.inc()
+            self._log_once(topic, "mqtt %s: cannot read %s: %s", self.prefix, topic, exc)
+            return PAYLOAD_INVALID
+        self.log.info("mqtt %s: %d zigbee2mqtt device(s) described by %s", self.prefix,
+                      declared, topic)
+        return OK
 
     def _unmatched(self, topic: str) -> int:
         self._m_unmatched.inc()
