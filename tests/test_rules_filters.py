@@ -157,10 +157,13 @@ def test_aggregate_ignores_resends_and_counts_late_readings() -> None:
                                 {"filter": "agg", "reason": "late"}) == 1
 
 
-def test_text_values_in_an_aggregated_series_are_sent_as_they_are() -> None:
+def test_text_and_infinite_values_in_an_aggregated_series_are_sent_as_they_are() -> None:
     f = fs({"metric": "*", "aggregate": {"window": 60}})
-    out = f.apply([r("state", "open", T0), r("power", 1.0, T0)])
-    assert [x.value for x in out] == ["open"]
+    out = f.apply([r("state", "open", T0), r("power", 1.0, T0), r("power", float("inf"), T0 + 1)])
+    assert [x.value for x in out] == ["open", float("inf")]
+    f.apply([r("power", 3.0, T0 + 2)])
+    assert [x.value for x in f.close_windows(everything=True) and f.take_queued()] == [2.0, 1.0,
+                                                                                     3.0]
 
 
 def test_a_quiet_series_window_closes_after_its_end_by_the_clock() -> None:

@@ -158,10 +158,10 @@ class FilterSet:
                 f.count("drop")
                 keep = False
             elif f.window:
-                if value.__class__ in _NUMBERS:
+                if value.__class__ in _NUMBERS and -math.inf < v < math.inf:
                     self._aggregate(f, s, r)
                     keep = False
-                # text and booleans cannot be averaged: sent as they are
+                # text, booleans, NaN and infinities cannot be averaged: sent as they are
             else:
                 # compare with what was durably sent, or kept earlier in this batch
                 base_v: Any
