@@ -84,17 +84,31 @@ async def eventually(cond: Callable[[], bool], within: float = 5.0,
 
 # -- MQTT on the wire --------------------------------------------------------------------------
 
-PUBLISH, PUBACK = 3, 4
+CONNECT, PUBLISH, PUBACK = 1, 3, 4
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    """An MQTT variable byte integer at ``data[i:]``: its value and the index after it."""
+    value, mult = 0, 1
+    for _ in range(4):
+        byte = data[i]
+        i += 1
+        value += (byte & 0x7F) * mult
+        mult *= 128
+        if not byte & 0x80:
+            break
+    return value, i
 
 
 @dataclass
 class Puback:
-    """A PUBACK the client sent: packet id, reason code, the topic of the PUBLISH it
-    answers, and when it passed the tap."""
+    """A PUBACK the client sent: packet id, reason code, the topic and payload of the
+    PUBLISH it answers, and when it passed the tap."""
 
     mid: int
     code: int
     topic: str | None
+    payload: bytes | None
     at: float
 
 
@@ -130,8 +144,8 @@ class MqttTap:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.pubacks: list[Puback] = []
-        #: packet id → topic of the latest QoS 1 PUBLISH the broker sent with that id
-        self.topics: dict[int, str] = {}
+        #: packet id → (topic, payload) of the latest QoS 1 PUBLISH the broker sent with it
+        self.publishes: dict[int, tuple[str, bytes]] = {}
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
@@ -161,8 +175,16 @@ class MqttTap:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.broker)
         self._writers += [writer, up_writer]
-        for task in (self._pump(reader, up_writer, self._from_client),
-                     self._pump(up_reader, writer, self._from_broker)):
+        version = [4]  # the protocol level the client's CONNECT asks for (5 = MQTT 5)
+
+        def from_client(buf: bytearray) -> None:
+            self._from_client(buf, version)
+
+        def from_broker(buf: bytearray) -> None:
+            self._from_broker(buf, version[0])
+
+        for task in (self._pump(reader, up_writer, from_client),
+                     self._pump(up_reader, writer, from_broker)):
             t = asyncio.get_running_loop().create_task(task)
             self._pumps.add(t)
             t.add_done_callback(self._pumps.discard)
@@ -181,16 +203,25 @@ class MqttTap:
         finally:
             writer.close()
 
-    def _from_client(self, buf: bytearray) -> None:
+    def _from_client(self, buf: bytearray, version: list[int]) -> None:
         for kind, _flags, body in _packets(buf):
-            if kind == PUBACK and len(body) >= 2:
+            if kind == CONNECT and len(body) >= 7:
+                n = int.from_bytes(body[:2], "big")
+                version[0] = body[2 + n]
+            elif kind == PUBACK and len(body) >= 2:
                 code = body[2] if len(body) > 2 else 0
                 mid = int.from_bytes(body[:2], "big")
-                self.pubacks.append(Puback(mid, code, self.topics.get(mid), time.monotonic()))
+                topic, payload = self.publishes.get(mid, (None, None))
+                self.pubacks.append(Puback(mid, code, topic, payload, time.monotonic()))
 
-    def _from_broker(self, buf: bytearray) -> None:
+    def _from_broker(self, buf: bytearray, version: int) -> None:
         for kind, flags, body in _packets(buf):
             if kind == PUBLISH and (flags >> 1) & 0x03:
                 n = int.from_bytes(body[:2], "big")
                 topic = body[2:2 + n].decode("utf-8", "replace")
-                self.topics[int.from_bytes(body[2 + n:4 + n], "big")] = topic
+                mid = int.from_bytes(body[2 + n:4 + n], "big")
+                start = 4 + n
+                if version >= 5:
+                    props, start = _varint(body, start)
+                    start += props
+                self.publishes[mid] = (topic, body[start:])

@@ -37,6 +37,7 @@ import gmqtt
 import pytest
 from aiocoap import Context
 from aiocoap.numbers.codes import Code
+from gmqtt.mqtt.constants import MQTTv311
 from prometheus_client import CollectorRegistry
 
 from gateway.adapters.base import Adapter, AdapterContext
@@ -73,6 +74,9 @@ class Driver(abc.ABC):
     type: ClassVar[str]
     #: whether the device hears an acknowledgement (PUBACK, 2.04, cursor) at all
     acknowledges: ClassVar[bool]
+    #: whether the device sends a refused message again (False: the gateway must keep it,
+    #: and a loss must at least be counted); None where there is no device
+    resends: ClassVar[bool | None] = True
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -146,6 +150,7 @@ class SimulatorDriver(Driver):
 
     type = "simulator"
     acknowledges = False
+    resends = None
 
     async def start(self, **options: Any) -> Adapter:
         cfg = SimulatorConfig(type="simulator", name=self.name, devices=1, interval=0.1,
@@ -302,11 +307,58 @@ class CoapDriver(Driver):
                 await self.client.shutdown()
 
 
+class CoapObserveDriver(CoapDriver):
+    """The other CoAP path: the adapter observes a resource on a real aiocoap device."""
+
+    acknowledges = False  # a notification has no application-level answer
+    resends = False
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.device = coap_helpers.Device()
+        self.sensor = self.device.add("/sensors/climate", coap_helpers.DeviceResource(
+            self._state(0)))
+
+    @staticmethod
+    def _state(seq: int) -> dict[str, Any]:
+        return {"seq": seq, "temperature": 21.5, "units": {"temperature": "Cel"}}
+
+    async def start(self, **options: Any) -> Adapter:
+        first = self._adapter is None
+        if first:
+            await self.device.start()
+        adapter = await super().start(devices=[{
+            "id": "node-1", "address": self.device.address,
+            "resources": [{"path": "/sensors/climate", "quiet_after": 30}]}], **options)
+        if first:  # the registration's first answer is seq 0: later checks start from it
+            await eventually(lambda: 0 in self.seqs(self.sink.accepted), 10,
+                             "the observation's first answer")
+        return adapter
+
+    async def send_good(self, seq: int) -> None:
+        self.sensor.value = self._state(seq)
+        self.sensor.updated_state()
+
+    async def send_bad(self) -> None:
+        self.sensor.value = {"temperature": [1, 2]}  # a list where a number belongs
+        self.sensor.updated_state()
+
+    def native(self, seq: int) -> str:
+        return "node-1"
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            await self.device.stop()
+
+
 class ZigbeeDriver(Driver):
     """A paired virtual climate sensor; readings go on to the real pipeline and outbox."""
 
     type = "zigbee"
     acknowledges = False
+    resends = False
 
     def __init__(self, tmp: Path) -> None:
         super().__init__(tmp)
@@ -433,8 +485,57 @@ class LorawanDriver(Driver):
             await self.cs.stop()
 
 
-DRIVERS: dict[str, type[Driver]] = {d.type: d for d in (
-    SimulatorDriver, MqttDriver, CoapDriver, ZigbeeDriver, LorawanDriver)}
+class LorawanMqttDriver(LorawanDriver):
+    """LoRaWAN's other source: ChirpStack's MQTT integration through mosquitto, with the
+    adapter behind a PUBACK tap; discovery still goes to the gRPC stand-in."""
+
+    def __init__(self, tmp: Path, broker: Mosquitto) -> None:
+        super().__init__(tmp)
+        self.broker = broker
+        self.tap = MqttTap(broker.host, broker.port)
+        self.publisher: gmqtt.Client | None = None
+        self.bodies: dict[int, bytes] = {}
+
+    @property
+    def topic(self) -> str:
+        return f"application/{self.cs.devices[self.EUI]['app']}/device/{self.EUI}/event/up"
+
+    async def start(self, **options: Any) -> Adapter:
+        if self.publisher is None:
+            await self.tap.start()
+            self.publisher = gmqtt.Client("compliance-chirpstack")
+            await self.publisher.connect(self.broker.host, self.broker.port, version=MQTTv311)
+        return await super().start(source="mqtt", mqtt={
+            "host": self.tap.host, "port": self.tap.port, "client_id": "gw-lora-compliance",
+            "reconnect_delay": 0.2}, **options)
+
+    async def send_good(self, seq: int) -> None:
+        assert self.publisher is not None
+        ev = self.cs.uplink(self.EUI, seq, obj={"seq": seq, "temperature": 21.5})
+        self.bodies[seq] = ev.SerializeToString()
+        self.publisher.publish(self.topic, self.bodies[seq], qos=1)
+
+    async def send_bad(self) -> None:
+        assert self.publisher is not None
+        self.publisher.publish(self.topic, b"{not json", qos=1)
+
+    def acked(self, seq: int) -> bool:
+        return any(p.code < 0x80 for p in self.tap.pubacks if p.payload == self.bodies[seq])
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            if self.publisher is not None:
+                await self.publisher.disconnect()
+            await self.tap.stop()
+
+
+#: case id → driver; the ids after the type name are the adapter's second input path
+DRIVERS: dict[str, type[Driver]] = {
+    "simulator": SimulatorDriver, "mqtt": MqttDriver, "coap": CoapDriver,
+    "coap-observe": CoapObserveDriver, "zigbee": ZigbeeDriver, "lorawan": LorawanDriver,
+    "lorawan-mqtt": LorawanMqttDriver}
 ACKING = [t for t, d in DRIVERS.items() if d.acknowledges]
 WIRED = [t for t in DRIVERS if t != "simulator"]  # the simulator has no wire payloads
 
@@ -446,8 +547,8 @@ def _case(kind: str, xfail: dict[str, str] | None = None) -> Any:
 
 
 async def _driver(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Driver:
-    if kind == "mqtt":
-        return MqttDriver(tmp_path, request.getfixturevalue("mosquitto"))
+    if kind in ("mqtt", "lorawan-mqtt"):
+        return DRIVERS[kind](tmp_path, request.getfixturevalue("mosquitto"))  # type: ignore[call-arg]
     return DRIVERS[kind](tmp_path)
 
 
@@ -466,7 +567,7 @@ def cases(kinds: list[str], xfail: dict[str, str] | None = None) -> Any:
 
 
 def test_every_installed_adapter_type_is_covered_by_the_suite() -> None:
-    assert set(available_types()) == set(DRIVERS)
+    assert set(available_types()) == {d.type for d in DRIVERS.values()}
 
 
 @cases(list(DRIVERS))
@@ -616,7 +717,7 @@ async def test_malformed_payload_is_counted_logged_and_the_next_one_arrives(
     assert [r for r in caplog.records
             if r.levelno >= logging.WARNING and r.name.startswith("gateway")], "not logged"
     assert not driver.adapter.failed.done()
-    if isinstance(driver, CoapDriver):
+    if type(driver) is CoapDriver:
         assert driver.bad_answers == [Code.BAD_REQUEST]
     if isinstance(driver, MqttDriver):
         assert driver.tap.acks_for(driver.topic("broken")) == [0x99]
@@ -659,14 +760,24 @@ async def test_stop_of_an_idle_adapter_returns_promptly(driver: Driver) -> None:
     assert time.monotonic() - t0 < STOP_BOUND
 
 
-@cases(list(DRIVERS))
+@cases(list(DRIVERS), xfail={
+    "coap-observe": "DeviceClient._store (gateway/adapters/coap/client.py) returns as soon as "
+                    "stop() sets the stopping event while the sink is refusing a notification: "
+                    "its readings are discarded with no log line and no drop counter (only "
+                    "gateway_coap_notifications_total{result=refused} moved, as it does for "
+                    "refusals that are later accepted); the device will not send that state "
+                    "again",
+})
 async def test_stop_returns_promptly_while_the_sink_keeps_refusing_and_drops_nothing_silently(
-        driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+        driver: Driver, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(zigbee_adapter, "DRAIN_TIMEOUT", 0.5)  # its own limit, shortened
     await driver.start(**({"retry_for": 30.0} if driver.type == "zigbee" else {}))
     driver.sink.refusing = True
     await driver.send_good(1)
     await eventually(lambda: driver.seqs(driver.sink.offered()).count(1) >= 2, 10, "retries")
+    caplog.set_level(logging.WARNING)
+    caplog.clear()
     t0 = time.monotonic()
     await asyncio.wait_for(driver.stop(), STOP_TIMEOUT + 5)
     assert time.monotonic() - t0 < STOP_TIMEOUT  # the supervisor gives up on stop() then
@@ -674,7 +785,10 @@ async def test_stop_returns_promptly_while_the_sink_keeps_refusing_and_drops_not
     if driver.acknowledges:
         await asyncio.sleep(0.2)
         assert not driver.acked(1), "acknowledged a refused message at stop"
-    if isinstance(driver, ZigbeeDriver):  # the device will not resend: counted, not silent
+    if driver.resends is False:  # the device will not send it again: say what was lost
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name.startswith("gateway")], "refused readings dropped without a word"
+    if isinstance(driver, ZigbeeDriver):
         assert driver.harness.metric("gateway_zigbee_readings_dropped_total",
                                      adapter=driver.name, reason="shutdown") == 1
 
@@ -721,10 +835,10 @@ async def test_a_restarted_adapter_registers_its_metrics_again_and_keeps_working
 async def test_readings_carry_named_device_ids_senml_units_and_plain_types(
         driver: Driver) -> None:
     adapter = await driver.start()
-    for seq in (1, 2):
+    for seq in (1, 2):  # one at a time: CoAP observe keeps only the latest state
         await driver.send_good(seq)
-    await eventually(lambda: {1, 2} <= set(driver.seqs(driver.sink.accepted)), 10,
-                     "two messages")
+        await eventually(lambda s=seq: s in driver.seqs(driver.sink.accepted), 10,  # type: ignore[misc]
+                         f"message {seq}")
     readings = driver.sink.accepted
     now = time.time()
     for r in readings:
