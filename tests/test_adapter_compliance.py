@@ -570,12 +570,6 @@ def test_every_installed_adapter_type_is_covered_by_the_suite() -> None:
     assert set(available_types()) == {d.type for d in DRIVERS.values()}
 
 
-@cases(list(DRIVERS))
-async def test_adapter_is_the_class_registered_under_its_type(driver: Driver) -> None:
-    adapter = await driver.start()
-    assert type(adapter) is adapter_class(driver.type)
-
-
 # -- 1. accept-then-ack ---------------------------------------------------------------------
 
 
@@ -599,7 +593,7 @@ async def test_refused_batch_is_offered_again_and_arrives_exactly_once(driver: D
     sink = driver.sink
     sink.refusing = True  # the outbox is full
     await driver.send_good(1)
-    await eventually(lambda: driver.seqs(sink.offered()).count(1) >= 3, 10,
+    await eventually(lambda: driver.seqs(sink.offered()).count(1) >= 2, 10,
                      "the refused message offered again")
     assert 1 not in driver.seqs(sink.accepted)
     if driver.acknowledges:
@@ -610,25 +604,16 @@ async def test_refused_batch_is_offered_again_and_arrives_exactly_once(driver: D
         await eventually(lambda: driver.acked(1), 10, "the acknowledgement once accepted")
     await asyncio.sleep(0.3)
     assert driver.seqs(sink.accepted).count(1) == 1
+    if type(driver) is CoapDriver:  # the device heard 5.03 with Max-Age, then 2.04
+        *refusals, last = driver.answers[1]
+        assert refusals and all(code == Code.SERVICE_UNAVAILABLE and max_age == 1
+                                for code, max_age in refusals), refusals
+        assert last[0] == Code.CHANGED
+    if isinstance(driver, MqttDriver):  # held unacknowledged, then one PUBACK with 0x00
+        assert driver.tap.acks_for(driver.topic(driver.native(1))) == [0]
 
 
 # -- 2. refusal as the device hears it ------------------------------------------------------
-
-
-@cases(["coap"])
-async def test_coap_device_hears_503_with_max_age_while_the_outbox_refuses(
-        driver: Driver) -> None:
-    assert isinstance(driver, CoapDriver)
-    await driver.start()
-    driver.sink.refusing = True
-    await driver.send_good(1)
-    await eventually(lambda: len(driver.answers.get(1, [])) >= 2, 10, "two refusals")
-    driver.sink.refusing = False
-    await eventually(lambda: driver.acked(1), 10, "2.04 after the retry")
-    *refusals, last = driver.answers[1]
-    assert refusals and all(code == Code.SERVICE_UNAVAILABLE and max_age == 1
-                            for code, max_age in refusals)
-    assert last[0] == Code.CHANGED
 
 
 @cases(["mqtt"])
@@ -641,20 +626,6 @@ async def test_mqtt_refusal_answers_0x97_on_the_wire_in_nack_mode(driver: Driver
     await eventually(lambda: driver.tap.acks_for(topic) != [], 10, "a PUBACK")
     assert driver.tap.acks_for(topic) == [0x97]
     assert driver.seqs(driver.sink.accepted) == []
-
-
-@cases(["mqtt"])
-async def test_mqtt_refused_message_is_held_without_any_puback_by_default(
-        driver: Driver) -> None:
-    assert isinstance(driver, MqttDriver)
-    await driver.start()
-    driver.sink.refusing = True
-    await driver.send_good(1)
-    await eventually(lambda: driver.seqs(driver.sink.offered()).count(1) >= 3, 10, "retries")
-    assert driver.tap.acks_for(driver.topic(driver.native(1))) == []
-    driver.sink.refusing = False
-    await eventually(lambda: driver.tap.acks_for(driver.topic(driver.native(1))) == [0], 10,
-                     "one PUBACK with reason code 0")
 
 
 @cases(["lorawan"])
@@ -750,16 +721,6 @@ async def test_stop_finishes_the_batch_being_accepted_and_returns_promptly(
         await eventually(lambda: driver.acked(3), 3, "the acknowledgement sent before close")
 
 
-@cases(list(DRIVERS))
-async def test_stop_of_an_idle_adapter_returns_promptly(driver: Driver) -> None:
-    await driver.start()
-    await driver.send_good(1)
-    await eventually(lambda: 1 in driver.seqs(driver.sink.accepted), 10, "a first message")
-    t0 = time.monotonic()
-    await asyncio.wait_for(driver.stop(), STOP_BOUND + 5)
-    assert time.monotonic() - t0 < STOP_BOUND
-
-
 @cases(list(DRIVERS), xfail={
     "coap-observe": "DeviceClient._store (gateway/adapters/coap/client.py) returns as soon as "
                     "stop() sets the stopping event while the sink is refusing a notification: "
@@ -793,7 +754,8 @@ async def test_stop_returns_promptly_while_the_sink_keeps_refusing_and_drops_not
                                      adapter=driver.name, reason="shutdown") == 1
 
 
-@cases(list(DRIVERS))
+# lorawan-mqtt left out for time: its source waits the same literal 5 s as the gRPC one
+@cases([k for k in DRIVERS if k != "lorawan-mqtt"])
 async def test_stop_gives_up_in_bounded_time_when_accept_never_returns(
         driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
     # the adapters' own drain limits, shortened so the suite stays quick (LoRaWAN's 5 s
@@ -817,7 +779,9 @@ async def test_a_restarted_adapter_registers_its_metrics_again_and_keeps_working
     first = await driver.start()
     await driver.send_good(1)
     await eventually(lambda: 1 in driver.seqs(driver.sink.accepted), 10, "a first message")
-    await driver.stop()
+    t0 = time.monotonic()
+    await asyncio.wait_for(driver.stop(), STOP_BOUND + 5)
+    assert time.monotonic() - t0 < STOP_BOUND  # an idle adapter stops promptly
     seen = len(driver.sink.accepted)
     second = await driver.start()  # what the supervisor does: a new instance, same registry
     assert second is not first
@@ -835,6 +799,7 @@ async def test_a_restarted_adapter_registers_its_metrics_again_and_keeps_working
 async def test_readings_carry_named_device_ids_senml_units_and_plain_types(
         driver: Driver) -> None:
     adapter = await driver.start()
+    assert type(adapter) is adapter_class(driver.type)  # what the daemon would load
     for seq in (1, 2):  # one at a time: CoAP observe keeps only the latest state
         await driver.send_good(seq)
         await eventually(lambda s=seq: s in driver.seqs(driver.sink.accepted), 10,  # type: ignore[misc]
