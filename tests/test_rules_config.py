@@ -161,3 +161,26 @@ def test_the_annotated_example_config_passes_check(tmp_path: Path) -> None:
                       env={**os.environ, "CREDENTIALS_DIRECTORY": str(creds)})
     assert cfg.rules and cfg.filters  # the example documents both
     assert f"{len(cfg.rules)} rule(s), {len(cfg.filters)} filter(s)" in out.stdout
+
+
+def test_the_examples_in_the_rules_readme_are_valid() -> None:
+    import re
+
+    import yaml
+
+    from gateway.rules.config import FilterSpec, RuleSpec
+
+    text = (Path(__file__).resolve().parent.parent / "gateway" / "rules" / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    checked = 0
+    for block in blocks:
+        data = yaml.safe_load(block)
+        rules = data.get("rules", []) if isinstance(data, dict) else data
+        filters = data.get("filters", []) if isinstance(data, dict) else []
+        for r in rules:
+            RuleSpec.model_validate(r)
+            checked += 1
+        for f in filters:
+            FilterSpec.model_validate(f)
+            checked += 1
+    assert checked >= 8
