@@ -48,6 +48,8 @@ from gateway.reading import Command, CommandResult, Reading
 STARTUP_TIMEOUT = 60.0
 #: how long stop() waits for readings still queued to reach the pipeline
 DRAIN_TIMEOUT = 5.0
+#: how long stop() waits for zigpy and the radio library to shut down
+RADIO_SHUTDOWN_TIMEOUT = 3.0
 #: most readings handed to the pipeline in one call
 BATCH = 500
 PERMIT_MAX = 254
@@ -201,7 +203,19 @@ class ZigbeeAdapter(Adapter):
         if app is not None:
             app.remove_listener(self)
             try:
-                await app.shutdown()
+                # bellows can hang here for good after a lost link: its serial thread
+                # stops, and a disconnect handed to it in that moment never runs
+                async with asyncio.timeout(RADIO_SHUTDOWN_TIMEOUT):
+                    await app.shutdown()
+            except TimeoutError:
+                self.log.warning("zigbee: radio did not shut down within %g s; closing its"
+                                 " database anyway", RADIO_SHUTDOWN_TIMEOUT)
+                # zigpy closes its database only after the radio: without this its
+                # SQLite thread outlives the adapter and keeps the process from exiting
+                db = getattr(app, "_dblistener", None)
+                if db is not None:
+                    with contextlib.suppress(Exception):
+                        await db.shutdown()
             except Exception as exc:  # noqa: BLE001 - a dead stick must not block the drain
                 self.log.warning("zigbee: radio shutdown failed: %s", exc)
         # the radio is quiet now: hand what is still queued to the pipeline
