@@ -1,23 +1,39 @@
 """Every adapter type against the Adapter contract of shared/DESIGN.md, through its real path.
 
-One suite, parametrized over simulator, mqtt (real mosquitto, PUBACKs read on the wire),
-coap (a real aiocoap client), zigbee (real zigpy behind the virtual radio, real pipeline
-and outbox) and lorawan (the gRPC ChirpStack stand-in, cursors read from disk). The sink
-is ``tests.compliance.GateSink``: it holds or refuses a batch on demand, which a real
-outbox cannot be made to do on time; for zigbee it passes accepted batches on to the real
-pipeline. Each adapter runs under an instance name other than its type, so device ids
-must come from the name.
+One suite, parametrized over the input paths of every installed adapter type:
 
-Checked for each adapter:
+- ``simulator``;
+- ``mqtt``: a gmqtt device on real mosquitto; the adapter reaches the broker through a
+  loopback relay that reads its PUBACKs (and their reason codes) on the wire;
+- ``coap``: a real aiocoap client posting readings, retrying after 5.03 as a device does;
+- ``coap-observe``: the adapter observing a resource on a real aiocoap device;
+- ``zigbee``: real zigpy behind the virtual radio, a paired virtual sensor, readings on
+  into the real pipeline and SQLite outbox;
+- ``lorawan``: the gRPC ChirpStack stand-in; the acknowledgement is the cursor on disk;
+- ``lorawan-mqtt``: ChirpStack's MQTT integration through mosquitto, PUBACKs on the wire.
+
+The sink is ``tests.compliance.GateSink``: it holds or refuses a batch on demand, which a
+real outbox cannot be made to do on time. Each adapter runs under an instance name other
+than its type, so device ids must come from the name.
+
+Checked for each path:
 
 1. accept-then-ack: no PUBACK / 2.04 / saved cursor while ``accept`` is held, one after;
-   (all adapters) a refused batch is offered again and arrives exactly once;
-2. refusal: the device hears a refusal it retries on, or the adapter keeps retrying, and
-   a refusal that outlasts the adapter's patience is counted, never silent;
+   a refused batch is offered again, the device is not acknowledged meanwhile, and the
+   batch arrives exactly once (for the simulator and zigbee, which acknowledge nothing,
+   this is the check);
+2. refusal as the device hears it: 5.03 with Max-Age (coap), no PUBACK until accepted
+   (mqtt's default hold) or 0x97 (``on_refused: nack``), the cursor left behind and the
+   event replayed after a restart (lorawan); a refusal that outlasts zigbee's
+   ``retry_for`` is counted and logged;
 3. a malformed payload is counted in ``gateway_<type>_malformed_total``, logged, and the
    next good payload still arrives;
-4. ``stop()`` finishes a batch whose ``accept`` is in progress and returns in bounded time;
-5. device ids, ``owns()``, SenML units, value and timestamp types;
+4. ``stop()`` finishes a batch whose ``accept`` is in progress, then returns promptly; it
+   is bounded too while the sink refuses (what the device will not resend must be
+   counted or logged) and while ``accept`` never returns; a restarted adapter (a new
+   instance on the same metrics registry, as the supervisor makes) keeps working;
+5. device ids ``<name>:<native id>``, ``owns()``, snake_case metrics, SenML units, value
+   and timestamp types, and the class registered under the type's entry point;
 6. ``send()`` to an unknown device returns a failed ``CommandResult`` and never raises.
 """
 
@@ -800,10 +816,11 @@ async def test_readings_carry_named_device_ids_senml_units_and_plain_types(
         driver: Driver) -> None:
     adapter = await driver.start()
     assert type(adapter) is adapter_class(driver.type)  # what the daemon would load
-    for seq in (1, 2):  # one at a time: CoAP observe keeps only the latest state
-        await driver.send_good(seq)
-        await eventually(lambda s=seq: s in driver.seqs(driver.sink.accepted), 10,  # type: ignore[misc]
-                         f"message {seq}")
+    # one at a time: CoAP observe keeps only the latest state
+    await driver.send_good(1)
+    await eventually(lambda: 1 in driver.seqs(driver.sink.accepted), 10, "message 1")
+    await driver.send_good(2)
+    await eventually(lambda: 2 in driver.seqs(driver.sink.accepted), 10, "message 2")
     readings = driver.sink.accepted
     now = time.time()
     for r in readings:
