@@ -262,3 +262,12 @@ def test_gateway_check_names_file_line_and_key_of_a_bad_mqtt_option(tmp_path: Pa
     (problem,) = err.value.problems
     assert problem.startswith(f"{path}:8: adapters[0].subscriptions[0].unit: unknown unit")
 
+
+
+def test_the_shared_unit_table_reads_c_and_f_as_temperatures() -> None:
+    from gateway.units import normalize
+
+    assert normalize("C") == ("Cel", None)
+    unit, convert = normalize("F")
+    assert unit == "Cel" and convert is not None and abs(convert(212.0) - 100.0) < 1e-9
+    assert normalize("Cel") == ("Cel", None) and normalize("W") == ("W", None)

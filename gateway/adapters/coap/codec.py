@@ -25,7 +25,7 @@ from typing import Any
 import cbor2
 
 from gateway.adapters.coap.config import NATIVE_ID
-from gateway.adapters.mqtt.units import UnknownUnit, normalize
+from gateway.units import UnknownUnit, normalize
 from gateway.reading import Reading, Value
 
 TEXT, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 50, 60, 110, 112

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
-from gateway.adapters.mqtt.units import UnknownUnit, check
+from gateway.units import UnknownUnit, check
 from gateway.config.types import ByteSize, Duration, Section
 
 #: native device ids: what may follow ``<adapter>:`` and appear as one Uri-Path segment

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
-from gateway.adapters.mqtt.units import check as check_unit
+from gateway.units import check as check_unit
 from gateway.config.types import Duration, Section
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from gateway.adapters.lorawan.config import FieldMap, LayoutField, ProfileConfig
-from gateway.adapters.mqtt.units import normalize
+from gateway.units import normalize
 from gateway.reading import Value
 
 Candidate = tuple[str, Value, str | None]

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.adapters.mqtt.config import FieldSpec, SubscriptionConfig
-from gateway.adapters.mqtt.units import Convert, UnknownUnit, normalize
+from gateway.units import Convert, UnknownUnit, normalize
 from gateway.reading import Reading, Value
 
 #: device timestamps before 2001-09-09 (UNIX 1e9) are taken as an unset clock

@@ -52,12 +52,19 @@ class UnknownUnit(ValueError):
 
 
 def normalize(unit: str, metric: str = "") -> tuple[str, Convert | None]:
-    """SenML name and value conversion for ``unit`` (raise :class:`UnknownUnit`)."""
+    """SenML name and value conversion for ``unit`` (raise :class:`UnknownUnit`).
+
+    Exact aliases win over SenML names: sensors that write "C" or "F" mean degrees
+    Celsius or Fahrenheit, not coulomb or farad.
+    """
     if unit == "%":
         return PERCENT_BY_METRIC.get(metric, "%"), None
+    hit = ALIASES.get(unit)
+    if hit is not None:
+        return hit
     if unit in SENML_UNITS:
         return unit, None
-    hit = ALIASES.get(unit) or _LOWER.get(unit.lower())
+    hit = _LOWER.get(unit.lower())
     if hit is None:
         raise UnknownUnit(f"unknown unit {unit!r}: use a SenML name (Cel, %RH, Pa, W, Wh, V, "
                           f"lx, ...) or a known alias (°C, °F, hPa, kWh, mV, ...)")
