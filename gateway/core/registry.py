@@ -149,6 +149,7 @@ class DeviceRegistry:
         self._dirty = False
         self._soon = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        self._writing: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pending_events: set[asyncio.Task[bool]] = set()
         self._db: TinyDB | None = None
@@ -186,6 +187,9 @@ class DeviceRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._writing is not None and not self._writing.done():
+            with contextlib.suppress(Exception):
+                await self._writing
         if self._pending_events:
             await asyncio.wait(list(self._pending_events), timeout=10.0)
         self._dirty = True
@@ -414,8 +418,11 @@ class DeviceRegistry:
                 return
             self._dirty = False
             docs = [d.to_doc() for d in self._devices.values()]
+            # the write runs to its end even if this task is cancelled: stop() waits for it
+            # rather than starting a second writer on the same file
+            self._writing = asyncio.ensure_future(asyncio.to_thread(self._write_sync, docs))
             try:
-                await asyncio.to_thread(self._write_sync, docs)
+                await asyncio.shield(self._writing)
             except Exception as exc:  # noqa: BLE001 - keep running; retry next flush
                 self._dirty = True
                 self.m_flush_errors.inc()
