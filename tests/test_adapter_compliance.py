@@ -259,10 +259,11 @@ class MqttDriver(Driver):
         self.device.publish("z2m/plug", json.dumps(z2m).encode(), qos=1)
         self.device.publish("sensors/v1/temperature", b"70.5", qos=1)
         self.device.publish("sensors/v1/pressure", b"1009", qos=1)
-        await eventually(lambda: 11 in self.seqs(self.sink.accepted) and {
-            "mqtt-east:plug", "mqtt-east:v1"} <= {r.device for r in self.sink.accepted}
-            and len([r for r in self.sink.accepted if r.device == "mqtt-east:v1"]) == 2,
-            10, "the senml, zigbee2mqtt and value messages")
+        plug, v1 = f"{self.name}:plug", f"{self.name}:v1"
+        await eventually(lambda: 11 in self.seqs(self.sink.accepted)
+                         and plug in {r.device for r in self.sink.accepted}
+                         and len([r for r in self.sink.accepted if r.device == v1]) == 2,
+                         10, "the senml, zigbee2mqtt and value messages")
 
     async def send_unit(self, unit: str, seq: int) -> None:
         assert self.device is not None
