@@ -25,8 +25,8 @@ from typing import Any
 import cbor2
 
 from gateway.adapters.coap.config import NATIVE_ID
-from gateway.units import UnknownUnit, normalize
 from gateway.reading import Reading, Value
+from gateway.units import UnknownUnit, normalize
 
 TEXT, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 50, 60, 110, 112
 #: content formats devices may post readings in

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
-from gateway.units import UnknownUnit, check
 from gateway.config.types import ByteSize, Duration, Section
+from gateway.units import UnknownUnit, check
 
 #: native device ids: what may follow ``<adapter>:`` and appear as one Uri-Path segment
 NATIVE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")

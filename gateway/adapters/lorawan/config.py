@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
-from gateway.units import check as check_unit
 from gateway.config.types import Duration, Section
+from gateway.units import check as check_unit
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from gateway.adapters.lorawan.config import FieldMap, LayoutField, ProfileConfig
-from gateway.units import normalize
 from gateway.reading import Value
+from gateway.units import normalize
 
 Candidate = tuple[str, Value, str | None]
 

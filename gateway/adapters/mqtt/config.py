@@ -10,8 +10,8 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
 from gateway.adapters.mqtt.topics import TopicTemplate
-from gateway.units import UnknownUnit, check
 from gateway.config.types import ByteSize, Duration, Section
+from gateway.units import UnknownUnit, check
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
 
