@@ -155,6 +155,8 @@ class MqttAdapter(Adapter):
         self._batch_fut: asyncio.Future[bool] | None = None
         self._batches: set[asyncio.Task[None]] = set()
         self._busy = 0
+        #: batch future → (packet id, readings, topic) of the QoS 1 messages waiting on it
+        self._pubacks_due: dict[asyncio.Future[bool], list[tuple[int, list[Reading], str]]] = {}
         self._idle = asyncio.Event()  # set once stopping and nothing is being accepted
         self._stopping = False
         self._closed: asyncio.Future[None] | None = None
@@ -372,19 +374,25 @@ class MqttAdapter(Adapter):
             self._done_one()
             self._queue_puback(mid, prepared)
             return
-        self._submit(prepared).add_done_callback(
-            lambda fut: self._durable(fut, mid, prepared, topic))
+        fut = self._submit(prepared)
+        due = self._pubacks_due.get(fut)
+        if due is None:  # first message of this batch: one callback answers them all
+            due = self._pubacks_due[fut] = []
+            fut.add_done_callback(self._durable)
+        due.append((mid, prepared, topic))
 
-    def _durable(self, fut: asyncio.Future[bool], mid: int, readings: list[Reading],
-                 topic: str) -> None:
+    def _durable(self, fut: asyncio.Future[bool]) -> None:
+        due = self._pubacks_due.pop(fut, [])
         if not fut.cancelled() and fut.result():
-            self._done_one()
-            self._queue_puback(mid, OK)
+            for mid, _, _ in due:
+                self._done_one()
+                self._queue_puback(mid, OK)
             return
         assert self._loop is not None
-        task = self._loop.create_task(self._answer_refused(mid, readings, topic))
-        self._batches.add(task)
-        task.add_done_callback(self._batches.discard)
+        for mid, readings, topic in due:
+            task = self._loop.create_task(self._answer_refused(mid, readings, topic))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
 
     async def _answer_refused(self, mid: int, readings: list[Reading], topic: str) -> None:
         try:
