@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import weakref
-
 from prometheus_client import CollectorRegistry, Counter
+
+from gateway.metrics import metric_set
 
 
 class CoapMetrics:
@@ -28,13 +28,6 @@ class CoapMetrics:
             ["adapter", "result"], registry=registry)
 
 
-_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, CoapMetrics] = \
-    weakref.WeakKeyDictionary()
-
-
 def coap_metrics(registry: CollectorRegistry) -> CoapMetrics:
     """The CoAP metrics on ``registry``, created on first use."""
-    m = _by_registry.get(registry)
-    if m is None:
-        m = _by_registry[registry] = CoapMetrics(registry)
-    return m
+    return metric_set(registry, CoapMetrics)

@@ -11,7 +11,6 @@ import base64
 import logging
 import re
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from gateway.adapters.lorawan.events import Delivery
 from gateway.adapters.lorawan.sources import GrpcStreamSource, MqttIntegrationSource, UplinkSource
 from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.core.backoff import Backoff
+from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading, now
 
 _EUI = re.compile(r"^[0-9a-f]{16}$")
@@ -88,16 +88,9 @@ class LorawanMetrics:
                              ["adapter"], registry=registry)
 
 
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, LorawanMetrics] = (
-    weakref.WeakKeyDictionary())
-
-
 def metrics_for(registry: CollectorRegistry) -> LorawanMetrics:
     """The metrics on ``registry`` (restarted adapters reuse them: no double registration)."""
-    m = _METRICS.get(registry)
-    if m is None:
-        m = _METRICS[registry] = LorawanMetrics(registry)
-    return m
+    return metric_set(registry, LorawanMetrics)
 
 
 @dataclass

@@ -20,7 +20,6 @@ import json
 import logging
 import struct
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
 from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
 from gateway.adapters.mqtt.decoders import DecodeError, Decoder
 from gateway.adapters.mqtt.topics import TopicTemplate
+from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading
 
 OK = int(PubRecReasonCode.SUCCESS)
@@ -73,15 +73,6 @@ class _Metrics:
                                 ["adapter", "result"], registry=registry)
 
 
-_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = \
-    weakref.WeakKeyDictionary()
-
-
-def _metrics(registry: CollectorRegistry) -> _Metrics:
-    m = _metrics_by_registry.get(registry)
-    if m is None:
-        m = _metrics_by_registry[registry] = _Metrics(registry)
-    return m
 
 
 class _MidRecorder(PersistentStorage):  # type: ignore[misc]
@@ -136,7 +127,7 @@ class MqttAdapter(Adapter):
         self._bridges = {t for r in self._routes if (t := _bridge_topic(r)) is not None}
         self._max_payload = config.max_payload
         self._command_topic = TopicTemplate(config.commands.topic) if config.commands else None
-        m = _metrics(ctx.metrics)
+        m = metric_set(ctx.metrics, _Metrics)
         name = ctx.name
         self._m_accepted = m.messages.labels(name, "accepted")
         self._m_malformed = m.messages.labels(name, "malformed")
