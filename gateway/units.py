@@ -75,3 +75,8 @@ def check(unit: str) -> str:
     """Config validator: ``unit`` must be a SenML name or a known alias."""
     normalize(unit)
     return unit
+
+
+def check_optional(unit: str | None) -> str | None:
+    """Config validator for an optional unit field (None passes)."""
+    return None if unit is None else check(unit)

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
 from gateway.config.types import ByteSize, Duration, Section
-from gateway.units import UnknownUnit, check
+from gateway.units import check_optional
 
 #: native device ids: what may follow ``<adapter>:`` and appear as one Uri-Path segment
 NATIVE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -70,12 +70,7 @@ class ResourceSpec(Section):
     @field_validator("unit")
     @classmethod
     def _check_unit(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return check(v)
-        except UnknownUnit as exc:
-            raise ValueError(str(exc)) from None
+        return check_optional(v)
 
 
 class CommandSpec(Section):

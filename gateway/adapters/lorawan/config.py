@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
 from gateway.config.types import Duration, Section
-from gateway.units import check as check_unit
+from gateway.units import check_optional
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -38,7 +38,7 @@ class FieldMap(Section):
     @field_validator("unit")
     @classmethod
     def _unit(cls, v: str | None) -> str | None:
-        return None if v is None else check_unit(v)
+        return check_optional(v)
 
 
 LayoutType = Literal["int8", "uint8", "int16", "uint16", "int24", "uint24", "int32", "uint32",
@@ -68,7 +68,7 @@ class LayoutField(Section):
     @field_validator("unit")
     @classmethod
     def _unit(cls, v: str | None) -> str | None:
-        return None if v is None else check_unit(v)
+        return check_optional(v)
 
 
 class CommandTemplate(Section):

@@ -11,20 +11,14 @@ from pydantic import Field, field_validator, model_validator
 from gateway.adapters.base import AdapterConfig
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.config.types import ByteSize, Duration, Section
-from gateway.units import UnknownUnit, check
+from gateway.units import check_optional
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
 
 Format = Literal["json", "senml", "value", "zigbee2mqtt"]
 
 
-def _unit(v: str | None) -> str | None:
-    if v is None:
-        return v
-    try:
-        return check(v)
-    except UnknownUnit as exc:
-        raise ValueError(str(exc)) from None
+_unit = check_optional
 
 
 def _metric(v: str | None) -> str | None:
