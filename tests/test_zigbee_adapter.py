@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -456,3 +457,21 @@ async def test_a_corrupt_zigbee_database_is_set_aside_and_the_network_restored(
     info = zb.net.network_info
     assert info is not None and (info.pan_id, info.extended_pan_id) == (
         old.pan_id, old.extended_pan_id)
+
+
+async def test_stopping_during_start_leaves_no_database_thread_behind(zb: Harness) -> None:
+    def db_threads() -> int:
+        return sum(1 for t in threading.enumerate()
+                   if "_connection_worker_thread" in t.name and t.is_alive())
+
+    before = db_threads()
+    for delay in (0.0, 0.005, 0.02, 0.05, 0.1):
+        adapter = zb.adapter()
+        starting = asyncio.create_task(adapter.start())
+        await asyncio.sleep(delay)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await adapter.stop()
+    # an open zigpy database keeps a non-daemon thread: it would hang the daemon's exit
+    await wait_for(lambda: db_threads() == before, 3, "zigpy's database threads to end")

@@ -141,12 +141,12 @@ class ZigbeeAdapter(Adapter):
         # new(start_radio=False) only opens the database: seed it from the exported
         # backup first, so a replaced stick (or a lost database) restores the old network
         try:
-            app = await cls.new(zconf, auto_form=True, start_radio=False)
+            app = await _open_app(cls, zconf)
         except sqlite3.DatabaseError as exc:
             # a corrupt database must not keep the network down: set it aside and start
             # from the exported backup; devices come back as they next talk
             await asyncio.to_thread(self._quarantine_database, str(exc))
-            app = await cls.new(zconf, auto_form=True, start_radio=False)
+            app = await _open_app(cls, zconf)
         self.app = app
         try:
             if app.backups.most_recent_backup() is None:
@@ -741,6 +741,22 @@ class ZigbeeAdapter(Adapter):
                 self.log.warning("zigbee: coordinator backup failed: %s: %s",
                                  type(exc).__name__, exc)
             await asyncio.sleep(interval)
+
+
+async def _open_app(cls: Any, zconf: dict[str, object]) -> Any:
+    """``cls.new`` without the radio: opens zigpy's database, and only that.
+
+    A stop arriving meanwhile lets the opening finish and closes the database again:
+    zigpy's database thread would otherwise outlive the adapter (and block exit).
+    """
+    opening = asyncio.ensure_future(cls.new(zconf, auto_form=True, start_radio=False))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            app = await opening
+            await app.shutdown()
+        raise
 
 
 class _Frame:
