@@ -29,6 +29,8 @@ _BATCH = 64
 _WINDOW = 256
 #: the emitter wakes at most this often
 _TICK = 0.002
+#: how long stop() waits for batches being committed
+DRAIN_TIMEOUT = 10.0
 
 Metric = Literal["temperature", "humidity", "pressure", "illuminance", "power", "battery", "seq"]
 
@@ -73,6 +75,7 @@ class SimulatorAdapter(Adapter):
         self._state = {d: _Device(d, self._rng) for d in self.devices}
         self._stopping = asyncio.Event()
         self.sent_messages = 0
+        self._inflight: set[asyncio.Task[None]] = set()
         self.done = asyncio.Event()
 
     async def start(self) -> None:
@@ -128,7 +131,9 @@ class SimulatorAdapter(Adapter):
                 emitted += count
                 due -= count
                 await window.acquire()
-                self.spawn(self._submit(batch, count, window))
+                task = self.spawn(self._submit(batch, count, window))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
             if total and emitted >= total:
                 await self._drain(window)
                 self.done.set()
@@ -159,7 +164,10 @@ class SimulatorAdapter(Adapter):
             window.release()
 
     async def stop(self) -> None:
+        """Stop emitting; let batches already handed to the sink finish their commit."""
         self._stopping.set()
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=DRAIN_TIMEOUT)
         await super().stop()
 
     async def send(self, command: Command) -> CommandResult:
