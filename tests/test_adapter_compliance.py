@@ -32,8 +32,9 @@ Checked for each path:
    is bounded too while ``accept`` never returns, and while the sink refuses, after
    which the message arrives once the adapter is back (where the broker session,
    ChirpStack's history or the device keeps it) or its loss is counted and logged (where
-   the device will not send it again); a restarted adapter (a new instance on the same
-   metrics registry, as the supervisor makes) keeps working;
+   the device will not send it again); each adapter's own drain limit is below the
+   supervisor's stop timeout; a restarted adapter (a new instance on the same metrics
+   registry, as the supervisor makes) keeps working;
 5. device ids ``<name>:<native id>``, ``owns()``, snake_case metrics, SenML units, value
    and timestamp types, and the class registered under the type's entry point;
 6. ``send()`` to an unknown device returns a failed ``CommandResult`` and never raises.
