@@ -23,7 +23,6 @@ import json
 import os
 import sqlite3
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from gateway.adapters.zigbee.clusters import (
 )
 from gateway.adapters.zigbee.config import ZigbeeConfig
 from gateway.adapters.zigbee.radios import controller_class
+from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading
 
 #: bounds on waiting for the radio to come up (bellows' startup is ~130 exchanges)
@@ -81,17 +81,6 @@ class _Metrics:
                              registry=registry)
 
 
-# one set per registry: the supervisor builds a new adapter object on every restart
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
-def _metrics_for(registry: CollectorRegistry) -> _Metrics:
-    m = _METRICS.get(registry)
-    if m is None:
-        m = _METRICS[registry] = _Metrics(registry)
-    return m
-
-
 class ZigbeeAdapter(Adapter):
     """A Zigbee network: pairing, interview, readings from reports, commands, backups."""
 
@@ -103,7 +92,8 @@ class ZigbeeAdapter(Adapter):
         assert isinstance(config, ZigbeeConfig)
         self.dir: Path = Path(ctx.state_dir) / ctx.name
         self.app: Any = None
-        self._m = _metrics_for(ctx.metrics)
+        # one set per registry: the supervisor builds a new adapter object on every restart
+        self._m = metric_set(ctx.metrics, _Metrics)
         self._pending: collections.deque[Reading] = collections.deque()
         self._wake = asyncio.Event()
         self._stopping = False
