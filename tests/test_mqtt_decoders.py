@@ -271,3 +271,10 @@ def test_the_shared_unit_table_reads_c_and_f_as_temperatures() -> None:
     unit, convert = normalize("F")
     assert unit == "Cel" and convert is not None and abs(convert(212.0) - 100.0) < 1e-9
     assert normalize("Cel") == ("Cel", None) and normalize("W") == ("W", None)
+
+
+def test_a_payload_unit_outside_senml_and_the_aliases_is_refused_by_name() -> None:
+    with pytest.raises(DecodeError) as err:
+        decode(decoder(topic="senml/in", format="senml"), "senml/in",
+               '[{"bn": "d1:", "n": "distance", "u": "furlong", "v": 3}]')
+    assert err.value.reason == "unknown_unit" and "'furlong'" in str(err.value)

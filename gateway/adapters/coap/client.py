@@ -91,9 +91,15 @@ class DeviceClient:
             self._m.notifications.labels(self.adapter, "refused").inc()
             try:
                 await asyncio.wait_for(stopping.wait(), REFUSED_RETRY)
-                return
             except TimeoutError:
-                pass
+                continue
+            # stopping with the outbox still refusing: the device will not resend this
+            # state, so say what is lost rather than drop it quietly
+            self._m.notifications.labels(self.adapter, "dropped").inc()
+            self._log.warning("coap: stopping while the outbox refuses: %d reading(s) "
+                              "observed from %s%s dropped", len(readings), self.spec.address,
+                              res.path)
+            return
         self._m.notifications.labels(self.adapter, "accepted").inc()
 
     async def watch(self, res: ResourceSpec, stopping: asyncio.Event) -> None:

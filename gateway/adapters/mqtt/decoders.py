@@ -160,8 +160,10 @@ class Decoder:
             else:
                 try:
                     hit = normalize(unit, metric)
-                except UnknownUnit:
-                    hit = (unit, None)  # pass an unfamiliar unit through rather than lose data
+                except UnknownUnit as exc:
+                    # a number whose unit nobody downstream can read is not a reading:
+                    # refuse the payload loudly (counted, logged) rather than store it
+                    raise DecodeError("unknown_unit", f"{metric}: {exc}") from None
             if len(self._units) < 4096:
                 self._units[key] = hit
         return hit
