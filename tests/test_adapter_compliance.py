@@ -809,14 +809,7 @@ async def test_stop_finishes_the_batch_being_accepted_and_returns_promptly(
         await eventually(lambda: driver.acked(3), 3, "the acknowledgement sent before close")
 
 
-@cases(list(DRIVERS), xfail={
-    "coap-observe": "DeviceClient._store (gateway/adapters/coap/client.py) returns as soon as "
-                    "stop() sets the stopping event while the sink is refusing a notification: "
-                    "its readings are discarded with no log line and no drop counter (only "
-                    "gateway_coap_notifications_total{result=refused} moved, as it does for "
-                    "refusals that are later accepted); the device will not send that state "
-                    "again",
-})
+@cases(list(DRIVERS))
 async def test_stop_while_the_sink_refuses_is_prompt_and_the_message_is_not_lost(
         driver: Driver, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -870,16 +863,8 @@ async def test_stop_gives_up_in_bounded_time_when_accept_never_returns(
         assert not driver.acked(1), "acknowledged a message whose accept never returned"
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(m, id=m.__name__.removeprefix("gateway.adapters.").removesuffix(".adapter"),
-                 marks=[pytest.mark.xfail(strict=True, reason=(
-                     "gateway/adapters/simulator.py DRAIN_TIMEOUT is 10 s, the same as the "
-                     "supervisor's STOP_TIMEOUT: with a sink that never returns, "
-                     "Supervisor._stop_quietly's wait_for cancels SimulatorAdapter.stop() "
-                     "while it still waits for its _submit tasks, so super().stop() never "
-                     "cancels them and they are left running"))]
-                 if m is simulator_module else [])
-    for m in DRAINING])
+@pytest.mark.parametrize("module", DRAINING, ids=lambda m: m.__name__.removeprefix(
+    "gateway.adapters.").removesuffix(".adapter"))
 def test_each_adapter_gives_up_draining_before_the_supervisor_gives_up_on_stop(
         module: Any) -> None:
     # behaviour checked quickly (drain limits shortened) in the test above; this is the
@@ -940,13 +925,7 @@ async def test_readings_carry_named_device_ids_senml_units_and_plain_types(
     assert not adapter.owns(driver.native(1))
 
 
-@cases(["mqtt", "coap"], xfail={
-    "mqtt": "the MQTT decoders pass a unit they do not know through unchanged "
-            "(Decoder._unit in gateway/adapters/mqtt/decoders.py: 'pass an unfamiliar unit "
-            "through rather than lose data'): a SenML pack with u='furlong' becomes a "
-            "Reading whose unit is 'furlong', not a SenML name; the CoAP adapter refuses "
-            "the same pack with 4.00 bad_unit",
-})
+@cases(["mqtt", "coap"])
 async def test_a_unit_outside_senml_in_a_payload_never_reaches_a_reading(
         driver: Driver) -> None:
     await driver.start()
