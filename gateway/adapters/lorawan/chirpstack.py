@@ -9,7 +9,7 @@ with a message saying what to fix; transient ones (UNAVAILABLE...) become
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,42 +122,37 @@ class ChirpStackClient:
         self._stream_channels.clear()
         await self._channel.close(grace=None)
 
-    async def list_applications(self, tenant_id: str, page_size: int
-                                ) -> list[application_pb2.ApplicationListItem]:
-        """Every application of a tenant, page by page (limit 0 would return only the count)."""
-        out: list[application_pb2.ApplicationListItem] = []
+    async def _all_pages(self, call: Any, request: Callable[[int], Any], what: str) -> list[Any]:
+        """Every item of a paginated List call (limit 0 would return only the count)."""
+        out: list[Any] = []
         offset = 0
         while True:
-            req = application_pb2.ListApplicationsRequest(tenant_id=tenant_id, limit=page_size,
-                                                          offset=offset)
             try:
-                resp = await self._apps.List(req, metadata=self._metadata, timeout=self.timeout)
+                resp = await call(request(offset), metadata=self._metadata, timeout=self.timeout)
             except grpc.aio.AioRpcError as exc:
-                raise explain(exc, f"listing the applications of tenant {tenant_id}",
-                              self.server) from None
+                raise explain(exc, what, self.server) from None
             out.extend(resp.result)
             offset += len(resp.result)
             if not resp.result or offset >= resp.total_count:
                 return out
 
+    async def list_applications(self, tenant_id: str, page_size: int
+                                ) -> list[application_pb2.ApplicationListItem]:
+        """Every application of a tenant, page by page."""
+        return await self._all_pages(
+            self._apps.List,
+            lambda offset: application_pb2.ListApplicationsRequest(
+                tenant_id=tenant_id, limit=page_size, offset=offset),
+            f"listing the applications of tenant {tenant_id}")
+
     async def list_devices(self, application_id: str, page_size: int
                            ) -> list[device_pb2.DeviceListItem]:
         """Every device of an application, page by page."""
-        out: list[device_pb2.DeviceListItem] = []
-        offset = 0
-        while True:
-            req = device_pb2.ListDevicesRequest(application_id=application_id, limit=page_size,
-                                                offset=offset)
-            try:
-                resp = await self._devices.List(req, metadata=self._metadata,
-                                                timeout=self.timeout)
-            except grpc.aio.AioRpcError as exc:
-                raise explain(exc, f"listing the devices of application {application_id}",
-                              self.server) from None
-            out.extend(resp.result)
-            offset += len(resp.result)
-            if not resp.result or offset >= resp.total_count:
-                return out
+        return await self._all_pages(
+            self._devices.List,
+            lambda offset: device_pb2.ListDevicesRequest(
+                application_id=application_id, limit=page_size, offset=offset),
+            f"listing the devices of application {application_id}")
 
     def stream_device_events(self, dev_eui: str) -> Any:
         """Open ``InternalService.StreamDeviceEvents``: an async iterator of ``LogItem``.
