@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -37,6 +37,8 @@ from gateway.store.config import StoreConfig
 from gateway.store.migrations import MIGRATIONS, migrate
 
 log = logging.getLogger("gateway.outbox")
+
+T = TypeVar("T")
 
 #: cap on how much one bound enforcement deletes per transaction (bounded work per commit)
 _DROP_CHUNK = 20_000
@@ -116,8 +118,8 @@ class Outbox:
         self._last_commit = 0.0
         #: set whenever new rows are committed; the uplink waits on it
         self.new_data = asyncio.Event()
-        self._alerts: list[Callable[[str], None]] = []
         self._new_series: list[tuple[str, str, str | None]] = []
+        self._page_size = 4096
         reg = metrics or CollectorRegistry()
         self.m_depth = Gauge("gateway_outbox_depth", "Readings waiting in the outbox", registry=reg)
         self.m_bytes = Gauge("gateway_outbox_bytes", "Bytes used by the outbox database",
@@ -161,6 +163,7 @@ class Outbox:
         db.execute("PRAGMA temp_store=MEMORY")
         # checkpoint less often: fewer rewrites of the same pages (SD wear)
         db.execute("PRAGMA wal_autocheckpoint=2000")
+        self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
         return db
 
     def _open_sync(self) -> list[tuple[str, dict[str, Any]]]:
@@ -470,14 +473,12 @@ class Outbox:
             raise
         if acks or dropped:
             self._refresh_oldest()
-        self._refresh_size()
 
     def _refresh_size(self) -> None:
         assert self._db is not None
-        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        self._bytes = (pages - free) * page_size
+        self._bytes = (pages - free) * self._page_size
 
     def _refresh_oldest(self) -> None:
         assert self._db is not None
@@ -528,7 +529,6 @@ class Outbox:
             n = self._drop_oldest_sync("telemetry", _DROP_CHUNK, "age", cutoff)
             dropped += n
             if n:
-                self._refresh_oldest()
                 log.warning("outbox: dropped %d reading(s) older than %.0f s", n,
                             self.config.max_age)
         # bytes: drop the oldest telemetry down to 90 % of the bound (hysteresis)
@@ -541,25 +541,28 @@ class Outbox:
             table = "telemetry" if self._rows else "events"
             n = self._drop_oldest_sync(table, min(excess_rows, _DROP_CHUNK), "bytes")
             dropped += n
-            self._refresh_oldest()
             if n:
                 log.warning("outbox full (%d of %d bytes): dropped the %d oldest %s",
                             self._bytes, self.config.max_bytes, n,
                             "reading(s)" if table == "telemetry" else "event(s)")
+                self._refresh_size()
         return dropped
 
     # -- reading (for the uplink) -------------------------------------------------------
 
-    async def read_telemetry(self, after: int, max_readings: int) -> list[TelemetryRow]:
-        """Oldest committed telemetry batches with id > ``after``, up to ~``max_readings``."""
+    async def _read(self, read: Callable[[], T], empty: T) -> T:
+        """Run ``read`` on the outbox thread; a corrupt file is replaced and reads as ``empty``."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._read_telemetry_sync, after, max_readings)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, read)
         except sqlite3.DatabaseError as exc:
             if not _is_corruption(exc):
                 raise
             await self._quarantine_at_runtime(str(exc))
-            return []
+            return empty
+
+    async def read_telemetry(self, after: int, max_readings: int) -> list[TelemetryRow]:
+        """Oldest committed telemetry batches with id > ``after``, up to ~``max_readings``."""
+        return await self._read(lambda: self._read_telemetry_sync(after, max_readings), [])
 
     def _read_telemetry_sync(self, after: int, max_readings: int) -> list[TelemetryRow]:
         assert self._db is not None
@@ -584,8 +587,7 @@ class Outbox:
 
     async def read_events(self, after: int, limit: int) -> list[EventRow]:
         """Oldest committed events with id > ``after``."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._read_events_sync, after, limit)
+        return await self._read(lambda: self._read_events_sync(after, limit), [])
 
     def _read_events_sync(self, after: int, limit: int) -> list[EventRow]:
         assert self._db is not None
@@ -605,13 +607,7 @@ class Outbox:
                 return events, []
             return [], self._read_telemetry_sync(after_telemetry, max_readings)
 
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, read)
-        except sqlite3.DatabaseError as exc:
-            if not _is_corruption(exc):
-                raise
-            await self._quarantine_at_runtime(str(exc))
-            return [], []
+        return await self._read(read, ([], []))
 
     def stats(self) -> OutboxStats:
         return OutboxStats(
@@ -620,9 +616,6 @@ class Outbox:
             dropped_events=self._dropped_events, last_id=self._next_id - 1,
             pending=self._pending_readings,
         )
-
-    def add_alert_listener(self, fn: Callable[[str], None]) -> None:
-        self._alerts.append(fn)
 
     # -- closing ------------------------------------------------------------------------
 
