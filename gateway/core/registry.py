@@ -30,6 +30,7 @@ from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 
 from gateway.core.config import DevicesSection
+from gateway.core.tasks import cancel_and_wait
 from gateway.reading import Reading
 
 log = logging.getLogger("gateway.devices")
@@ -182,11 +183,8 @@ class DeviceRegistry:
 
     async def stop(self) -> None:
         """Stop checking, deliver queued status events, write the file a last time."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._writing is not None and not self._writing.done():
             with contextlib.suppress(Exception):
                 await self._writing

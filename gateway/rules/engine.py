@@ -30,6 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.core.tasks import cancel_and_wait
 from gateway.reading import Command, Reading
 from gateway.rules.config import ActionSpec, RuleSpec
 from gateway.rules.expr import (
@@ -325,11 +326,8 @@ class RuleEngine:
 
     async def stop(self) -> None:
         """Let running actions finish (bounded), then write the state a last time."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        await cancel_and_wait(self._runner)
+        self._runner = None
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=ACTION_TIMEOUT)
         if self.rules:

@@ -30,6 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from gateway.core.tasks import cancel_and_wait
 from gateway.reading import Reading
 from gateway.rules.config import FilterSpec
 
@@ -284,11 +285,8 @@ class FilterSet:
 
     async def stop(self) -> None:
         """Close open windows and queue what they hold, bounded by STOP_TIMEOUT."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.close_windows(everything=True)
         if self._queue:
             try:
