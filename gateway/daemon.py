@@ -119,11 +119,12 @@ class Gateway:
         def observer_failed(name: str, exc: BaseException) -> None:
             log.error("observer %s failed: %s: %s", name, type(exc).__name__, exc)
 
-        self.pipeline = Pipeline(self.outbox, observer_failed)
+        self.pipeline = Pipeline(self.outbox, observer_failed, self.config.readings.limits())
         registry = DeviceRegistry(self.config.devices, self.config.state_dir / "devices.json",
                                   self.metrics, events=self.outbox.append_event)
         await registry.start()
         self.pipeline.observers.append(registry.observe)
+        self.pipeline.admit = registry.admits
         self.devices = registry
         try:
             async with rules_and_filters(self):

@@ -66,6 +66,9 @@ class Directory:
     def declare(self, device: str, **info: Any) -> None:
         self.declared[device] = info
 
+    def knows(self, device: str) -> bool:
+        return device in self.declared
+
 
 class Gateway:
     """One CoAP adapter in-process, on its own outbox and metrics registry."""

@@ -50,6 +50,9 @@ class RecordingDirectory:
     def declare(self, device: str, **info: Any) -> None:
         self.declared[device] = info
 
+    def knows(self, device: str) -> bool:
+        return device in self.declared
+
 
 def make_adapter(state_dir: Path, registry: CollectorRegistry | None = None,
                  sink: RecordingSink | None = None, directory: RecordingDirectory | None = None,

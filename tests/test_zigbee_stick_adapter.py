@@ -58,6 +58,9 @@ class Directory:
     def declare(self, device: str, **info: Any) -> None:
         self.info.setdefault(device, {}).update(info)
 
+    def knows(self, device: str) -> bool:
+        return device in self.info
+
 
 class Gateway:
     """Outbox → pipeline → supervised Zigbee adapter, as the daemon wires them."""

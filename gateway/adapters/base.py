@@ -48,10 +48,17 @@ class DeviceDirectory(Protocol):
         """Record a device and descriptive fields (name, model, manufacturer, type...)."""
         ...
 
+    def knows(self, device: str) -> bool:
+        """Whether ``device`` is registered: only those get a per-device metric label."""
+        ...
+
 
 class _NullDirectory:
     def declare(self, device: str, **info: Any) -> None:
         return None
+
+    def knows(self, device: str) -> bool:
+        return False
 
 
 class AdapterConfig(Section):

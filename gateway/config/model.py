@@ -15,7 +15,7 @@ from gateway.api.config import ApiConfig
 from gateway.config.secrets import ReferenceError_, resolve_references
 from gateway.config.types import Section
 from gateway.config.yamlmarks import Loc, Marks, YamlError, load_yaml
-from gateway.core.config import DevicesSection, GatewaySection
+from gateway.core.config import DevicesSection, GatewaySection, ReadingsSection
 from gateway.rules.config import FilterSpec, RuleSpec, cross_check
 from gateway.store.config import StoreConfig
 from gateway.uplink.config import UplinkConfig
@@ -35,6 +35,7 @@ class _FileModel(Section):
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     devices: DevicesSection = Field(default_factory=DevicesSection)
+    readings: ReadingsSection = Field(default_factory=ReadingsSection)
     adapters: list[dict[str, Any]] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(default_factory=list)
     filters: list[FilterSpec] = Field(default_factory=list)
@@ -49,6 +50,7 @@ class GatewayConfig(BaseModel):
     uplink: UplinkConfig
     api: ApiConfig
     devices: DevicesSection
+    readings: ReadingsSection
     adapters: list[AdapterConfig]
     rules: list[RuleSpec]
     filters: list[FilterSpec]
@@ -170,6 +172,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         uplink=top.uplink,
         api=top.api,
         devices=top.devices,
+        readings=top.readings,
         adapters=adapters,
         rules=top.rules,
         filters=top.filters,

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from gateway.config.types import Duration, Section
+from gateway.reading import ReadingLimits
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -50,7 +51,24 @@ class DeclaredDevice(Section):
 class DevicesSection(Section):
     """Device registry settings."""
 
+    max_devices: int = Field(default=2000, ge=1, le=1_000_000,
+                             description="readings from new devices past this many are "
+                                         "refused (a flood of invented ids)")
     offline_after: Duration = Field(default=300.0, gt=0)
     offline_after_by_type: dict[str, Duration] = Field(default_factory=dict)
     flush_interval: Duration = Field(default=60.0, gt=0)
     declared: list[DeclaredDevice] = Field(default_factory=list)
+
+
+class ReadingsSection(Section):
+    """What a reading may carry; anything else is refused as malformed where it enters."""
+
+    max_past: Duration = Field(default=365 * 86400.0, gt=0, le=100 * 365 * 86400.0,
+                               description="oldest timestamp accepted, before receive time")
+    max_future: Duration = Field(default=86400.0, gt=0, le=10 * 365 * 86400.0,
+                                 description="newest timestamp accepted, past receive time")
+    max_string: int = Field(default=1024, ge=1, le=65536,
+                            description="longest string value, in characters")
+
+    def limits(self) -> ReadingLimits:
+        return ReadingLimits(self.max_past, self.max_future, self.max_string)

@@ -1,5 +1,8 @@
-"""The pipeline every reading goes through: filters → outbox → (once durable) observers.
+"""The pipeline every reading goes through: checks → filters → outbox → observers.
 
+Each adapter's :class:`AdapterSink` checks readings first (:class:`ReadingLimits`, and
+the device registry's limit on new devices): what fails is counted as malformed with its
+reason, logged at a bounded rate, and dropped; the rest of the batch goes on.
 Observers (device registry, rules) see every reading that was accepted, including the
 ones filters kept out of the outbox; a refused batch is seen by no one, because the
 device will send it again.
@@ -7,15 +10,22 @@ device will send it again.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
-from gateway.reading import Reading
+from gateway.logs import InputLog
+from gateway.reading import Reading, ReadingLimits
+
+log = logging.getLogger("gateway.readings")
 
 Filter = Callable[[Sequence[Reading]], Sequence[Reading]]
 Observer = Callable[[Sequence[Reading]], None]
+#: whether readings of a device may enter (the registry's bound on new devices)
+Admission = Callable[[str], bool]
 
 
 class Store(Protocol):
@@ -26,8 +36,11 @@ class Pipeline:
     """The core's sink: adapters push here through their :class:`AdapterSink`."""
 
     def __init__(self, store: Store, log_observer_error: Callable[[str, BaseException], None]
-                 | None = None) -> None:
+                 | None = None, limits: ReadingLimits | None = None) -> None:
         self.store = store
+        self.limits = limits or ReadingLimits()
+        #: set by the device registry; None admits every device
+        self.admit: Admission | None = None
         self.filters: list[Filter] = []
         self.observers: list[Observer] = []
         self._on_observer_error = log_observer_error
@@ -50,22 +63,83 @@ class Pipeline:
 
 
 class AdapterSink:
-    """One adapter's view of the pipeline; counts what it received, accepted, refused."""
+    """One adapter's view of the pipeline: checks readings, counts what it received,
+    accepted, refused and found malformed."""
 
     def __init__(self, pipeline: Pipeline, adapter: str, counters: SinkCounters) -> None:
+        self._pipeline = pipeline
         self._accept = pipeline.accept
+        self._adapter = adapter
         self._received = counters.received.labels(adapter)
         self._accepted = counters.accepted.labels(adapter)
         self._refused = counters.refused.labels(adapter)
+        self._malformed = counters.malformed
+        self._input_log = InputLog(log)
 
     async def accept(self, readings: Sequence[Reading]) -> bool:
         n = len(readings)
         self._received.inc(n)
+        bad = self._pipeline.limits.problems(readings, time.time())
+        admit = self._pipeline.admit
+        if admit is not None:
+            bad = self._unadmitted(readings, admit, bad)
+        if bad:
+            readings = self._drop(readings, bad)
+            n = len(readings)
+            if not n:
+                return True  # nothing storable: the device must not send it again
         if await self._accept(readings):
             self._accepted.inc(n)
             return True
         self._refused.inc(n)
         return False
+
+    @staticmethod
+    def _unadmitted(readings: Sequence[Reading], admit: Admission,
+                    bad: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        seen: dict[str, bool] = {}
+        refused: list[tuple[int, str]] = []
+        for i, r in enumerate(readings):
+            ok = seen.get(r.device)
+            if ok is None:
+                ok = seen[r.device] = admit(r.device)
+            if not ok:
+                refused.append((i, "device_limit"))
+        if not refused:
+            return bad
+        return sorted({*bad, *refused}) if bad else refused
+
+    def _drop(self, readings: Sequence[Reading], bad: list[tuple[int, str]]) -> list[Reading]:
+        skip: set[int] = set()
+        for i, reason in bad:
+            if i in skip:
+                continue
+            skip.add(i)
+            r = readings[i]
+            self._malformed.labels(self._adapter, reason).inc()
+            device = r.device if isinstance(r.device, str) else "unknown"
+            self._input_log.warning(
+                device[:200], reason, "%s: reading of %s refused (%s): metric %.100r, "
+                "value %.100r, ts %.40r", self._adapter, device[:200], _EXPLAIN[reason],
+                r.metric, r.value, r.ts)
+        return [r for i, r in enumerate(readings) if i not in skip]
+
+
+#: what each malformed reason means, for the log line
+_EXPLAIN = {
+    "bad_device_id": "device id empty, too long or without adapter prefix",
+    "bad_metric": "metric name empty or too long",
+    "bad_unit": "unit too long",
+    "value_not_finite": "value is NaN or infinite",
+    "value_out_of_range": "value too large to store",
+    "string_too_long": "string value longer than readings.max_string",
+    "value_type": "value is not a number, bool or string",
+    "ts_type": "timestamp is not a number",
+    "ts_not_finite": "timestamp is NaN or infinite",
+    "ts_too_old": "timestamp older than readings.max_past",
+    "ts_in_future": "timestamp further ahead than readings.max_future",
+    "device_limit": "too many devices: devices.max_devices reached",
+}
 
 
 class SinkCounters:
@@ -79,3 +153,6 @@ class SinkCounters:
         self.refused = Counter("gateway_readings_refused",
                                "Readings refused (queue full or store failing)",
                                ["adapter"], registry=registry)
+        self.malformed = Counter("gateway_readings_malformed",
+                                 "Readings dropped because they cannot be kept (see reason)",
+                                 ["adapter", "reason"], registry=registry)

@@ -31,6 +31,7 @@ from tinydb.storages import Storage
 
 from gateway.core.config import DevicesSection
 from gateway.core.tasks import cancel_and_wait
+from gateway.logs import InputLog
 from gateway.reading import Reading
 
 log = logging.getLogger("gateway.devices")
@@ -161,6 +162,12 @@ class DeviceRegistry:
                                      registry=metrics)
         self.m_flushes = Counter("gateway_device_registry_flushes",
                                  "Writes of the device registry file", registry=metrics)
+        self.m_refused = Counter("gateway_devices_refused",
+                                 "Readings or declarations of new devices refused because "
+                                 "devices.max_devices is reached", registry=metrics)
+        self._limit_log = InputLog(log)
+        #: "new device" lines per minute at most; a flood of new ids gets one summary line
+        self._new_log = InputLog(log, max_keys=20)
         self.m_flush_errors = Counter("gateway_device_registry_flush_errors",
                                       "Failed writes of the device registry file",
                                       registry=metrics)
@@ -244,6 +251,24 @@ class DeviceRegistry:
 
     # -- the interface ---------------------------------------------------------------------
 
+    def admits(self, device: str) -> bool:
+        """Whether readings of ``device`` may enter: known, or room for a new device."""
+        if device in self._devices or len(self._devices) < self.config.max_devices:
+            return True
+        self._refuse(device)
+        return False
+
+    def knows(self, device: str) -> bool:
+        """Whether ``device`` is in the registry (per-device metric labels need this)."""
+        return device in self._devices
+
+    def _refuse(self, device: str) -> None:
+        self.m_refused.inc()
+        self._limit_log.warning("limit", "max_devices",
+                                "device registry full (devices.max_devices %d): refusing %.200s "
+                                "and every other new device (counted in "
+                                "gateway_devices_refused_total)", self.config.max_devices, device)
+
     def declare(self, device: str, **info: Any) -> None:
         """Register ``device`` or update its descriptive fields (name, type, location...)."""
         bad = _RESERVED.intersection(info)
@@ -251,6 +276,8 @@ class DeviceRegistry:
             raise ValueError(f"cannot declare computed field(s) {sorted(bad)} of {device}")
         dev = self._devices.get(device)
         if dev is None:
+            if not self.admits(device):
+                return
             dev = self._add(device, time.time())
         changed = False
         for key, value in info.items():
@@ -329,7 +356,7 @@ class DeviceRegistry:
         dev.timeout = self._timeout_for(dev)
         self._devices[device] = dev
         self._mark_soon()
-        log.info("new device %s", device)
+        self._new_log.log(logging.INFO, device, "new", "new device %.200s", device)
         return dev
 
     def _transition(self, dev: _Device, online: bool, now: float) -> None:
