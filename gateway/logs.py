@@ -80,7 +80,7 @@ class InputLog:
         if suppressed:
             msg += " (%d more like this in the last %.0f s, not logged)"
             args = (*args, suppressed, self._interval)
-        self._log.log(level, msg, *args)
+        self._log.log(level, msg, *args, stacklevel=3)  # the caller's file and line
         return True
 
     def _expire(self, now: float) -> None:

@@ -40,6 +40,7 @@ from gateway.adapters.lorawan.events import Delivery
 from gateway.adapters.lorawan.sources import GrpcStreamSource, MqttIntegrationSource, UplinkSource
 from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.core.backoff import Backoff
+from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading, now
 
@@ -110,6 +111,7 @@ class LorawanAdapter(Adapter):
 
     def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(config, ctx)
+        self._input_log = InputLog(self.log)
         assert isinstance(config, LorawanConfig)
         self.metrics = metrics_for(ctx.metrics)
         self.state = DeviceStateStore(ctx.state_dir / f"lorawan-{ctx.name}.json",
@@ -185,10 +187,11 @@ class LorawanAdapter(Adapter):
 
     # -- hooks for the sources -------------------------------------------------------------
 
-    def malformed(self, reason: str, detail: str) -> None:
-        """Count and log a payload that cannot be used."""
+    def malformed(self, reason: str, source: str, detail: str) -> None:
+        """Count and log (at a bounded rate per source and reason) an unusable payload."""
         self._m_malformed.labels(self.ctx.name, reason).inc()
-        self.log.warning("malformed LoRaWAN event (%s): %s", reason, detail)
+        self._input_log.warning(source, reason, "malformed LoRaWAN event (%s) from %.100s: "
+                                "%.300s", reason, source, detail)
 
     def ignored(self, kind: str) -> None:
         """Count an event type the adapter does not use; log each type once."""
@@ -327,7 +330,7 @@ class LorawanAdapter(Adapter):
                 readings = self.location_readings(d.event)
         except Exception as exc:  # noqa: BLE001 - one odd event must not stop the device's stream
             # skipped for good (committed below): replaying it would fail the same way
-            self.malformed("error", f"device {eui}, {d.kind} event: {type(exc).__name__}: {exc}")
+            self.malformed("error", eui, f"{d.kind} event: {type(exc).__name__}: {exc}")
             readings = []
         if readings and not await self._accept(readings):
             return False
@@ -339,7 +342,7 @@ class LorawanAdapter(Adapter):
         code = integration.LogCode.Name(ev.code)
         if ev.code == integration.UPLINK_CODEC:
             # the profile's codec threw: that uplink has no decoded object, only radio data
-            self.malformed("codec", f"device {eui}: ChirpStack codec error: {ev.description}")
+            self.malformed("codec", eui, f"ChirpStack codec error: {ev.description}")
             return
         level = logging.WARNING if ev.level else logging.DEBUG
         self.log.log(level, "ChirpStack log for %s: %s (%s)", eui, ev.description, code)
@@ -415,7 +418,7 @@ class LorawanAdapter(Adapter):
             try:
                 candidates = self._decode(ev, profile)
             except DecodeError as exc:
-                self.malformed("payload", f"device {eui}, f_port {ev.f_port}, "
+                self.malformed("payload", eui, f"f_port {ev.f_port}, "
                                f"data {ev.data.hex()}: {exc}")
                 candidates = []
             for metric, value, unit in apply_fields(candidates, profile):

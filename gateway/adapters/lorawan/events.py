@@ -69,6 +69,8 @@ def parse_json(kind: str, body: str | bytes) -> Message:
         data = json.loads(body)
         if isinstance(data, dict):
             return cls(**_convert(cls.DESCRIPTOR, data))
+    except RecursionError:
+        raise MalformedEvent("bad_json", f"{kind} event: JSON nested too deeply") from None
     except (_Unusual, ValueError, TypeError, KeyError, binascii.Error):
         pass  # the reference parser below decides, and names the problem
     msg = cls()

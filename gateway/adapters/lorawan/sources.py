@@ -60,7 +60,7 @@ class UplinkSource(Protocol):
 class SourceHooks(Protocol):
     """What sources report to the adapter besides deliveries."""
 
-    def malformed(self, reason: str, detail: str) -> None:
+    def malformed(self, reason: str, source: str, detail: str) -> None:
         """An event that cannot be used (counted and logged)."""
         ...
 
@@ -191,7 +191,7 @@ class GrpcStreamSource:
                 continue
             except MalformedEvent as exc:
                 # poison: skip it for good, or every reconnect would stumble on it again
-                self.hooks.malformed(exc.reason, f"device {eui}, item {item.id}: {exc}")
+                self.hooks.malformed(exc.reason, eui, f"item {item.id}: {exc}")
                 self.state.record(eui, cursor=item.id)
                 await self.state.save()
                 continue
@@ -308,11 +308,11 @@ class MqttIntegrationSource:
             return 0
         except MalformedEvent as exc:
             # acknowledged and dropped: redelivering a payload that cannot parse fixes nothing
-            self.hooks.malformed(exc.reason, f"topic {topic}: {exc}")
+            self.hooks.malformed(exc.reason, topic, str(exc))
             return 0
         eui = dev_eui_of(event)
         if not eui:
-            self.hooks.malformed("no_device", f"topic {topic}: {kind} event without device_info")
+            self.hooks.malformed("no_device", topic, f"{kind} event without device_info")
             return 0
         if not await self.handler(Delivery(kind, event, eui)):
             # stopping with the readings refused: answer only once the connection is gone,

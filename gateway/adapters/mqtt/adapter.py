@@ -33,6 +33,7 @@ from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
 from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
 from gateway.adapters.mqtt.decoders import DecodeError, Decoder
 from gateway.adapters.mqtt.topics import TopicTemplate
+from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading
 
@@ -44,8 +45,6 @@ IMPLEMENTATION_ERROR = int(PubRecReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
 
 #: readings per sink call at most (one outbox row each)
 MAX_BATCH = 5000
-#: distinct devices tracked for per-device malformed counts and once-only logs
-MAX_TRACKED = 1000
 #: held (refused) messages retry after this, doubling up to the max
 RETRY_INITIAL, RETRY_MAX = 0.05, 2.0
 #: zigbee2mqtt's retained device list grows with the network
@@ -155,7 +154,7 @@ class MqttAdapter(Adapter):
         self._pubacks: list[bytes] = []
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         self._typed: set[str] = set()
-        self._logged: set[str] = set()
+        self._input_log = InputLog(self.log)
         self._connected = asyncio.Event()
         self.connects = 0
 
@@ -358,8 +357,7 @@ class MqttAdapter(Adapter):
         try:
             prepared = self._prepare(topic, payload)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must still answer the broker
-            self.log.error("mqtt %s: failed on %s: %s: %s", self.prefix, topic,
-                           type(exc).__name__, exc, exc_info=True)
+            self._decoder_failed(topic, exc)
             prepared = IMPLEMENTATION_ERROR
         if isinstance(prepared, int):
             self._done_one()
@@ -414,8 +412,7 @@ class MqttAdapter(Adapter):
                 return OK
             return await self._refused(prepared, topic)
         except Exception as exc:  # noqa: BLE001 - gmqtt would send no PUBACK at all
-            self.log.error("mqtt %s: failed on %s: %s: %s", self.prefix, topic,
-                           type(exc).__name__, exc, exc_info=True)
+            self._decoder_failed(topic, exc)
             return IMPLEMENTATION_ERROR
         finally:
             self._done_one()
@@ -463,7 +460,7 @@ class MqttAdapter(Adapter):
                                          **{k: v for k, v in info.items()
                                             if isinstance(v, str) and v})
                 declared += 1
-        except (ValueError, AttributeError) as exc:
+        except (ValueError, AttributeError, RecursionError) as exc:
             self._m_malformed.inc()
             self._log_once(topic, "mqtt %s: cannot read %s: %s", self.prefix, topic, exc)
             return PAYLOAD_INVALID
@@ -532,19 +529,21 @@ class MqttAdapter(Adapter):
              payload: bytes) -> None:
         native = slots.get("device")
         device = f"{self.prefix}:{native}" if native else "unknown"
-        label = device if device in self._logged or len(self._logged) < MAX_TRACKED else "other"
+        # per-device labels only for registered devices: invented ids cannot grow memory
+        label = device if self.ctx.devices.knows(device) else "unknown"
         self._m_bad_device.labels(self.prefix, label, reason).inc()
-        self._log_once(device, "mqtt %s: cannot decode %s payload on %s (%s): %s; payload "
-                       "%s (further bad payloads from %s are counted in "
-                       "gateway_mqtt_malformed, not logged)", self.prefix, route.sub.format,
-                       topic, reason, detail, _excerpt(payload), device)
+        self._input_log.warning(device, reason, "mqtt %s: cannot decode %s payload from %.200s "
+                                "on %.200s (%s): %s; payload %s", self.prefix, route.sub.format,
+                                device, topic, reason, detail, _excerpt(payload))
+
+    def _decoder_failed(self, topic: str, exc: Exception) -> None:
+        self._m_malformed.inc()
+        self._input_log.log(logging.ERROR, topic, "decoder_error",
+                            "mqtt %s: decoding a message on %.200s failed: %s: %.200s "
+                            "(answered 0x83)", self.prefix, topic, type(exc).__name__, exc)
 
     def _log_once(self, key: str, msg: str, *args: Any) -> None:
-        if key in self._logged:
-            return
-        if len(self._logged) < MAX_TRACKED:
-            self._logged.add(key)
-        self.log.warning(msg, *args)
+        self._input_log.warning(key, "", msg, *args)
 
     # -- batching into the sink ---------------------------------------------------------------
 

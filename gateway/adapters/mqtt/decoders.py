@@ -63,6 +63,8 @@ def _loads(payload: bytes) -> Any:
         raise
     except (ValueError, UnicodeDecodeError) as exc:
         raise DecodeError("bad_json", f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise DecodeError("bad_json", "JSON nested too deeply") from None
 
 
 _snake_cache: dict[str, str] = {}
