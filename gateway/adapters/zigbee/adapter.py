@@ -41,6 +41,7 @@ from gateway.adapters.zigbee.clusters import (
 )
 from gateway.adapters.zigbee.config import ZigbeeConfig
 from gateway.adapters.zigbee.radios import controller_class
+from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading
 
@@ -89,6 +90,7 @@ class ZigbeeAdapter(Adapter):
 
     def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(config, ctx)
+        self._input_log = InputLog(self.log)
         assert isinstance(config, ZigbeeConfig)
         self.dir: Path = Path(ctx.state_dir) / ctx.name
         self.app: Any = None
@@ -339,8 +341,9 @@ class ZigbeeAdapter(Adapter):
             return
         self._m.malformed.labels(self.prefix).inc()
         ieee, ep, cluster = frame.key
-        self.log.warning("zigbee: report from %s (endpoint %d, cluster 0x%04X) could not be"
-                         " parsed; frame %s", ieee, ep, cluster, frame.message.hex())
+        self._input_log.warning(str(ieee), "unparsed", "zigbee: report from %s (endpoint %d, "
+                                "cluster 0x%04X) could not be parsed; frame %.200s", ieee, ep,
+                                cluster, frame.message.hex())
 
     # -- devices ---------------------------------------------------------------------------
 
@@ -472,7 +475,7 @@ class ZigbeeAdapter(Adapter):
 
     def _drop(self, n: int, reason: str) -> None:
         self._m.dropped.labels(self.prefix, reason).inc(n)
-        self.log.warning("zigbee: dropped %d reading(s) (%s)", n, reason)
+        self._input_log.warning("queue", reason, "zigbee: dropped %d reading(s) (%s)", n, reason)
 
     async def _forward(self) -> None:
         """Hand queued readings to the pipeline; a refusal is retried, then counted."""
