@@ -92,7 +92,10 @@ def parse_timestamp(raw: Any, unit: str = "auto") -> float | None:
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
-        ts = float(raw)
+        try:
+            ts = float(raw)
+        except OverflowError:
+            return None
         if unit == "ms" or (unit == "auto" and ts > 1e11):
             ts /= 1000.0
     elif isinstance(raw, str):
@@ -148,8 +151,15 @@ class Decoder:
             "json": self._json, "senml": self._senml, "value": self._value,
             "zigbee2mqtt": self._zigbee2mqtt,
         }
-        self.decode = decoders[sub.format]
-        """``decode(slots, payload, now)``: slots are the topic's placeholder values."""
+        self._decode = decoders[sub.format]
+
+    def decode(self, slots: dict[str, str], payload: bytes, now: float) -> list[Reading]:
+        """Readings of one payload; slots are the topic's placeholder values."""
+        try:
+            return self._decode(slots, payload, now)
+        except (OverflowError, ArithmeticError):
+            # JSON integers have no bound: 10**400 overflows any float conversion
+            raise DecodeError("bad_value", "a number too large to use") from None
 
     # -- shared --------------------------------------------------------------------------
 
@@ -298,7 +308,7 @@ class Decoder:
                 unit = rec.get("u", bu)
                 if unit is not None and not isinstance(unit, str):
                     raise TypeError("u must be a string")
-            except (TypeError, ValueError) as exc:
+            except (TypeError, ValueError, OverflowError) as exc:
                 raise DecodeError("bad_senml", f"record {i}: {exc}") from None
             if "v" in rec:
                 v = rec["v"]

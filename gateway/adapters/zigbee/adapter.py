@@ -453,9 +453,10 @@ class ZigbeeAdapter(Adapter):
                                event.attribute_name, zone_type)
         except Exception as exc:  # noqa: BLE001 - a bad value is counted, never fatal
             self._m.malformed.labels(self.prefix).inc()
-            self.log.warning("zigbee: cannot read attribute 0x%04X of cluster 0x%04X from %s:"
-                             " %s: %s", event.attribute_id, cluster.cluster_id, device.ieee,
-                             type(exc).__name__, exc)
+            self._input_log.warning(str(device.ieee), "bad_value",
+                                    "zigbee: cannot read attribute 0x%04X of cluster 0x%04X "
+                                    "from %s: %s: %.200s", event.attribute_id,
+                                    cluster.cluster_id, device.ieee, type(exc).__name__, exc)
             return
         self._emit(device, cluster, values)
 
