@@ -212,3 +212,20 @@ def test_input_log_logs_once_per_source_and_reason_per_interval_with_a_suppresse
     assert len(messages) == 5
     assert "99 more like this" in messages[-1]
     assert "share this line" in messages[3]
+
+
+async def test_registry_keeps_a_bounded_number_of_latest_values_per_device(
+        tmp_path: Path) -> None:
+    from gateway.core.registry import MAX_METRICS
+
+    registry = DeviceRegistry(DevicesSection.model_validate({}), tmp_path / "devices.json",
+                              CollectorRegistry())
+    await registry.start()
+    try:
+        now = time.time()
+        registry.observe([r(ts=now, metric=f"m{i}") for i in range(MAX_METRICS + 100)])
+        registry.observe([r(value=1.0, ts=now, metric="m0")])
+        latest = registry.latest("mqtt:kitchen")
+        assert len(latest) == MAX_METRICS and latest["m0"].value == 1.0
+    finally:
+        await registry.stop()

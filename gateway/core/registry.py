@@ -40,6 +40,8 @@ log = logging.getLogger("gateway.devices")
 INFO_FIELDS = ("name", "type", "location", "tags", "model", "manufacturer")
 #: fields the registry computes; ``declare`` cannot set them
 _RESERVED = frozenset({"id", "adapter", "first_seen", "last_seen", "online", "values"})
+#: latest values kept per device: a device inventing metric names cannot grow memory
+MAX_METRICS = 256
 #: a new device or a changed name reaches the file within this many seconds
 FLUSH_SOON = 1.0
 #: bounds on how often silence is checked (a quarter of the shortest timeout in between)
@@ -246,7 +248,9 @@ class DeviceRegistry:
                 dev.last_seen = now
                 if not dev.online:
                     self._transition(dev, True, now)
-            dev.values[r.metric] = r
+            values = dev.values
+            if len(values) < MAX_METRICS or r.metric in values:
+                values[r.metric] = r
         self._dirty = True
 
     # -- the interface ---------------------------------------------------------------------
