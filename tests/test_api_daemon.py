@@ -174,6 +174,17 @@ async def test_outbox_endpoint_reports_depth_bounds_and_age(daemon: GatewayProce
     assert body["path"].endswith("outbox.db")
 
 
+async def test_dead_letters_endpoint_lists_what_was_set_aside_and_checks_its_limit(
+        daemon: GatewayProcess) -> None:
+    status, body, _ = await call(daemon, "GET", "/api/outbox")
+    assert status == 200 and body["dead_letters"] == 0
+    status, body, _ = await call(daemon, "GET", "/api/outbox/dead-letters?limit=5")
+    assert status == 200
+    assert body == {"count": 0, "max": 1000, "dead_letters": []}
+    status, body, _ = await call(daemon, "GET", "/api/outbox/dead-letters?limit=-1")
+    assert status == 400 and "limit" in body["error"]
+
+
 async def test_command_reaches_the_simulator_and_results_map_to_http_status(
         daemon: GatewayProcess) -> None:
     status, body, _ = await call(daemon, "POST", "/api/devices/sim:sim-1/commands",

@@ -260,6 +260,13 @@ command("devices", "list known devices, their state and latest values")(devices)
 @_talks
 def outbox(args: argparse.Namespace) -> int:
     """Depth, size, age and drops of the outbox."""
+    if args.dead_letters:
+        letters = client_for(args).call("GET", f"/api/outbox/dead-letters?limit={args.limit}")
+        if args.json:
+            _print_json(letters)
+        else:
+            print(format_dead_letters(letters))
+        return 0
     data = client_for(args).call("GET", "/api/outbox")
     if args.json:
         _print_json(data)
@@ -280,12 +287,32 @@ def format_outbox(d: dict[str, Any]) -> str:
         f"size      {size(d.get('bytes', 0))} of {size(d.get('max_bytes', 0))}",
         f"dropped   {d.get('dropped', 0)} reading(s), {d.get('dropped_events', 0)} event(s)",
         f"pending   {d.get('pending', 0)} reading(s) waiting for a commit",
+        f"set aside {d.get('dead_letters', 0)} unstorable reading(s) (gateway outbox "
+        "--dead-letters)",
         f"uplink    {link}",
         f"file      {d.get('path')} (epoch {d.get('epoch')}, last id {d.get('last_id')})",
     ])
 
 
-outbox.arguments = _common  # type: ignore[attr-defined]
+def format_dead_letters(d: dict[str, Any]) -> str:
+    """``gateway outbox --dead-letters``: newest first, one line each."""
+    rows = d.get("dead_letters") or []
+    lines = [f"{d.get('count', 0)} reading(s) set aside (at most {d.get('max', 0)} kept)"]
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("ts", 0))))
+        lines.append(f"{when}  {r.get('device')}  {r.get('reason')}")
+        lines.append(f"    {r.get('reading')}")
+    return "\n".join(lines)
+
+
+def _outbox_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--dead-letters", action="store_true",
+                   help="list readings set aside because they could not be stored")
+    p.add_argument("--limit", type=int, default=20, help="with --dead-letters: how many")
+
+
+outbox.arguments = _outbox_args  # type: ignore[attr-defined]
 command("outbox", "what waits in the outbox for the cloud")(outbox)
 
 

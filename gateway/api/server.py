@@ -140,6 +140,7 @@ class ApiServer:
         app.router.add_delete("/api/devices/{device}", self.remove_device)
         app.router.add_post("/api/devices/{device}/commands", self.command)
         app.router.add_get("/api/outbox", self.outbox)
+        app.router.add_get("/api/outbox/dead-letters", self.dead_letters)
         app.router.add_post("/api/permit-join", self.permit_join)
         # adapters' own routes (POST /api/zigbee/backup...) come through entry points
         self._mount_plugin_routes(app)
@@ -432,6 +433,18 @@ class ApiServer:
         data["uplink_enabled"] = self.gw.config.uplink.enabled
         data["uplink_connected"] = bool(getattr(self.gw.uplink, "connected", False))
         return json_response(data)
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        """The latest readings set aside because they could not be stored (``?limit=``)."""
+        if self.gw.outbox is None:
+            return error_response(503, "the outbox is not open")
+        raw = request.query.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            return error_response(400, "limit must be a whole number from 1 to 10000")
+        rows = await self.gw.outbox.dead_letters(int(raw))
+        return json_response({"count": self.gw.outbox.stats().dead_letters,
+                              "max": self.gw.config.store.dead_letter_max,
+                              "dead_letters": [r._asdict() for r in rows]})
 
     async def command(self, request: web.Request) -> web.Response:
         """``{"action": "...", "params": {...}}`` → the owning adapter; answers its result."""

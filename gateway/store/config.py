@@ -19,3 +19,5 @@ class StoreConfig(Section):
     commit_max_rows: int = Field(default=5000, gt=0)
     max_pending: int = Field(default=50_000, gt=0)
     synchronous: Literal["full", "normal"] = "full"
+    dead_letter_max: int = Field(default=1000, ge=1, le=1_000_000,
+                                 description="readings kept aside that could not be stored")

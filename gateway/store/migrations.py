@@ -33,6 +33,16 @@ MIGRATIONS: list[str] = [
         body TEXT NOT NULL
     );
     """,
+    # 3: readings that could not be stored, kept aside with the reason (bounded)
+    """
+    CREATE TABLE dead_letters (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,          -- when it was set aside
+        device TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        reading TEXT NOT NULL      -- repr of the reading, at most 1 KB
+    );
+    """,
 ]
 
 

@@ -10,6 +10,9 @@
   Events (alerts, device status) live in their own table and leave first.
 - Bounded by bytes and by age: at the bound the oldest telemetry is dropped first
   (events last); every dropped reading is counted, in a metric and in the file.
+- A reading that cannot be encoded (a row problem, not a disk problem) never refuses the
+  rest: its batch commits without it, and it goes to a bounded ``dead_letters`` table
+  with its reason. The device is answered as accepted: sending it again cannot help.
 - A corrupt file at start is renamed aside, a fresh one started, what can be read is
   salvaged into it, and an alert is queued.
 """
@@ -42,6 +45,10 @@ T = TypeVar("T")
 
 #: cap on how much one bound enforcement deletes per transaction (bounded work per commit)
 _DROP_CHUNK = 20_000
+#: what encoding a row raises when the row itself is bad (the disk is not involved)
+_ROW_ERRORS = (OverflowError, ValueError, TypeError, RecursionError)
+#: a dead letter keeps at most this much of the reading's text
+_DEAD_EXCERPT = 1024
 #: files up to this size get a full quick_check at every start (well under a second)
 _ALWAYS_CHECK_BELOW = 64 * 1024**2
 
@@ -74,6 +81,17 @@ class OutboxStats:
     dropped_events: int
     last_id: int
     pending: int
+    dead_letters: int = 0
+
+
+class DeadLetter(NamedTuple):
+    """A reading the outbox could not store, set aside with the reason."""
+
+    id: int
+    ts: float
+    device: str
+    reason: str
+    reading: str
 
 
 class OutboxError(Exception):
@@ -107,6 +125,9 @@ class Outbox:
         self._oldest: float | None = None
         self._dropped = 0
         self._dropped_events = 0
+        self._dead = 0  # rows in dead_letters
+        self._dead_log = 0.0  # when a dead letter was last logged
+        self._dead_unlogged = 0
         # group commit state (event loop side)
         self._pending: list[tuple[Sequence[Reading], asyncio.Future[bool]]] = []
         self._pending_readings = 0
@@ -133,6 +154,9 @@ class Outbox:
                                  registry=reg)
         self.m_errors = Counter("gateway_outbox_errors",
                                 "Outbox transactions that failed (store errors)", registry=reg)
+        self.m_dead = Counter("gateway_outbox_dead_letters",
+                              "Readings set aside because they cannot be stored", ["reason"],
+                              registry=reg)
         self.m_quarantined = Counter("gateway_outbox_quarantined",
                                      "Corrupt outbox files renamed aside", registry=reg)
         self.m_depth.set_function(lambda: self._readings)
@@ -220,6 +244,7 @@ class Outbox:
         self._rows, readings = db.execute("SELECT count(*), total(n) FROM telemetry").fetchone()
         self._readings = int(readings)
         self._events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        self._dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         self._refresh_size()
         self._refresh_oldest()
 
@@ -398,27 +423,39 @@ class Outbox:
             self._new_series.append(key)
         return sid
 
+    def _encode(self, readings: Sequence[Reading]) -> str:
+        """One batch as its stored JSON row: ``[base_ms, sid, value, dt_ms, ...]``."""
+        sid_of = self._series.get
+        t0 = readings[0].ts
+        base = round(t0 * 1000)
+        flat: list[Any] = [base]
+        for r in readings:
+            sid = sid_of((r.device, r.metric, r.unit)) or self._sid(r.device, r.metric, r.unit)
+            v: Any = r.value
+            if isinstance(v, float) and not math.isfinite(v):
+                v = {"f": str(v)}  # JSON has no NaN or infinity: tagged, unambiguous
+            ts = r.ts
+            flat.extend((sid, v, 0 if ts == t0 else round(ts * 1000) - base))
+        return json.dumps(flat, separators=(",", ":"))
+
     def _insert_sync(self, batches: Sequence[Sequence[Reading]]) -> None:
         db = self._db
         assert db is not None
         rows = []
-        sid_of = self._series.get
         oldest = self._oldest
         for readings in batches:
             if not readings:
                 continue
-            t0 = readings[0].ts
-            base = round(t0 * 1000)
-            flat: list[Any] = [base]
-            for r in readings:
-                sid = sid_of((r.device, r.metric, r.unit)) or self._sid(r.device, r.metric, r.unit)
-                v: Any = r.value
-                if isinstance(v, float) and not math.isfinite(v):
-                    v = {"f": str(v)}  # JSON has no NaN or infinity: tagged, unambiguous
-                ts = r.ts
-                flat.extend((sid, v, 0 if ts == t0 else round(ts * 1000) - base))
-            rows.append((self._next_id, len(readings), json.dumps(flat, separators=(",", ":"))))
+            try:
+                blob = self._encode(readings)
+            except _ROW_ERRORS:
+                readings = self._set_aside_bad(readings)
+                if not readings:
+                    continue
+                blob = self._encode(readings)
+            rows.append((self._next_id, len(readings), blob))
             self._next_id += 1
+            t0 = readings[0].ts
             if oldest is None or t0 < oldest:
                 oldest = t0
         if rows:
@@ -427,12 +464,55 @@ class Outbox:
             self._readings += sum(r[1] for r in rows)
             self._oldest = oldest
 
+    def _set_aside_bad(self, readings: Sequence[Reading]) -> list[Reading]:
+        """Dead-letter the readings of a batch that cannot be encoded; return the rest."""
+        assert self._db is not None
+        good: list[Reading] = []
+        dead = []
+        for r in readings:
+            try:
+                self._encode((r,))
+            except _ROW_ERRORS as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+                dead.append((time.time(), str(r.device)[:200], reason,
+                             repr(r)[:_DEAD_EXCERPT], type(exc).__name__))
+                continue
+            good.append(r)
+        if not dead:
+            # the batch failed as a whole only (e.g. its first timestamp): keep them all
+            return good
+        self._db.executemany("INSERT INTO dead_letters(ts, device, reason, reading) "
+                             "VALUES (?, ?, ?, ?)", [d[:4] for d in dead])
+        self._dead += len(dead)
+        over = self._dead - self.config.dead_letter_max
+        if over > 0:
+            self._db.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM "
+                             "dead_letters ORDER BY id LIMIT ?)", (over,))
+            self._dead -= over
+        for *_, kind in dead:
+            self.m_dead.labels(kind).inc()
+        self._log_dead(len(dead), dead[0][1], dead[0][2])
+        return good
+
+    def _log_dead(self, n: int, device: str, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._dead_log < 60.0:
+            self._dead_unlogged += n
+            return
+        more = (f" ({self._dead_unlogged} more since the last line)"
+                if self._dead_unlogged else "")
+        self._dead_log, self._dead_unlogged = now, 0
+        log.warning("outbox: %d reading(s) of %s cannot be stored (%s): set aside in "
+                    "dead_letters, the rest of the batch committed%s; see `gateway outbox "
+                    "--dead-letters`", n, device, reason, more)
+
     def _commit_sync(self, batches: list[Sequence[Reading]],
                      events: list[tuple[str, dict[str, Any], float]],
                      acks: list[tuple[str, int, int]]) -> None:
         db = self._db
         assert db is not None
-        snapshot = (self._next_id, self._rows, self._readings, self._events, self._oldest)
+        snapshot = (self._next_id, self._rows, self._readings, self._events, self._oldest,
+                    self._dead)
         self._new_series = []
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -467,7 +547,8 @@ class Outbox:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            (self._next_id, self._rows, self._readings, self._events, self._oldest) = snapshot
+            (self._next_id, self._rows, self._readings, self._events, self._oldest,
+             self._dead) = snapshot
             for key in self._new_series:
                 self._series_by_id.pop(self._series.pop(key), None)
             raise
@@ -614,8 +695,18 @@ class Outbox:
             epoch=self.epoch, depth=self._readings, rows=self._rows, events=self._events,
             bytes=self._bytes, oldest_ts=self._oldest, dropped=self._dropped,
             dropped_events=self._dropped_events, last_id=self._next_id - 1,
-            pending=self._pending_readings,
+            pending=self._pending_readings, dead_letters=self._dead,
         )
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The latest readings set aside as unstorable, newest first."""
+        def read() -> list[DeadLetter]:
+            assert self._db is not None
+            rows = self._db.execute("SELECT id, ts, device, reason, reading FROM dead_letters "
+                                    "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            return [DeadLetter(*row) for row in rows]
+
+        return await self._read(read, [])
 
     # -- closing ------------------------------------------------------------------------
 
