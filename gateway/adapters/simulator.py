@@ -43,7 +43,7 @@ class SimulatorConfig(AdapterConfig):
     device_prefix: str = "sim-"
     seed: int | None = None
     #: stop after this many messages per device (benchmarks); 0 = run forever
-    count: int = Field(default=0, ge=0)
+    count: int = Field(default=0, ge=0, le=10**12)
 
 
 class _Device:

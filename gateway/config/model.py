@@ -109,7 +109,22 @@ def _problems(exc: ValidationError, marks: Marks, prefix: Loc = ()) -> list[str]
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read, resolve ``${...}`` references in, and validate one config file."""
+    """Read, resolve ``${...}`` references in, and validate one config file.
+
+    Raises :class:`ConfigError` and nothing else, whatever the file holds.
+    """
+    try:
+        return _load_config(path, env)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a file must never crash the check
+        detail = " ".join(str(exc).split())[:200]
+        raise ConfigError([f"{path}: cannot check this file ({type(exc).__name__}: "
+                           f"{detail}); this is a gateway bug, please report it "
+                           "with the file"]) from None
+
+
+def _load_config(path: str | Path, env: Mapping[str, str] | None) -> GatewayConfig:
     try:
         raw, marks = load_yaml(path)
     except YamlError as exc:

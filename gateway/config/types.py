@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -22,30 +23,58 @@ _SIZE_UNITS = {
 }
 
 
+#: the longest duration any option takes (ten years), unless the field says less
+MAX_DURATION = 3650 * 86400.0
+#: the largest size any option takes (1 TiB)
+MAX_SIZE = 1024**4
+
+_DURATION_HELP = "expected a duration such as 30s, 10m, 2h or 7d"
+_SIZE_HELP = "expected a size such as 64MiB or 1GB"
+
+
+def _bounded(seconds: float) -> float:
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_DURATION:
+        raise ValueError(f"{_DURATION_HELP}, from 0 to 3650d")
+    return seconds
+
+
 def parse_duration(value: Any) -> Any:
     """``30``, ``"30s"``, ``"500ms"``, ``"10m"``, ``"2h"``, ``"7d"`` → seconds (float)."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 10m, 2h or 7d")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError("expected a duration such as 30s, 10m, 2h or 7d")
+        raise ValueError(_DURATION_HELP)
+    try:
+        if isinstance(value, (int, float)):
+            return _bounded(float(value))
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if m:
+                return _bounded(float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+    except OverflowError:
+        pass  # an integer too large for a float: out of range like any other
+    else:
+        raise ValueError(_DURATION_HELP)
+    raise ValueError(f"{_DURATION_HELP}, from 0 to 3650d")
 
 
 def parse_size(value: Any) -> Any:
     """``1048576``, ``"512KiB"``, ``"256MB"``, ``"1GiB"`` → bytes (int)."""
     if isinstance(value, bool):
-        raise ValueError("expected a size such as 64MiB or 1GB")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
-    raise ValueError("expected a size such as 64MiB or 1GB")
+        raise ValueError(_SIZE_HELP)
+    size: float | int | None = None
+    try:
+        if isinstance(value, int):
+            size = value
+        elif isinstance(value, str):
+            m = _SIZE.match(value)
+            if m:
+                size = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+    except OverflowError:
+        size = math.inf
+    if size is None:
+        raise ValueError(_SIZE_HELP)
+    if not 0 <= size <= MAX_SIZE:  # inf and nan fail here too
+        raise ValueError(f"{_SIZE_HELP}, from 0 to 1TiB")
+    return int(size)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -58,4 +87,5 @@ ByteSize = Annotated[int, BeforeValidator(parse_size)]
 class Section(BaseModel):
     """Base of every config model: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never a sensible setting; a float field that says 1e400 is inf
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

@@ -211,7 +211,7 @@ class FilterSpec(Section):
     drop: bool = False
     deadband: Annotated[str | None, BeforeValidator(_deadband)] = None
     min_interval: Duration = Field(default=0.0, ge=0)
-    sample: int = Field(default=1, ge=1, description="keep one reading in N")
+    sample: int = Field(default=1, ge=1, le=1_000_000, description="keep one reading in N")
     heartbeat: Duration = Field(default=0.0, ge=0,
                                 description="send anyway when nothing was sent for this long")
     aggregate: AggregateSpec | None = None

@@ -50,7 +50,7 @@ class LayoutField(Section):
 
     name: str
     type: LayoutType
-    offset: int | None = Field(default=None, ge=0,
+    offset: int | None = Field(default=None, ge=0, le=255,
                                description="byte offset; default: right after the previous field")
     endian: Literal["big", "little"] = "big"
     bit: int | None = Field(default=None, ge=0, le=63,

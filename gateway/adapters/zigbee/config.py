@@ -25,7 +25,7 @@ class ZigbeeConfig(AdapterConfig):
 
     radio_type: str = Field(default="ezsp", description="ezsp (bellows) or module:Class")
     port: str = Field(description="serial path (/dev/serial/by-id/...) or socket://host:port")
-    baudrate: int = Field(default=115200, gt=0)
+    baudrate: int = Field(default=115200, gt=0, le=4_000_000)
     flow_control: Literal["software", "hardware", "none"] = "software"
     channel: int | None = Field(default=None, ge=11, le=26,
                                 description="None: pick the quietest of `channels`")
@@ -49,7 +49,7 @@ class ZigbeeConfig(AdapterConfig):
     #: LQI/RSSI go to the device registry at most this often per device
     link_update_interval: Duration = Field(default=300.0, gt=0)
     #: readings waiting for the pipeline, at most (beyond: dropped, counted)
-    max_pending: int = Field(default=10000, ge=1)
+    max_pending: int = Field(default=10000, ge=1, le=1_000_000)
 
     @field_validator("radio_type")
     @classmethod
