@@ -180,7 +180,7 @@ async def test_dead_letters_endpoint_lists_what_was_set_aside_and_checks_its_lim
     assert status == 200 and body["dead_letters"] == 0
     status, body, _ = await call(daemon, "GET", "/api/outbox/dead-letters?limit=5")
     assert status == 200
-    assert body == {"count": 0, "max": 1000, "dead_letters": []}
+    assert body == {"count": 0, "deleted": 0, "max": 1000, "dead_letters": []}
     status, body, _ = await call(daemon, "GET", "/api/outbox/dead-letters?limit=-1")
     assert status == 400 and "limit" in body["error"]
 

@@ -74,9 +74,11 @@ def test_metrics_worth_alerting_on_are_all_exposed_and_move(
     assert value(samples, "gateway_mqtt_messages_total", result="malformed") >= 1
     # outbox
     for name in ("gateway_outbox_depth", "gateway_outbox_bytes",
-                 "gateway_outbox_oldest_age_seconds", "gateway_outbox_dropped"):
+                 "gateway_outbox_oldest_age_seconds", "gateway_outbox_dropped",
+                 "gateway_outbox_dead_letters", "gateway_outbox_dead_letter_rows"):
         assert name in names, name
     assert value(samples, "gateway_outbox_bytes") > 0
+    assert value(samples, "gateway_outbox_dead_letter_rows") == 0
     # uplink
     assert value(samples, "gateway_uplink_connected") == 1
     assert value(samples, "gateway_uplink_publishes_total") >= 1

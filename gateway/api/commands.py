@@ -287,8 +287,9 @@ def format_outbox(d: dict[str, Any]) -> str:
         f"size      {size(d.get('bytes', 0))} of {size(d.get('max_bytes', 0))}",
         f"dropped   {d.get('dropped', 0)} reading(s), {d.get('dropped_events', 0)} event(s)",
         f"pending   {d.get('pending', 0)} reading(s) waiting for a commit",
-        f"set aside {d.get('dead_letters', 0)} unstorable reading(s) (gateway outbox "
-        "--dead-letters)",
+        f"set aside {d.get('dead_letters', 0)} reading(s) that cannot be stored"
+        + (f", {d['dead_letters_deleted']} older deleted" if d.get("dead_letters_deleted")
+           else "") + " (gateway outbox --dead-letters)",
         f"uplink    {link}",
         f"file      {d.get('path')} (epoch {d.get('epoch')}, last id {d.get('last_id')})",
     ])
@@ -297,11 +298,15 @@ def format_outbox(d: dict[str, Any]) -> str:
 def format_dead_letters(d: dict[str, Any]) -> str:
     """``gateway outbox --dead-letters``: newest first, one line each."""
     rows = d.get("dead_letters") or []
-    lines = [f"{d.get('count', 0)} reading(s) set aside (at most {d.get('max', 0)} kept)"]
+    deleted = f", {d['deleted']} older deleted" if d.get("deleted") else ""
+    lines = [f"{d.get('count', 0)} reading(s) set aside as unstorable (at most "
+             f"{d.get('max', 0)} kept{deleted})"]
     for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("ts", 0))))
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("ts") or 0)))
         lines.append(f"{when}  {r.get('device')}  {r.get('reason')}")
         lines.append(f"    {r.get('reading')}")
+    if len(rows) < d.get("count", 0):
+        lines.append(f"(the latest {len(rows)}; --limit N shows more)")
     return "\n".join(lines)
 
 
@@ -309,7 +314,8 @@ def _outbox_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--dead-letters", action="store_true",
                    help="list readings set aside because they could not be stored")
-    p.add_argument("--limit", type=int, default=20, help="with --dead-letters: how many")
+    p.add_argument("--limit", type=int, default=20,
+                   help="with --dead-letters: how many of the latest (default 20)")
 
 
 outbox.arguments = _outbox_args  # type: ignore[attr-defined]

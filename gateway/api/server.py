@@ -45,6 +45,8 @@ log = logging.getLogger("gateway.api")
 ROUTES_GROUP = "gateway.api_routes"
 #: Zigbee's own bound on a permit-join window
 PERMIT_JOIN_MAX = 254
+#: most dead letters one ``GET /api/outbox/dead-letters`` answers
+DEAD_LETTERS_MAX = 10_000
 #: /healthz counts devices at most this often (listing 1,000 devices takes ~10 ms)
 _COUNTS_TTL = 1.0
 #: how long in-flight requests may take to finish once the API stops
@@ -439,10 +441,12 @@ class ApiServer:
         if self.gw.outbox is None:
             return error_response(503, "the outbox is not open")
         raw = request.query.get("limit", "100")
-        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-            return error_response(400, "limit must be a whole number from 1 to 10000")
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= DEAD_LETTERS_MAX:
+            return error_response(400, f"limit must be a whole number from 1 to "
+                                       f"{DEAD_LETTERS_MAX}")
         rows = await self.gw.outbox.dead_letters(int(raw))
-        return json_response({"count": self.gw.outbox.stats().dead_letters,
+        st = self.gw.outbox.stats()
+        return json_response({"count": st.dead_letters, "deleted": st.dead_letters_deleted,
                               "max": self.gw.config.store.dead_letter_max,
                               "dead_letters": [r._asdict() for r in rows]})
 

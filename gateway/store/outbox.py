@@ -10,9 +10,11 @@
   Events (alerts, device status) live in their own table and leave first.
 - Bounded by bytes and by age: at the bound the oldest telemetry is dropped first
   (events last); every dropped reading is counted, in a metric and in the file.
-- A reading that cannot be encoded (a row problem, not a disk problem) never refuses the
-  rest: its batch commits without it, and it goes to a bounded ``dead_letters`` table
-  with its reason. The device is answered as accepted: sending it again cannot help.
+- One bad row never refuses the others. A reading (or event) that cannot be encoded or
+  bound (its own problem, not the disk's) is set aside in a bounded ``dead_letters``
+  table with its reason, and the rest of its batch and of its group commit is stored. Its
+  ``append`` answers True: it has been kept, and sending it again cannot help. Disk, lock
+  and corruption errors still refuse the whole commit, to be retried.
 - A corrupt file at start is renamed aside, a fresh one started, what can be read is
   salvaged into it, and an alert is queued.
 """
@@ -24,12 +26,13 @@ import json
 import logging
 import math
 import os
+import reprlib
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -45,10 +48,24 @@ T = TypeVar("T")
 
 #: cap on how much one bound enforcement deletes per transaction (bounded work per commit)
 _DROP_CHUNK = 20_000
-#: what encoding a row raises when the row itself is bad (the disk is not involved)
-_ROW_ERRORS = (OverflowError, ValueError, TypeError, RecursionError)
-#: a dead letter keeps at most this much of the reading's text
-_DEAD_EXCERPT = 1024
+#: what SQLite raises when a row cannot be bound or stored because of the row itself;
+#: disk I/O, disk full, locks and corruption are OperationalError / DatabaseError instead
+_ROW_SQL_ERRORS = (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError,
+                   OverflowError, ValueError, TypeError)
+#: longest device id, metric or unit the outbox interns (the core allows far less)
+_MAX_NAME = 4096
+#: a dead letter keeps at most this many characters of its readings, device and reason
+_DEAD_EXCERPT, _DEAD_DEVICE, _DEAD_REASON = 1024, 200, 200
+#: the reasons gateway_outbox_dead_letters_total is labelled with; any other is "other"
+_DEAD_LABELS = frozenset({
+    "OverflowError", "ValueError", "TypeError", "RecursionError", "UnicodeEncodeError",
+    "KeyError", "IndexError", "AttributeError", "InterfaceError", "ProgrammingError",
+    "DataError",
+})
+#: at most one log line about dead letters this often (seconds)
+_DEAD_LOG_EVERY = 60.0
+#: salvaged batches committed per transaction
+_SALVAGE_CHUNK = 1000
 #: files up to this size get a full quick_check at every start (well under a second)
 _ALWAYS_CHECK_BELOW = 64 * 1024**2
 
@@ -81,7 +98,8 @@ class OutboxStats:
     dropped_events: int
     last_id: int
     pending: int
-    dead_letters: int = 0
+    dead_letters: int = 0  # rows in the dead-letter table
+    dead_letters_deleted: int = 0  # deleted beyond ``dead_letter_max``, since the file began
 
 
 class DeadLetter(NamedTuple):
@@ -96,6 +114,27 @@ class DeadLetter(NamedTuple):
 
 class OutboxError(Exception):
     pass
+
+
+_Key = tuple[str, str, str | None]  # a series: device, metric, unit
+#: a dead letter: when, device(s), reason, excerpt, metric label
+_Dead = tuple[float, str, str, str, str]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One commit, encoded before its transaction starts."""
+
+    rows: list[tuple[int, int, str]] = field(default_factory=list)  # id, readings, JSON row
+    sources: list[Sequence[Reading]] = field(default_factory=list)  # each row's readings
+    uses: dict[int, list[_Key]] = field(default_factory=dict)  # row index: its fresh series
+    fresh: dict[_Key, int] = field(default_factory=dict)  # series new in this commit: ids
+    written: int = 0  # rows written (all of them unless SQLite refused one)
+    readings: int = 0  # readings in the rows written
+    oldest: float | None = None  # the first timestamp of the oldest row written
+    events: list[tuple[str, float, str]] = field(default_factory=list)  # kind, ts, JSON body
+    dead: list[_Dead] = field(default_factory=list)
+    stored: dict[_Key, int] = field(default_factory=dict)  # the fresh series written
 
 
 def _is_corruption(exc: BaseException) -> bool:
@@ -125,8 +164,10 @@ class Outbox:
         self._oldest: float | None = None
         self._dropped = 0
         self._dropped_events = 0
+        self._next_sid = 1
         self._dead = 0  # rows in dead_letters
-        self._dead_log = 0.0  # when a dead letter was last logged
+        self._dead_deleted = 0
+        self._dead_logged = -math.inf  # when a dead letter was last logged (monotonic)
         self._dead_unlogged = 0
         # group commit state (event loop side)
         self._pending: list[tuple[Sequence[Reading], asyncio.Future[bool]]] = []
@@ -139,7 +180,6 @@ class Outbox:
         self._last_commit = 0.0
         #: set whenever new rows are committed; the uplink waits on it
         self.new_data = asyncio.Event()
-        self._new_series: list[tuple[str, str, str | None]] = []
         self._page_size = 4096
         reg = metrics or CollectorRegistry()
         self.m_depth = Gauge("gateway_outbox_depth", "Readings waiting in the outbox", registry=reg)
@@ -157,9 +197,12 @@ class Outbox:
         self.m_dead = Counter("gateway_outbox_dead_letters",
                               "Readings set aside because they cannot be stored", ["reason"],
                               registry=reg)
+        self.m_dead_rows = Gauge("gateway_outbox_dead_letter_rows",
+                                 "Rows in the outbox's dead-letter table", registry=reg)
         self.m_quarantined = Counter("gateway_outbox_quarantined",
                                      "Corrupt outbox files renamed aside", registry=reg)
         self.m_depth.set_function(lambda: self._readings)
+        self.m_dead_rows.set_function(lambda: self._dead)
         self.m_bytes.set_function(lambda: self._bytes)
         self.m_oldest.set_function(
             lambda: max(0.0, time.time() - self._oldest) if self._oldest else 0.0)
@@ -244,7 +287,9 @@ class Outbox:
         self._rows, readings = db.execute("SELECT count(*), total(n) FROM telemetry").fetchone()
         self._readings = int(readings)
         self._events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        self._next_sid = (db.execute("SELECT max(id) FROM series").fetchone()[0] or 0) + 1
         self._dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        self._dead_deleted = int(meta.get("dead_letters_deleted", 0))
         self._refresh_size()
         self._refresh_oldest()
 
@@ -296,26 +341,36 @@ class Outbox:
         probes = 0
         jump = 1
         after = 0
-        # walk the table in id order; where a page is unreadable, seek past it with
-        # growing jumps (ids are the b-tree key, so seeking skips the damaged leaf)
-        while after < max_id and probes < 2000:
-            probes += 1
-            try:
-                for rid, blob in old.execute("SELECT id, blob FROM telemetry WHERE id > ? "
-                                             "ORDER BY id", (after,)):
-                    last = after = rid
-                    jump = 1
-                    try:
-                        readings = _unpack(blob, series)
-                    except (ValueError, TypeError, KeyError, IndexError):
-                        continue
-                    self._insert_sync([readings])
-                    salvaged += len(readings)
-                break
-            except sqlite3.Error:
-                after = last + jump
-                jump *= 2
-        old.close()
+        done = False
+        try:
+            # walk the table in id order; where a page is unreadable, seek past it with
+            # growing jumps (ids are the b-tree key, so seeking skips the damaged leaf)
+            while not done and after < max_id and probes < 2000:
+                batches: list[Sequence[Reading]] = []
+                try:
+                    for rid, blob in old.execute("SELECT id, blob FROM telemetry WHERE id > ? "
+                                                 "ORDER BY id", (after,)):
+                        last = after = rid
+                        jump = 1
+                        try:
+                            batches.append(_unpack(blob, series))
+                        except (ValueError, TypeError, KeyError, IndexError):
+                            continue
+                        if len(batches) >= _SALVAGE_CHUNK:
+                            break  # commit these, then read on from here
+                    else:
+                        done = True
+                except sqlite3.Error:
+                    probes += 1
+                    after = last + jump
+                    jump *= 2
+                if batches:
+                    # committed outside the read: an error writing the fresh file is not
+                    # damage in the old one
+                    self._commit_sync(batches, [], [])
+                    salvaged += sum(len(b) for b in batches)
+        finally:
+            old.close()
         return salvaged
 
     # -- appending ------------------------------------------------------------------------
@@ -409,122 +464,267 @@ class Outbox:
         self._wake.set()
 
     # -- the writer thread ----------------------------------------------------------------
+    #
+    # A commit is made in two steps. First, outside any transaction, every batch and event
+    # is encoded into the row it will be (pure Python, no SQL): whatever goes wrong there is
+    # the row's fault, and that row is dead-lettered while the others go on. Then one
+    # transaction writes them. If SQLite refuses a row for a reason of its own (a value it
+    # cannot bind, a string too big) the rows are written one by one to find it; any other
+    # error (disk I/O, disk full, locked, corrupt) refuses the whole commit, to be retried.
 
-    def _sid(self, device: str, metric: str, unit: str | None) -> int:
-        key = (device, metric, unit)
-        sid = self._series.get(key)
-        if sid is None:
-            assert self._db is not None
-            cur = self._db.execute("INSERT INTO series(device, metric, unit) VALUES (?, ?, ?)",
-                                   key)
-            sid = int(cur.lastrowid or 0)
-            self._series[key] = sid
-            self._series_by_id[sid] = key
-            self._new_series.append(key)
+    def _new_sid(self, key: _Key, fresh: dict[_Key, int]) -> int:
+        """A series id for ``key``, new in this commit; the key is checked so it will bind."""
+        device, metric, unit = key
+        for part in (device, metric) if unit is None else key:
+            if not isinstance(part, str):
+                raise TypeError(f"device, metric and unit must be strings, not "
+                                f"{type(part).__name__}")
+            if len(part) > _MAX_NAME:
+                raise ValueError(f"a name of {len(part)} characters (at most {_MAX_NAME})")
+            part.encode()  # lone surrogates cannot be stored as text: UnicodeEncodeError
+        sid = self._next_sid
+        self._next_sid += 1
+        fresh[key] = sid
         return sid
 
-    def _encode(self, readings: Sequence[Reading]) -> str:
-        """One batch as its stored JSON row: ``[base_ms, sid, value, dt_ms, ...]``."""
+    def _encode(self, readings: Sequence[Reading],
+                fresh: dict[_Key, int]) -> tuple[str, list[_Key] | None]:
+        """One batch as its stored row ``[base_ms, sid, value, dt_ms, ...]``, and the series
+        it uses that are new in this commit (None if none)."""
         sid_of = self._series.get
         t0 = readings[0].ts
         base = round(t0 * 1000)
         flat: list[Any] = [base]
+        new: list[_Key] | None = None
         for r in readings:
-            sid = sid_of((r.device, r.metric, r.unit)) or self._sid(r.device, r.metric, r.unit)
+            key = (r.device, r.metric, r.unit)
+            sid = sid_of(key)
+            if sid is None:
+                sid = fresh.get(key) or self._new_sid(key, fresh)
+                if new is None:
+                    new = []
+                new.append(key)
             v: Any = r.value
             if isinstance(v, float) and not math.isfinite(v):
                 v = {"f": str(v)}  # JSON has no NaN or infinity: tagged, unambiguous
             ts = r.ts
             flat.extend((sid, v, 0 if ts == t0 else round(ts * 1000) - base))
-        return json.dumps(flat, separators=(",", ":"))
+        return json.dumps(flat, separators=(",", ":")), new
 
-    def _insert_sync(self, batches: Sequence[Sequence[Reading]]) -> None:
-        db = self._db
-        assert db is not None
-        rows = []
-        oldest = self._oldest
+    def _prepare(self, batches: Sequence[Sequence[Reading]],
+                 events: list[tuple[str, dict[str, Any], float]]) -> _Plan:
+        """Encode every row of a commit before it starts; set aside what cannot be encoded."""
+        plan = _Plan()
+        rows, sources, fresh, dead = plan.rows, plan.sources, plan.fresh, plan.dead
+        encode = self._encode
+        next_id = self._next_id
+        total = 0
+        oldest = None
         for readings in batches:
             if not readings:
                 continue
             try:
-                blob = self._encode(readings)
-            except _ROW_ERRORS:
-                readings = self._set_aside_bad(readings)
-                if not readings:
+                blob, new = encode(readings, fresh)
+            except MemoryError:
+                raise
+            except Exception:  # noqa: BLE001 - encoding is pure Python: the row's fault
+                kept = self._split(readings, fresh, dead)
+                if kept is None:
                     continue
-                blob = self._encode(readings)
-            rows.append((self._next_id, len(readings), blob))
-            self._next_id += 1
+                blob, new, readings = kept
+            if new is not None:
+                plan.uses[len(rows)] = new
+            n = len(readings)
+            rows.append((next_id, n, blob))
+            sources.append(readings)
+            next_id += 1
+            total += n
             t0 = readings[0].ts
             if oldest is None or t0 < oldest:
                 oldest = t0
-        if rows:
-            db.executemany("INSERT INTO telemetry(id, n, blob) VALUES (?, ?, ?)", rows)
-            self._rows += len(rows)
-            self._readings += sum(r[1] for r in rows)
-            self._oldest = oldest
+        self._next_id = next_id
+        plan.readings, plan.oldest = total, oldest
+        for kind, body, ts in events:
+            try:
+                if not isinstance(kind, str):
+                    raise TypeError(f"event kind must be a string, not {type(kind).__name__}")
+                plan.events.append((kind, float(ts),
+                                    json.dumps(body, separators=(",", ":"), default=str)))
+            except MemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as above: this event's own fault
+                device = body.get("device") if isinstance(body, dict) else None
+                dead.append(_dead_letter(exc, _text(device or f"event {_shown(kind)}",
+                                                    _DEAD_DEVICE), _excerpt_event(kind, body)))
+        return plan
 
-    def _set_aside_bad(self, readings: Sequence[Reading]) -> list[Reading]:
-        """Dead-letter the readings of a batch that cannot be encoded; return the rest."""
-        assert self._db is not None
+    def _split(self, readings: Sequence[Reading], fresh: dict[_Key, int],
+               dead: list[_Dead]) -> tuple[str, list[_Key] | None, list[Reading]] | None:
+        """A batch that failed to encode: dead-letter its bad readings, encode the rest."""
         good: list[Reading] = []
-        dead = []
         for r in readings:
             try:
-                self._encode((r,))
-            except _ROW_ERRORS as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
-                dead.append((time.time(), str(r.device)[:200], reason,
-                             repr(r)[:_DEAD_EXCERPT], type(exc).__name__))
+                self._encode((r,), fresh)
+            except MemoryError:
+                raise
+            except Exception as one:  # noqa: BLE001 - this reading's own fault
+                dead.append(_dead_letter(one, _devices((r,)), _excerpt((r,))))
                 continue
             good.append(r)
-        if not dead:
-            # the batch failed as a whole only (e.g. its first timestamp): keep them all
-            return good
-        self._db.executemany("INSERT INTO dead_letters(ts, device, reason, reading) "
-                             "VALUES (?, ?, ?, ?)", [d[:4] for d in dead])
-        self._dead += len(dead)
-        over = self._dead - self.config.dead_letter_max
-        if over > 0:
-            self._db.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM "
-                             "dead_letters ORDER BY id LIMIT ?)", (over,))
-            self._dead -= over
-        for *_, kind in dead:
-            self.m_dead.labels(kind).inc()
-        self._log_dead(len(dead), dead[0][1], dead[0][2])
-        return good
+        if not good:
+            return None
+        try:
+            blob, new = self._encode(good, fresh)
+        except MemoryError:
+            raise
+        except Exception as whole:  # noqa: BLE001 - each encodes alone, not together
+            dead.append(_dead_letter(whole, _devices(good), _excerpt(good)))
+            return None
+        return blob, new, good
 
-    def _log_dead(self, n: int, device: str, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._dead_log < 60.0:
-            self._dead_unlogged += n
+    def _write_rows(self, plan: _Plan) -> None:
+        """Insert the commit's new series and telemetry rows (ids are already assigned)."""
+        db = self._db
+        assert db is not None
+        db.execute("SAVEPOINT rows")
+        try:
+            if plan.fresh:
+                db.executemany("INSERT INTO series(id, device, metric, unit) VALUES (?, ?, ?, ?)",
+                               [(sid, *key) for key, sid in plan.fresh.items()])
+            db.executemany("INSERT INTO telemetry(id, n, blob) VALUES (?, ?, ?)", plan.rows)
+        except _ROW_SQL_ERRORS as exc:
+            if not _row_refused(exc):
+                raise
+            db.execute("ROLLBACK TO rows")
+            db.execute("RELEASE rows")
+            self._write_rows_one_by_one(plan)
             return
-        more = (f" ({self._dead_unlogged} more since the last line)"
-                if self._dead_unlogged else "")
-        self._dead_log, self._dead_unlogged = now, 0
-        log.warning("outbox: %d reading(s) of %s cannot be stored (%s): set aside in "
-                    "dead_letters, the rest of the batch committed%s; see `gateway outbox "
-                    "--dead-letters`", n, device, reason, more)
+        db.execute("RELEASE rows")
+        plan.stored, plan.written = plan.fresh, len(plan.rows)
 
-    def _commit_sync(self, batches: list[Sequence[Reading]],
+    def _write_rows_one_by_one(self, plan: _Plan) -> None:
+        """SQLite refused a row of this commit: write each batch alone, set aside the bad."""
+        db = self._db
+        assert db is not None
+        stored: dict[_Key, int] = {}
+        failed: dict[_Key, Exception] = {}
+        next_id = plan.rows[0][0]  # renumbered: no gap where a row is set aside
+        written = total = 0
+        oldest: float | None = None
+        for i, (_, n, blob) in enumerate(plan.rows):
+            readings = plan.sources[i]
+            keys = [k for k in dict.fromkeys(plan.uses.get(i, ())) if k not in stored]
+            bad = next((failed[k] for k in keys if k in failed), None)
+            if bad is not None:  # a series this batch needs could not be stored
+                plan.dead.append(_dead_letter(bad, _devices(readings), _excerpt(readings)))
+                continue
+            db.execute("SAVEPOINT one")
+            key: _Key | None = None
+            try:
+                for key in keys:
+                    db.execute("INSERT INTO series(id, device, metric, unit) VALUES (?, ?, ?, ?)",
+                               (plan.fresh[key], *key))
+                key = None
+                db.execute("INSERT INTO telemetry(id, n, blob) VALUES (?, ?, ?)",
+                           (next_id, n, blob))
+            except _ROW_SQL_ERRORS as exc:
+                if not _row_refused(exc):
+                    raise
+                db.execute("ROLLBACK TO one")
+                db.execute("RELEASE one")
+                if key is not None:
+                    failed[key] = exc
+                plan.dead.append(_dead_letter(exc, _devices(readings), _excerpt(readings)))
+                continue
+            db.execute("RELEASE one")
+            stored.update((k, plan.fresh[k]) for k in keys)
+            next_id += 1
+            written += 1
+            total += n
+            t0 = readings[0].ts
+            if oldest is None or t0 < oldest:
+                oldest = t0
+        self._next_id = next_id
+        plan.stored, plan.written, plan.readings, plan.oldest = stored, written, total, oldest
+
+    def _write_events_sync(self, plan: _Plan) -> None:
+        """Insert the commit's events; one SQLite refuses is set aside, the others stay."""
+        db = self._db
+        assert db is not None
+        events = plan.events
+        db.execute("SAVEPOINT events")
+        try:
+            first = self._next_id
+            db.executemany("INSERT INTO events(id, kind, ts, body) VALUES (?, ?, ?, ?)",
+                           [(first + i, *e) for i, e in enumerate(events)])
+            written = len(events)
+        except _ROW_SQL_ERRORS as exc:
+            if not _row_refused(exc):
+                raise
+            db.execute("ROLLBACK TO events")
+            written = 0
+            for kind, ts, body in events:
+                try:
+                    db.execute("INSERT INTO events(id, kind, ts, body) VALUES (?, ?, ?, ?)",
+                               (self._next_id + written, kind, ts, body))
+                except _ROW_SQL_ERRORS as one:
+                    if not _row_refused(one):
+                        raise
+                    plan.dead.append(_dead_letter(one, f"event {_text(kind, 100)}",
+                                                  _text(f"event({kind!r}, {body})",
+                                                        _DEAD_EXCERPT)))
+                    continue
+                written += 1
+        db.execute("RELEASE events")
+        self._next_id += written
+        self._events += written
+
+    def _write_dead_sync(self, dead: list[_Dead]) -> None:
+        """Keep the newest ``dead_letter_max`` dead letters; count the ones deleted."""
+        db = self._db
+        assert db is not None
+        limit = self.config.dead_letter_max
+        keep = dead[-limit:]
+        db.executemany("INSERT INTO dead_letters(ts, device, reason, reading) VALUES (?, ?, ?, ?)",
+                       [d[:4] for d in keep])
+        self._dead += len(keep)
+        deleted = len(dead) - len(keep)
+        over = self._dead - limit
+        if over > 0:
+            db.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
+                       "ORDER BY id LIMIT ?)", (over,))
+            self._dead -= over
+            deleted += over
+        if deleted:
+            self._dead_deleted += deleted
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES "
+                       "('dead_letters_deleted', ?)", (self._dead_deleted,))
+
+    def _commit_sync(self, batches: Sequence[Sequence[Reading]],
                      events: list[tuple[str, dict[str, Any], float]],
                      acks: list[tuple[str, int, int]]) -> None:
         db = self._db
         assert db is not None
-        snapshot = (self._next_id, self._rows, self._readings, self._events, self._oldest,
-                    self._dead)
-        self._new_series = []
+        snapshot = (self._next_id, self._next_sid, self._rows, self._readings, self._events,
+                    self._oldest, self._dead, self._dead_deleted)
+        try:
+            plan = self._prepare(batches, events)
+        except BaseException:
+            self._next_id, self._next_sid = snapshot[0], snapshot[1]
+            raise
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._insert_sync(batches)
-            if events:
-                rows = []
-                for kind, body, ts in events:
-                    rows.append((self._next_id, kind, ts, json.dumps(body, separators=(",", ":"),
-                                                                     default=str)))
-                    self._next_id += 1
-                db.executemany("INSERT INTO events(id, kind, ts, body) VALUES (?, ?, ?, ?)", rows)
-                self._events += len(rows)
+            if plan.rows:
+                self._write_rows(plan)
+                self._rows += plan.written
+                self._readings += plan.readings
+                oldest = plan.oldest
+                if oldest is not None and (self._oldest is None or oldest < self._oldest):
+                    self._oldest = oldest
+            if plan.events:
+                self._write_events_sync(plan)
+            if plan.dead:
+                self._write_dead_sync(plan.dead)
             deleted_any = False
             for table, first, last in acks:
                 if table == "telemetry":
@@ -547,13 +747,32 @@ class Outbox:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            (self._next_id, self._rows, self._readings, self._events, self._oldest,
-             self._dead) = snapshot
-            for key in self._new_series:
-                self._series_by_id.pop(self._series.pop(key), None)
+            (self._next_id, self._next_sid, self._rows, self._readings, self._events,
+             self._oldest, self._dead, self._dead_deleted) = snapshot
             raise
+        for key, sid in plan.stored.items():
+            self._series[key] = sid
+            self._series_by_id[sid] = key
         if acks or dropped:
             self._refresh_oldest()
+        if plan.dead:
+            self._report_dead(plan.dead)
+
+    def _report_dead(self, dead: list[_Dead]) -> None:
+        """Count committed dead letters by reason; log at most one line a minute."""
+        for d in dead:
+            self.m_dead.labels(d[4]).inc()
+        now = time.monotonic()
+        if now - self._dead_logged < _DEAD_LOG_EVERY:
+            self._dead_unlogged += len(dead)
+            return
+        first = dead[0]
+        more = len(dead) - 1 + self._dead_unlogged
+        self._dead_logged, self._dead_unlogged = now, 0
+        log.warning("outbox: a reading of %s cannot be stored (%s): set aside in dead_letters, "
+                    "the other readings committed%s; see gateway outbox --dead-letters",
+                    first[1], first[2],
+                    f" ({more} more set aside since the last such message)" if more else "")
 
     def _refresh_size(self) -> None:
         assert self._db is not None
@@ -696,6 +915,7 @@ class Outbox:
             bytes=self._bytes, oldest_ts=self._oldest, dropped=self._dropped,
             dropped_events=self._dropped_events, last_id=self._next_id - 1,
             pending=self._pending_readings, dead_letters=self._dead,
+            dead_letters_deleted=self._dead_deleted,
         )
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -736,6 +956,72 @@ class Outbox:
         finally:
             self._db.close()
             self._db = None
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+_repr = reprlib.Repr()
+_repr.maxstring = 300
+_repr.maxother = 120
+_repr.maxlong = 60
+_repr.maxlevel = 3
+
+
+def _shown(value: object) -> str:
+    """``repr`` cut short (long strings, deep nesting); never raises."""
+    try:
+        return _repr.repr(value)
+    except Exception:  # noqa: BLE001 - a value that cannot even be shown (e.g. a huge int)
+        return f"<{type(value).__name__}>"
+
+
+def _text(value: object, limit: int) -> str:
+    """Storable text of at most ``limit`` characters: strings as they are, else shown."""
+    text = value if isinstance(value, str) else _shown(value)
+    # lone surrogates cannot be stored as text: escaped
+    return str(text[:limit]).encode("utf-8", "backslashreplace").decode()[:limit]
+
+
+def _excerpt(readings: Sequence[Reading]) -> str:
+    """The readings, field by field, at most ``_DEAD_EXCERPT`` characters."""
+    parts: list[str] = []
+    size = 0
+    for r in readings:
+        fields = ", ".join(f"{name}={_shown(getattr(r, name, '?'))}" for name in Reading._fields)
+        parts.append(f"Reading({fields})")
+        size += len(parts[-1]) + 2
+        if size > _DEAD_EXCERPT:
+            break
+    return _text(parts[0] if len(readings) == 1 else "[" + ", ".join(parts) + "]",
+                 _DEAD_EXCERPT)
+
+
+def _excerpt_event(kind: object, body: object) -> str:
+    return _text(f"event({_shown(kind)}, {_shown(body)})", _DEAD_EXCERPT)
+
+
+def _devices(readings: Sequence[Reading]) -> str:
+    """The device (or devices, comma-separated) of readings, at most ``_DEAD_DEVICE``."""
+    names = dict.fromkeys(_text(getattr(r, "device", "?"), _DEAD_DEVICE) for r in readings)
+    return ",".join(names)[:_DEAD_DEVICE]
+
+
+def _row_refused(exc: Exception) -> bool:
+    """Whether SQLite refused a row for the row's own sake (binding, size), not the store's."""
+    if isinstance(exc, sqlite3.ProgrammingError):
+        return "closed" not in str(exc)  # a closed connection is no row's fault
+    return True
+
+
+def _dead_letter(exc: BaseException, device: str, excerpt: str) -> _Dead:
+    name = type(exc).__name__
+    try:
+        detail = str(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot say what it is
+        detail = ""
+    reason = _text(f"{name}: {detail}" if detail else name, _DEAD_REASON)
+    return (time.time(), _text(device, _DEAD_DEVICE), reason, excerpt,
+            name if name in _DEAD_LABELS else "other")
 
 
 _new_tuple = tuple.__new__  # builds a Reading without NamedTuple's Python-level __new__
