@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
 
@@ -42,20 +43,32 @@ _run.arguments = _config_arg  # type: ignore[attr-defined]
 command("run", "run the gateway daemon")(_run)
 
 
+def _say(text: str, stream: TextIO) -> None:
+    # a name in the file may hold characters the terminal cannot show: escape, never fail
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
+
+
 def _check(args: argparse.Namespace) -> int:
     from gateway.config.model import ConfigError, load_config
 
     try:
         cfg = load_config(args.config)
+        names = ", ".join(f"{a.name} ({a.type})" for a in cfg.adapters) or "none"
+        summary = (f"{args.config}: OK — gateway {cfg.gateway.id}, adapters: {names}, "
+                   f"{len(cfg.rules)} rule(s), {len(cfg.filters)} filter(s)")
     except ConfigError as exc:
         for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
-        print(f"{args.config}: {len(exc.problems)} problem(s); the gateway would not start",
-              file=sys.stderr)
+            _say(f"error: {line}", sys.stderr)
+        _say(f"{args.config}: {len(exc.problems)} problem(s); the gateway would not start",
+             sys.stderr)
         return 2
-    names = ", ".join(f"{a.name} ({a.type})" for a in cfg.adapters) or "none"
-    print(f"{args.config}: OK — gateway {cfg.gateway.id}, adapters: {names}, "
-          f"{len(cfg.rules)} rule(s), {len(cfg.filters)} filter(s)")
+    except Exception as exc:  # noqa: BLE001 - last resort: one clear line, not a traceback
+        detail = " ".join(str(exc).split())[:200]
+        _say(f"error: {args.config}: cannot check this file ({type(exc).__name__}: {detail})",
+             sys.stderr)
+        return 2
+    _say(summary, sys.stdout)
     return 0
 
 

@@ -62,7 +62,7 @@ def test_a_bad_duration_and_size_are_explained(tmp_path: Path) -> None:
 def test_an_adapter_section_is_checked_by_its_own_model(tmp_path: Path) -> None:
     found = problems("adapters:\n  - type: simulator\n    devices: -3\n  - type: nosuch\n",
                      tmp_path)
-    assert any(":3: adapters[0].devices: " in p and "greater than or equal to 1" in p
+    assert any(":3: adapters[0].devices: " in p and "expected an integer from 1 to 100000" in p
                for p in found)
     assert any(":4: adapters[1].type: unknown adapter type 'nosuch'" in p for p in found)
 

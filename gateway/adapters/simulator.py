@@ -37,7 +37,8 @@ Metric = Literal["temperature", "humidity", "pressure", "illuminance", "power", 
 
 class SimulatorConfig(AdapterConfig):
     devices: int = Field(default=5, ge=1, le=100_000)
-    interval: Duration = Field(default=5.0, gt=0, description="seconds between a device's messages")
+    interval: Duration = Field(default=5.0, gt=0, le=86400,
+                               description="seconds between a device's messages")
     metrics: list[Metric] = Field(
         default_factory=lambda: ["temperature", "humidity", "battery"])  # type: ignore[arg-type]
     device_prefix: str = "sim-"

@@ -64,7 +64,7 @@ class ApiConfig(Section):
     token_file: str | None = Field(default=None,
                                    description="file holding the bearer token TCP clients send")
     http: str | None = Field(default=None, description="host:port, e.g. 127.0.0.1:8780")
-    command_timeout: Duration = Field(default=30.0, gt=0,
+    command_timeout: Duration = Field(default=30.0, gt=0, le=3600,
                                       description="longest wait for an adapter to run a command")
 
     @field_validator("socket")

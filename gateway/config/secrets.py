@@ -27,11 +27,24 @@ class ReferenceError_(ValueError):
         self.loc = loc
 
 
+#: a secret is a password, token or key: far smaller than this
+MAX_SECRET_BYTES = 1024 * 1024
+
+
 def _read_secret_file(path: Path, what: str) -> str:
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
         raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte in the path
+        raise ValueError(f"cannot read {what}: the path holds a NUL character") from None
+    if len(raw) > MAX_SECRET_BYTES:
+        raise ValueError(f"{what} {path} is larger than 1 MiB; is this the right file?")
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid UTF-8 (byte {exc.start + 1})") from None
 
 
 def resolve_one(text: str, env: Mapping[str, str]) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from gateway.config.types import Duration, Section
+from gateway.config.types import Duration, LongDuration, Section
 from gateway.reading import ReadingLimits
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -55,15 +55,15 @@ class DevicesSection(Section):
                              description="readings from new devices past this many are "
                                          "refused (a flood of invented ids)")
     offline_after: Duration = Field(default=300.0, gt=0)
-    offline_after_by_type: dict[str, Duration] = Field(default_factory=dict)
-    flush_interval: Duration = Field(default=60.0, gt=0)
+    offline_after_by_type: dict[str, Annotated[Duration, Field(gt=0)]] = Field(default_factory=dict)
+    flush_interval: Duration = Field(default=60.0, gt=0, le=86400)
     declared: list[DeclaredDevice] = Field(default_factory=list)
 
 
 class ReadingsSection(Section):
     """What a reading may carry; anything else is refused as malformed where it enters."""
 
-    max_past: Duration = Field(default=365 * 86400.0, gt=0, le=100 * 365 * 86400.0,
+    max_past: LongDuration = Field(default=365 * 86400.0, gt=0, le=100 * 365 * 86400.0,
                                description="oldest timestamp accepted, before receive time")
     max_future: Duration = Field(default=86400.0, gt=0, le=10 * 365 * 86400.0,
                                  description="newest timestamp accepted, past receive time")

@@ -46,6 +46,10 @@ def check_condition(text: str, info: ValidationInfo) -> str:
         compile_expr(text)
     except ExprSyntaxError as exc:
         raise ValueError(f"{_rule_label(info)}{exc.detail} at position {exc.pos + 1}") from None
+    except RecursionError:
+        raise ValueError(f"{_rule_label(info)}nested too deeply") from None
+    except ValueError as exc:  # a duration literal out of range, e.g. rate(x, 99999d)
+        raise ValueError(f"{_rule_label(info)}{exc}") from None
     return text
 
 
@@ -55,6 +59,8 @@ def check_template(text: str, info: ValidationInfo) -> str:
     except ExprSyntaxError as exc:
         raise ValueError(f"{_rule_label(info)}template: {exc.detail} at position "
                          f"{exc.pos + 1}") from None
+    except RecursionError:
+        raise ValueError(f"{_rule_label(info)}template: nested too deeply") from None
     return text
 
 

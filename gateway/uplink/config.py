@@ -39,7 +39,7 @@ class UplinkConfig(Section):
     batch_linger: Duration = Field(default=0.02, ge=0, le=60)
     max_inflight: int = Field(default=8, gt=0, le=1000)
     keepalive: Duration = Field(default=60.0, ge=5, le=3600)
-    ack_timeout: Duration = Field(default=30.0, gt=0)
-    backoff_initial: Duration = Field(default=1.0, gt=0)
-    backoff_max: Duration = Field(default=60.0, gt=0)
+    ack_timeout: Duration = Field(default=30.0, gt=0, le=3600)
+    backoff_initial: Duration = Field(default=1.0, gt=0, le=3600)
+    backoff_max: Duration = Field(default=60.0, gt=0, le=86400)
     qos: Literal[1] = 1

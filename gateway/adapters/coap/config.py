@@ -50,9 +50,9 @@ class ResourceSpec(Section):
     #: observe (RFC 7641); false, or a device that does not support it, means GET polling
     observe: bool = True
     #: seconds between GETs when polling
-    poll_interval: Duration = Field(default=60.0, gt=0)
+    poll_interval: Duration = Field(default=60.0, gt=0, le=86400)
     #: an observation silent for this long is registered again (device rebooted or lost it)
-    quiet_after: Duration = Field(default=300.0, gt=0)
+    quiet_after: Duration = Field(default=300.0, gt=0, le=86400)
     #: metric of a text/plain (bare number) payload; json/cbor/senml payloads name their own
     metric: str | None = None
     #: unit of a text/plain payload

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
-from gateway.config.types import Duration, Section
+from gateway.config.types import Duration, LongDuration, Section
 from gateway.units import check_optional
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -99,7 +99,7 @@ class ProfileConfig(Section):
         default="object",
         description="object: ChirpStack codec output; cayenne: Cayenne LPP bytes; "
                     "layout: the byte layout below; none: radio metadata only")
-    ports: list[int] = Field(default_factory=list,
+    ports: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=list,
                              description="decode only these f_ports; empty: every port")
     layout: list[LayoutField] = Field(default_factory=list)
     fields: dict[str, FieldMap] = Field(default_factory=dict)
@@ -118,8 +118,8 @@ class ProfileConfig(Section):
 class StreamConfig(Section):
     """Reconnects of the per-device gRPC event streams."""
 
-    backoff_initial: Duration = Field(default=1.0, gt=0)
-    backoff_max: Duration = Field(default=60.0, gt=0)
+    backoff_initial: Duration = Field(default=1.0, gt=0, le=3600)
+    backoff_max: Duration = Field(default=60.0, gt=0, le=86400)
     per_connection: int = Field(default=100, ge=1, le=10_000,
                                 description="streams per HTTP/2 connection (server limit)")
 
@@ -137,10 +137,10 @@ class MqttIntegrationConfig(Section):
     topics: list[str] = Field(default_factory=lambda: ["application/+/device/+/event/+",
                                                        "application/+/device/+/state/+"])
     encoding: Literal["auto", "protobuf", "json"] = "auto"
-    session_expiry: Duration = Field(default=7 * 86400.0, ge=0, le=0xFFFFFFFF,
+    session_expiry: LongDuration = Field(default=7 * 86400.0, ge=0, le=0xFFFFFFFF,
                                      description="how long the broker keeps our session offline")
     keepalive: Duration = Field(default=60.0, ge=5, le=3600)
-    reconnect_delay: Duration = Field(default=2.0, gt=0)
+    reconnect_delay: Duration = Field(default=2.0, gt=0, le=3600)
 
 
 class LorawanConfig(AdapterConfig):
@@ -153,9 +153,9 @@ class LorawanConfig(AdapterConfig):
     tenant_id: str | None = None
     applications: list[str] = Field(default_factory=list,
                                     description="application ids; empty: all of tenant_id")
-    discovery_interval: Duration = Field(default=300.0, ge=1)
+    discovery_interval: Duration = Field(default=300.0, ge=1, le=7 * 86400)
     page_size: int = Field(default=100, ge=1, le=1000)
-    request_timeout: Duration = Field(default=10.0, gt=0)
+    request_timeout: Duration = Field(default=10.0, gt=0, le=600)
     source: Literal["grpc", "mqtt"] = "grpc"
     stream: StreamConfig = Field(default_factory=StreamConfig)
     mqtt: MqttIntegrationConfig = Field(default_factory=MqttIntegrationConfig)

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
 from gateway.adapters.mqtt.topics import TopicTemplate
-from gateway.config.types import ByteSize, Duration, Section
+from gateway.config.types import ByteSize, Duration, LongDuration, Section
 from gateway.units import check_optional
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -108,7 +108,8 @@ class CommandsConfig(Section):
     payload: Literal["params", "envelope"] = "params"
     qos: Literal[0, 1] = 1
     retain: bool = False
-    timeout: Duration = Field(default=5.0, gt=0, description="wait this long for the PUBACK")
+    timeout: Duration = Field(default=5.0, gt=0, le=600,
+                              description="wait this long for the PUBACK")
 
     @field_validator("topic")
     @classmethod
@@ -136,13 +137,13 @@ class MqttConfig(AdapterConfig):
     username: str | None = None
     password: str | None = None
     keepalive: int = Field(default=30, ge=5, le=65535)
-    session_expiry: Duration = Field(default=86400.0, ge=0, le=0xFFFFFFFF,
+    session_expiry: LongDuration = Field(default=86400.0, ge=0, le=0xFFFFFFFF,
                                      description="how long the broker queues for us while away")
     receive_maximum: int = Field(default=1000, ge=1, le=65535,
                                  description="unacknowledged messages the broker may send")
-    max_payload: ByteSize = Field(default=65536, ge=16)
-    reconnect_delay: Duration = Field(default=2.0, gt=0)
-    connect_timeout: Duration = Field(default=10.0, gt=0)
+    max_payload: ByteSize = Field(default=65536, ge=16, le=256 * 1024**2)
+    reconnect_delay: Duration = Field(default=2.0, gt=0, le=3600)
+    connect_timeout: Duration = Field(default=10.0, gt=0, le=600)
     #: hold: keep a refused message unacknowledged and retry (mosquitto drops a message
     #: answered with an error code); nack: answer 0x97 at once (a broker that redelivers)
     on_refused: Literal["hold", "nack"] = "hold"

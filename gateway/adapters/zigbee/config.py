@@ -35,19 +35,19 @@ class ZigbeeConfig(AdapterConfig):
     network_key: str | None = Field(default=None, description="16 hex bytes; None: random")
     tx_power: int | None = Field(default=None, ge=-10, le=20)
     #: a command without an answer within this long is reported as timed out
-    command_timeout: Duration = Field(default=10.0, gt=0)
+    command_timeout: Duration = Field(default=10.0, gt=0, le=600)
     #: reporting max interval asked of mains-powered and of battery devices
     report_max_interval_mains: Duration = Field(default=240.0, gt=0, le=65000)
     report_max_interval_battery: Duration = Field(default=3600.0, gt=0, le=65000)
     #: the coordinator backup is exported this often (and on demand)
-    backup_interval: Duration = Field(default=21600.0, gt=0)
+    backup_interval: Duration = Field(default=21600.0, gt=0, le=30 * 86400)
     backups_kept: int = Field(default=7, ge=1, le=1000)
     #: least spacing of binding/reporting retries for a device that did not answer
-    configure_retry: Duration = Field(default=60.0, gt=0)
+    configure_retry: Duration = Field(default=60.0, gt=0, le=86400)
     #: readings the pipeline refuses are retried this long before being dropped (counted)
-    retry_for: Duration = Field(default=30.0, ge=0)
+    retry_for: Duration = Field(default=30.0, ge=0, le=86400)
     #: LQI/RSSI go to the device registry at most this often per device
-    link_update_interval: Duration = Field(default=300.0, gt=0)
+    link_update_interval: Duration = Field(default=300.0, gt=0, le=86400)
     #: readings waiting for the pipeline, at most (beyond: dropped, counted)
     max_pending: int = Field(default=10000, ge=1, le=1_000_000)
 
