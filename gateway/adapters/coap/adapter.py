@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,14 @@ from aiocoap import Context
 from aiocoap.pipe import Pipe, error_to_message, run_driving_pipe
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
+from gateway.adapters.coap import aiocoap_patch
 from gateway.adapters.coap.client import DeviceClient
 from gateway.adapters.coap.config import CoapConfig
 from gateway.adapters.coap.metrics import coap_metrics
+from gateway.adapters.coap.problems import Problems
 from gateway.adapters.coap.security import OscoreContexts
 from gateway.adapters.coap.server import Policy, ReadingsResource, Root
+from gateway.logs import InputLog
 from gateway.reading import Command, CommandResult
 
 #: seconds ``stop`` waits for requests whose readings are being made durable
@@ -43,6 +47,12 @@ class CoapAdapter(Adapter):
         super().__init__(config, ctx)
         assert isinstance(config, CoapConfig)
         self._m = coap_metrics(ctx.metrics)
+        #: bad input of every kind: one line a minute per (source, reason)
+        self._input_log = InputLog(self.log)
+        self._aiocoap_log = f"gateway.adapter.{self.prefix}.aiocoap"
+        self._problems = Problems(self.prefix, self._input_log, self._count_dropped, self.log,
+                                  self._aiocoap_log)
+        self.patched: aiocoap_patch.Installed | None = None
         self._context: _Context | None = None
         self._oscore: OscoreContexts | None = None
         self._stopping = asyncio.Event()
@@ -69,6 +79,12 @@ class CoapAdapter(Adapter):
             if sock is not None:
                 return int(sock.getsockname()[1])
         return self.config.port
+
+    def _count_dropped(self, reason: str) -> None:
+        self._m.dropped.labels(self.prefix, reason).inc()
+
+    def _duplicate_entries(self) -> float:
+        return float(self.patched.duplicate_entries()) if self.patched is not None else 0.0
 
     async def _accept(self, readings: Any) -> bool:
         if self._stopping.is_set():
@@ -100,7 +116,8 @@ class CoapAdapter(Adapter):
         policy = Policy(cfg.accept_unknown, cfg.oscore.required,
                         {d.id for d in cfg.devices}, protected)
         self.readings = ReadingsResource(self.prefix, cfg.path, self._accept, policy,
-                                         cfg.max_payload, cfg.retry_after, self._m, self.log)
+                                         cfg.max_payload, cfg.retry_after, self._m,
+                                         self._input_log, self.ctx.devices.knows)
         site: Any = Root(self.readings)
         transports = ["udp6"]
         if creds is not None:
@@ -108,14 +125,26 @@ class CoapAdapter(Adapter):
 
             site = OscoreSiteWrapper(site, creds)
             transports = ["oscore", "udp6"]
+        # aiocoap's per-request chatter (info) only when debugging, as for its own loggers
+        logging.getLogger(self._aiocoap_log).setLevel(
+            logging.NOTSET if self.log.isEnabledFor(logging.DEBUG) else logging.WARNING)
+        self._problems.install()
         try:
             self._context = await _Context.create_server_context(
                 site, bind=(cfg.bind, cfg.port), transports=transports,
-                loggername=f"gateway.adapter.{self.prefix}.aiocoap")
+                loggername=self._aiocoap_log)
         except Exception:
+            self._problems.remove()
             if self._oscore is not None:
                 self._oscore.close()
             raise
+        self.patched = aiocoap_patch.install(self._context, self._problems)
+        if self.patched is None:
+            self.log.warning("coap: aiocoap %s is not %s, the version whose duplicate cache, "
+                             "backlogs and datagram parsing this gateway bounds; running "
+                             "without those bounds", aiocoap_patch.installed_version(),
+                             aiocoap_patch.PATCHED_VERSION)
+        self._m.duplicate_entries.labels(self.prefix).set_function(self._duplicate_entries)
         self.log.info("coap: listening on [%s]:%d, readings at /%s/<device id>", cfg.bind,
                       self.port, cfg.path)
         declared = {spec.id for spec in cfg.devices}
@@ -124,7 +153,7 @@ class CoapAdapter(Adapter):
             self.ctx.devices.declare(f"{self.prefix}:{native}")
         for spec in cfg.devices:
             client = DeviceClient(self.prefix, spec, self._context, self._accept, cfg.block_size,
-                                  self.files_dir, self._m, self.log)
+                                  self.files_dir, self._m, self.log, self._input_log)
             self.clients[client.device] = client
             if spec.oscore and self._oscore is not None:
                 sc = self._oscore.by_device[spec.id]
@@ -147,8 +176,13 @@ class CoapAdapter(Adapter):
         if self._context is not None:
             # answers already rendered go out before the socket closes
             await asyncio.sleep(0)
+            if self.patched is not None:
+                self.patched.remove()
+                self.patched = None
             await self._context.shutdown()
             self._context = None
+        self._m.duplicate_entries.labels(self.prefix).set_function(lambda: 0.0)
+        self._problems.remove()
         if self._oscore is not None:
             await asyncio.to_thread(self._oscore.close)
             self._oscore = None

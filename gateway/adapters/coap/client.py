@@ -28,6 +28,7 @@ from gateway.adapters.coap import codec
 from gateway.adapters.coap.config import DeviceSpec, ResourceSpec
 from gateway.adapters.coap.metrics import CoapMetrics
 from gateway.core.backoff import Backoff
+from gateway.logs import InputLog
 from gateway.reading import Command, CommandResult, Reading
 
 Accept = Callable[[Sequence[Reading]], Awaitable[bool]]
@@ -50,7 +51,7 @@ class DeviceClient:
 
     def __init__(self, adapter: str, spec: DeviceSpec, context: Context, accept: Accept,
                  block_size: int, files_dir: Path, metrics: CoapMetrics,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, input_log: InputLog | None = None) -> None:
         self.adapter = adapter
         self.spec = spec
         self.device = f"{adapter}:{spec.id}"
@@ -60,6 +61,7 @@ class DeviceClient:
         self._files = files_dir
         self._m = metrics
         self._log = log
+        self._input_log = input_log or InputLog(log)
 
     def _request(self, code: Code, path: str, **kw: Any) -> Message:
         msg = Message(code=code, uri=self.spec.address + path, **kw)
@@ -83,8 +85,9 @@ class DeviceClient:
         except codec.PayloadError as exc:
             self._m.notifications.labels(self.adapter, "malformed").inc()
             self._m.malformed.labels(self.adapter, exc.reason).inc()
-            self._log.warning("coap: bad payload from %s%s (%s): %s", self.spec.address,
-                              res.path, exc.reason, exc)
+            self._input_log.warning(self.device, exc.reason, "coap: bad payload from %s%s "
+                                    "(%s): %.200s", self.spec.address, res.path, exc.reason,
+                                    exc)
             return
         # the device will not send this state again: hold it until the outbox takes it
         while not await self._accept(readings):

@@ -11,7 +11,8 @@ Content formats (CoAP Content-Format numbers):
 
 Units go through the shared unit table (aliases such as °C or hPa become SenML names).
 A payload that cannot be decoded raises :class:`PayloadError` with a short ``reason``
-(a metric label) and a message the device's owner can act on.
+(a metric label, one of :data:`REASONS`) and a message the device's owner can act on;
+nothing else escapes, whatever the bytes (CBOR bignums, nesting thousands deep, tags).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ SENML_LABELS: dict[int, str] = {
     0: "n", 1: "u", 2: "v", 3: "vs", 4: "vb", 5: "s", 6: "t", 7: "ut", 8: "vd",
 }
 _RESERVED = frozenset({"ts", "units"})
+#: integers beyond 64 bits: no store or consumer keeps them, and float() overflows on them
+_INT_MAX = 2**63 - 1
+#: every reason :class:`PayloadError` carries (a bounded set of metric labels)
+REASONS = frozenset({"bad_json", "bad_cbor", "bad_senml", "bad_shape", "bad_name", "bad_value",
+                     "bad_unit", "bad_time", "bad_text", "bad_format", "no_values", "no_metric",
+                     "no_device"})
 
 
 class PayloadError(ValueError):
@@ -84,13 +91,15 @@ def _unit(unit: Any, metric: str, where: str) -> tuple[str | None, Any]:
     try:
         return normalize(unit, metric)
     except UnknownUnit as exc:
-        raise PayloadError("bad_unit", f"{where}: {exc}") from None
+        raise PayloadError("bad_unit", f"{where}: {str(exc)[:200]}") from None
 
 
 def _value(v: Any, where: str) -> Value:
     if isinstance(v, bool):
         return v
     if isinstance(v, int):
+        if not -_INT_MAX <= v <= _INT_MAX:
+            raise PayloadError("bad_value", f"{where}: integer out of the 64-bit range")
         return v
     if isinstance(v, float):
         if not math.isfinite(v):
@@ -104,11 +113,23 @@ def _value(v: Any, where: str) -> Value:
                        f"not {type(v).__name__}")
 
 
+def _number(v: Any) -> bool:
+    """Whether ``v`` is a finite int or float that converts to float (not a bool)."""
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return -_INT_MAX <= v <= _INT_MAX
+    return isinstance(v, float) and math.isfinite(v)
+
+
 def _reading(device: str, metric: str, value: Value, unit: Any, ts: float,
              where: str) -> Reading:
     senml, convert = _unit(unit, metric, where)
     if convert is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = convert(float(value))
+        converted = convert(float(value))
+        if not math.isfinite(converted):
+            raise PayloadError("bad_value", f"{where}: out of range once converted to {senml}")
+        value = converted
     return Reading(device, metric, value, senml, ts)
 
 
@@ -134,14 +155,14 @@ def _load_json(payload: bytes) -> Any:
 def _load_cbor(payload: bytes) -> Any:
     try:
         return cbor2.loads(payload)
-    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise PayloadError("bad_cbor", f"not valid CBOR: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - tag decoders (regex, MIME, decimal...) raise anything
+        raise PayloadError("bad_cbor", f"not valid CBOR: {str(exc)[:200]}") from None
 
 
 def _device_ts(raw: Any, now: float, where: str) -> float:
     if raw is None:
         return now
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+    if not _number(raw):
         raise PayloadError("bad_time", f"{where}: ts must be a number (UNIX seconds)")
     ts = float(raw)
     if ts > _MS_TS:
@@ -164,21 +185,24 @@ def _objects(doc: Any, device: str, now: float) -> list[Reading]:
             raise PayloadError("bad_unit", f"{where}: units must map metric → unit")
         for key, raw in obj.items():
             if not isinstance(key, str):
-                raise PayloadError("bad_shape", f"{where}: keys must be text, not {key!r}")
+                raise PayloadError("bad_shape", f"{where}: keys must be text, not "
+                                   f"{type(key).__name__}")
             if key in _RESERVED:
                 continue
             metric = snake(key)
             if not metric:
-                raise PayloadError("bad_name", f"{where}: {key!r} is not a usable metric name")
+                raise PayloadError("bad_name", f"{where}: {key[:40]!r} is not a usable metric "
+                                   "name")
             unit = units.get(key)
             if isinstance(raw, dict):
                 if "v" not in raw:
-                    raise PayloadError("bad_shape", f"{where}.{key}: expected a value or "
+                    raise PayloadError("bad_shape", f"{where}.{key:.64}: expected a value or "
                                        '{"v": value, "u": unit}')
                 unit = raw.get("u", unit)
                 raw = raw["v"]
-            value = _value(raw, f"{where}.{key}")
-            out.append(_reading(device, metric, value, unit, ts, f"{where}.{key}"))
+            at = f"{where}.{key:.64}"
+            value = _value(raw, at)
+            out.append(_reading(device, metric, value, unit, ts, at))
     if not out:
         raise PayloadError("no_values", "no values in the payload")
     return out
@@ -203,10 +227,11 @@ def _senml(pack: Any, device: str | None, now: float, cbor: bool,
                        for k, v in rec.items()}
             except TypeError:
                 raise PayloadError("bad_senml", f"{where}: unusable label") from None
-        unknown = [k for k in rec if k not in _SENML_KEYS]
-        if any(isinstance(k, str) and k.endswith("_") for k in unknown):
+        mandatory = [k for k in rec
+                     if isinstance(k, str) and k.endswith("_") and k not in _SENML_KEYS]
+        if mandatory:
             # RFC 8428 section 4.4: labels ending in "_" must be understood
-            raise PayloadError("bad_senml", f"{where}: mandatory label {unknown[0]!r} "
+            raise PayloadError("bad_senml", f"{where}: mandatory label {mandatory[0][:40]!r} "
                                "is not supported")
         try:
             bn = rec.get("bn", bn)
@@ -224,7 +249,7 @@ def _senml(pack: Any, device: str | None, now: float, cbor: bool,
         value: Value
         if "v" in rec:
             v = rec["v"]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not _number(v):
                 raise PayloadError("bad_senml", f"{where}: v must be a finite number")
             value = bv + v if bv else v
         elif "vb" in rec:
@@ -237,7 +262,7 @@ def _senml(pack: Any, device: str | None, now: float, cbor: bool,
             value = _value(rec["vs"], where)
         elif "s" in rec:
             s = rec["s"]
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+            if not _number(s):
                 raise PayloadError("bad_senml", f"{where}: s must be a finite number")
             value = bs + s if bs else s
         else:
@@ -267,7 +292,7 @@ _SENML_KEYS = frozenset(SENML_LABELS.values())
 
 
 def _num(v: Any, label: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if not _number(v):
         raise ValueError(f"{label} must be a finite number")
     return float(v)
 

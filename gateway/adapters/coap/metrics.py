@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.metrics import metric_set
 
@@ -15,8 +15,16 @@ class CoapMetrics:
             "gateway_coap_requests", "Reading requests answered, by response code",
             ["adapter", "code"], registry=registry)
         self.malformed = Counter(
-            "gateway_coap_malformed", "Payloads refused (undecodable, unsupported format, "
-            "oversized), by reason", ["adapter", "reason"], registry=registry)
+            "gateway_coap_malformed", "Requests refused for what they carry (undecodable "
+            "payload, unsupported format, oversized, bad block-wise transfer, unknown critical "
+            "option), by reason", ["adapter", "reason"], registry=registry)
+        self.dropped = Counter(
+            "gateway_coap_dropped", "Datagrams dropped unanswered (not CoAP, type and code "
+            "that do not fit, too many waiting for one peer) and errors inside aiocoap, by "
+            "reason", ["adapter", "reason"], registry=registry)
+        self.duplicate_entries = Gauge(
+            "gateway_coap_duplicate_cache_entries", "Requests remembered for duplicate "
+            "detection (bounded)", ["adapter"], registry=registry)
         self.notifications = Counter(
             "gateway_coap_notifications", "Observe notifications and poll responses received "
             "from devices", ["adapter", "result"], registry=registry)
