@@ -137,6 +137,16 @@ async def test_bad_readings_are_dropped_counted_and_the_rest_of_the_batch_goes_o
     assert len(lines) == 1 and "NaN or infinite" in lines[0]
 
 
+async def test_a_huge_integer_is_refused_and_logged_without_a_logging_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store, metrics = ListStore(), CollectorRegistry()
+    adapter_sink, _ = sink(store, metrics)
+    with caplog.at_level(logging.WARNING):
+        assert await adapter_sink.accept([r(value=10**5000, ts=time.time())])
+    assert store.batches == []
+    assert any("an integer of 16610 bits" in x.getMessage() for x in caplog.records)
+
+
 async def test_a_batch_with_nothing_storable_is_answered_accepted_without_a_store_call() -> None:
     store, metrics = ListStore(), CollectorRegistry()
     adapter_sink, _ = sink(store, metrics)

@@ -120,9 +120,19 @@ class AdapterSink:
             device = r.device if isinstance(r.device, str) else "unknown"
             self._input_log.warning(
                 device[:200], reason, "%s: reading of %s refused (%s): metric %.100r, "
-                "value %.100r, ts %.40r", self._adapter, device[:200], _EXPLAIN[reason],
-                r.metric, r.value, r.ts)
+                "value %s, ts %s", self._adapter, device[:200], _EXPLAIN[reason],
+                r.metric, _shown(r.value), _shown(r.ts))
         return [r for i, r in enumerate(readings) if i not in skip]
+
+
+def _shown(value: object) -> str:
+    """A bounded text for a log line; repr of a huge int raises past 4,300 digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        return repr(value)[:100]
+    except Exception:  # noqa: BLE001 - a value whose repr fails is still only bad input
+        return f"<{type(value).__name__}>"
 
 
 #: what each malformed reason means, for the log line
