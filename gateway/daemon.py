@@ -124,7 +124,7 @@ class Gateway:
                                   self.metrics, events=self.outbox.append_event)
         await registry.start()
         self.pipeline.observers.append(registry.observe)
-        self.pipeline.admit = registry.admits
+        self.pipeline.screen = registry.screen
         self.devices = registry
         try:
             async with rules_and_filters(self):

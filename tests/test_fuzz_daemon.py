@@ -324,14 +324,9 @@ def _bounds(f: Fuzzed) -> dict[str, int]:
     }
 
 
-_BRIDGE_DEFECT = ("the mqtt adapter logs '<n> zigbee2mqtt device(s) described by <topic>' at "
-                  "info for every message on the bridge topic (adapter.py _bridge_devices), "
-                  "not at most once a minute")
-
-
 @pytest.mark.parametrize("part", [
     "mqtt_input",
-    pytest.param("mqtt_bridge", marks=pytest.mark.xfail(strict=True, reason=_BRIDGE_DEFECT)),
+    "mqtt_bridge",
     "readings_mqtt", "readings_coap", "coap", "devices_new", "devices_online",
     "devices_other", "other", "continuation"])
 def test_log_lines_stay_within_the_input_log_contract(fuzzed: Fuzzed, part: str) -> None:
@@ -355,15 +350,6 @@ def test_the_log_bound_is_far_below_a_line_per_bad_message(fuzzed: Fuzzed) -> No
 
 # -- memory --------------------------------------------------------------------------------
 
-_SERIES_DEFECT = (
-    "invented metric names grow memory without bound: the outbox keeps every (device, metric, "
-    "unit) series ever stored in two in-memory maps (Outbox._series and _series_by_id in "
-    "gateway/store/outbox.py), and the registry keeps up to 256 latest values for each of "
-    "2,000 devices; this flood's ~400 JSON messages with invented keys leave ~86,000 series "
-    "and ~26,000 values behind, +38 MiB (+3.6 MiB without them)")
-
-
-@pytest.mark.xfail(strict=True, reason=_SERIES_DEFECT)
 def test_memory_growth_is_bounded(fuzzed: Fuzzed) -> None:
     growth = fuzzed.rss_after - fuzzed.rss_before
     assert growth <= RSS_GROWTH_MAX_MIB, (

@@ -180,7 +180,7 @@ async def test_registry_refuses_a_flood_of_new_devices_past_its_limit(
     try:
         pipeline = Pipeline(store)
         pipeline.observers.append(registry.observe)
-        pipeline.admit = registry.admits
+        pipeline.screen = registry.screen
         adapter_sink, _ = sink(store, metrics, pipeline)
         now = time.time()
         with caplog.at_level(logging.INFO, logger="gateway.devices"):
@@ -224,18 +224,38 @@ def test_input_log_logs_once_per_source_and_reason_per_interval_with_a_suppresse
     assert "share this line" in messages[3]
 
 
-async def test_registry_keeps_a_bounded_number_of_latest_values_per_device(
+async def test_invented_metric_names_are_refused_past_the_per_device_and_total_bounds(
         tmp_path: Path) -> None:
-    from gateway.core.registry import MAX_METRICS
-
-    registry = DeviceRegistry(DevicesSection.model_validate({}), tmp_path / "devices.json",
-                              CollectorRegistry())
+    metrics = CollectorRegistry()
+    store = ListStore()
+    registry = DeviceRegistry(
+        DevicesSection.model_validate({"max_metrics": 5, "max_series": 12}),
+        tmp_path / "devices.json", metrics)
     await registry.start()
     try:
+        pipeline = Pipeline(store)
+        pipeline.observers.append(registry.observe)
+        pipeline.screen = registry.screen
+        adapter_sink, _ = sink(store, metrics, pipeline)
         now = time.time()
-        registry.observe([r(ts=now, metric=f"m{i}") for i in range(MAX_METRICS + 100)])
-        registry.observe([r(value=1.0, ts=now, metric="m0")])
-        latest = registry.latest("mqtt:kitchen")
-        assert len(latest) == MAX_METRICS and latest["m0"].value == 1.0
+        # one message with 8 invented keys: 5 kept, 3 refused
+        assert await adapter_sink.accept([r(ts=now, metric=f"k{i}") for i in range(8)])
+        assert [x.metric for x in store.batches[-1]] == [f"k{i}" for i in range(5)]
+        # known metrics keep flowing; a new one is refused
+        assert await adapter_sink.accept([r(ts=now, metric="k0"), r(ts=now, metric="new")])
+        assert [x.metric for x in store.batches[-1]] == ["k0"]
+        # 12 series in all: the third device gets only 2
+        for device in ("mqtt:b", "mqtt:c"):
+            assert await adapter_sink.accept([r(ts=now, device=device, metric=f"m{i}")
+                                              for i in range(5)])
+        assert [x.metric for x in store.batches[-1]] == ["m0", "m1"]
+        malformed = {reason: metrics.get_sample_value(
+            "gateway_readings_malformed_total", {"adapter": "mqtt", "reason": reason})
+            for reason in ("metric_limit", "series_limit")}
+        assert malformed == {"metric_limit": 4, "series_limit": 3}
+        # forgetting a device frees its series
+        assert registry.remove("mqtt:b")
+        assert await adapter_sink.accept([r(ts=now, device="mqtt:c", metric="m4")])
+        assert [x.metric for x in store.batches[-1]] == ["m4"]
     finally:
         await registry.stop()

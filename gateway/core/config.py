@@ -54,6 +54,12 @@ class DevicesSection(Section):
     max_devices: int = Field(default=2000, ge=1, le=1_000_000,
                              description="readings from new devices past this many are "
                                          "refused (a flood of invented ids)")
+    max_metrics: int = Field(default=256, ge=1, le=100_000,
+                             description="readings of further new metrics of one device "
+                                         "are refused")
+    max_series: int = Field(default=10_000, ge=1, le=10_000_000,
+                            description="device/metric pairs in all; readings of new ones "
+                                        "past it are refused (invented metric names)")
     offline_after: Duration = Field(default=300.0, gt=0)
     offline_after_by_type: dict[str, Annotated[Duration, Field(gt=0)]] = Field(default_factory=dict)
     flush_interval: Duration = Field(default=60.0, gt=0, le=86400)

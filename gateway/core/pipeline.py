@@ -24,8 +24,8 @@ log = logging.getLogger("gateway.readings")
 
 Filter = Callable[[Sequence[Reading]], Sequence[Reading]]
 Observer = Callable[[Sequence[Reading]], None]
-#: whether readings of a device may enter (the registry's bound on new devices)
-Admission = Callable[[str], bool]
+#: ``(index, reason)`` of readings the device registry's bounds refuse
+Screen = Callable[[Sequence[Reading]], list[tuple[int, str]]]
 
 
 class Store(Protocol):
@@ -39,8 +39,8 @@ class Pipeline:
                  | None = None, limits: ReadingLimits | None = None) -> None:
         self.store = store
         self.limits = limits or ReadingLimits()
-        #: set by the device registry; None admits every device
-        self.admit: Admission | None = None
+        #: set by the device registry (bounds on devices and metrics); None admits all
+        self.screen: Screen | None = None
         self.filters: list[Filter] = []
         self.observers: list[Observer] = []
         self._on_observer_error = log_observer_error
@@ -80,9 +80,12 @@ class AdapterSink:
         n = len(readings)
         self._received.inc(n)
         bad = self._pipeline.limits.problems(readings, time.time())
-        admit = self._pipeline.admit
-        if admit is not None:
-            bad = self._unadmitted(readings, admit, bad)
+        screen = self._pipeline.screen
+        if screen is not None:
+            refused = screen(readings)
+            if refused:
+                # a reading both malformed and past a bound is counted as malformed
+                bad = sorted({**dict(refused), **dict(bad)}.items()) if bad else refused
         if bad:
             readings = self._drop(readings, bad)
             n = len(readings)
@@ -93,21 +96,6 @@ class AdapterSink:
             return True
         self._refused.inc(n)
         return False
-
-    @staticmethod
-    def _unadmitted(readings: Sequence[Reading], admit: Admission,
-                    bad: list[tuple[int, str]]) -> list[tuple[int, str]]:
-        seen: dict[str, bool] = {}
-        refused: list[tuple[int, str]] = []
-        for i, r in enumerate(readings):
-            ok = seen.get(r.device)
-            if ok is None:
-                ok = seen[r.device] = admit(r.device)
-            if not ok:
-                refused.append((i, "device_limit"))
-        if not refused:
-            return bad
-        return sorted({*bad, *refused}) if bad else refused
 
     def _drop(self, readings: Sequence[Reading], bad: list[tuple[int, str]]) -> list[Reading]:
         skip: set[int] = set()
@@ -149,6 +137,8 @@ _EXPLAIN = {
     "ts_too_old": "timestamp older than readings.max_past",
     "ts_in_future": "timestamp further ahead than readings.max_future",
     "device_limit": "too many devices: devices.max_devices reached",
+    "metric_limit": "too many metrics for one device: devices.max_metrics reached",
+    "series_limit": "too many metrics in all: devices.max_series reached",
 }
 
 

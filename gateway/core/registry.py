@@ -40,8 +40,6 @@ log = logging.getLogger("gateway.devices")
 INFO_FIELDS = ("name", "type", "location", "tags", "model", "manufacturer")
 #: fields the registry computes; ``declare`` cannot set them
 _RESERVED = frozenset({"id", "adapter", "first_seen", "last_seen", "online", "values"})
-#: latest values kept per device: a device inventing metric names cannot grow memory
-MAX_METRICS = 256
 #: a new device or a changed name reaches the file within this many seconds
 FLUSH_SOON = 1.0
 #: bounds on how often silence is checked (a quarter of the shortest timeout in between)
@@ -168,6 +166,9 @@ class DeviceRegistry:
                                  "Readings or declarations of new devices refused because "
                                  "devices.max_devices is reached", registry=metrics)
         self._limit_log = InputLog(log)
+        self._series = 0  # (device, metric) pairs with a latest value, all devices
+        #: online/offline lines: once a minute per device; a flood of devices shares lines
+        self._transition_log = InputLog(log, max_keys=100)
         #: "new device" lines per minute at most; a flood of new ids gets one summary line
         self._new_log = InputLog(log, max_keys=20)
         self.m_flush_errors = Counter("gateway_device_registry_flush_errors",
@@ -232,6 +233,7 @@ class DeviceRegistry:
                 continue
             dev.timeout = self._timeout_for(dev)
             self._devices[dev.id] = dev
+            self._series += len(dev.values)
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -249,8 +251,11 @@ class DeviceRegistry:
                 if not dev.online:
                     self._transition(dev, True, now)
             values = dev.values
-            if len(values) < MAX_METRICS or r.metric in values:
-                values[r.metric] = r
+            if r.metric not in values:
+                if len(values) >= self.config.max_metrics:
+                    continue  # admitted past the bound by a concurrent batch: not kept
+                self._series += 1
+            values[r.metric] = r
         self._dirty = True
 
     # -- the interface ---------------------------------------------------------------------
@@ -261,6 +266,57 @@ class DeviceRegistry:
             return True
         self._refuse(device)
         return False
+
+    def screen(self, readings: Sequence[Reading]) -> list[tuple[int, str]]:
+        """``(index, reason)`` of readings the registry's bounds refuse: of a new device
+        past ``max_devices``, of a new metric past ``max_metrics`` for its device or past
+        ``max_series`` in all. The pipeline drops them before the outbox."""
+        out: list[tuple[int, str]] = []
+        devices = self._devices
+        cfg = self.config
+        fresh: dict[str, set[str]] = {}  # new metrics admitted in this batch, by device
+        fresh_total = 0
+        device_id: object = None
+        values: dict[str, Reading] = {}
+        admitted = True
+        for i, r in enumerate(readings):
+            if r.device is not device_id:
+                device_id = r.device
+                dev = devices.get(r.device)
+                admitted = dev is not None or self.admits(r.device)
+                values = dev.values if dev is not None else {}
+            if not admitted:
+                out.append((i, "device_limit"))
+                continue
+            metric = r.metric
+            if metric in values:
+                continue
+            mine = fresh.get(r.device)
+            if mine is not None and metric in mine:
+                continue
+            if len(values) + (len(mine) if mine else 0) >= cfg.max_metrics:
+                out.append((i, "metric_limit"))
+                continue
+            if self._series + fresh_total >= cfg.max_series:
+                out.append((i, "series_limit"))
+                continue
+            if mine is None:
+                mine = fresh[r.device] = set()
+            mine.add(metric)
+            fresh_total += 1
+        if out:
+            self._refuse_series(out, readings)
+        return out
+
+    def _refuse_series(self, refused: list[tuple[int, str]], readings: Sequence[Reading]) -> None:
+        for i, reason in refused:
+            if reason == "series_limit":
+                self._limit_log.warning("limit", reason, "device registry holds "
+                                        "devices.max_series (%d) metrics in all: refusing new "
+                                        "metrics such as %.100s of %.200s",
+                                        self.config.max_series, readings[i].metric,
+                                        readings[i].device)
+                return
 
     def knows(self, device: str) -> bool:
         """Whether ``device`` is in the registry (per-device metric labels need this)."""
@@ -332,8 +388,10 @@ class DeviceRegistry:
 
     def remove(self, device: str) -> bool:
         """Forget ``device`` (it registers again on its next reading); False if unknown."""
-        if self._devices.pop(device, None) is None:
+        dev = self._devices.pop(device, None)
+        if dev is None:
             return False
+        self._series -= len(dev.values)
         self._mark_soon()
         log.info("device %s removed from the registry", device)
         return True
@@ -367,10 +425,11 @@ class DeviceRegistry:
         dev.online = online
         self.m_transitions.labels("online" if online else "offline").inc()
         if online:
-            log.info("device %s online", dev.id)
+            self._transition_log.log(logging.INFO, dev.id, "online", "device %s online", dev.id)
         else:
-            log.info("device %s offline (silent for %.0f s, timeout %.0f s)", dev.id,
-                     now - (dev.last_seen or now), dev.timeout)
+            self._transition_log.log(logging.INFO, dev.id, "offline",
+                                     "device %s offline (silent for %.0f s, timeout %.0f s)",
+                                     dev.id, now - (dev.last_seen or now), dev.timeout)
         if self._events is not None:
             body = {"device": dev.id, "online": online, "ts": now, "last_seen": dev.last_seen}
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to queue to

@@ -464,8 +464,8 @@ class MqttAdapter(Adapter):
             self._m_malformed.inc()
             self._log_once(topic, "mqtt %s: cannot read %s: %s", self.prefix, topic, exc)
             return PAYLOAD_INVALID
-        self.log.info("mqtt %s: %d zigbee2mqtt device(s) described by %s", self.prefix,
-                      declared, topic)
+        self._input_log.log(logging.INFO, topic, "bridge", "mqtt %s: %d zigbee2mqtt "
+                            "device(s) described by %s", self.prefix, declared, topic)
         return OK
 
     def _unmatched(self, topic: str) -> int:
