@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.brokers import Mosquitto
+from tests.coap_helpers import client
 from tests.daemon import GatewayProcess
 
 
@@ -63,3 +64,13 @@ def cloud_sink_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield make
     for sink in started:
         sink.stop()
+
+
+@pytest.fixture
+async def cli() -> AsyncIterator[Any]:
+    """A real aiocoap client context (UDP only), shut down after the test."""
+    c = await client()
+    try:
+        yield c
+    finally:
+        await c.shutdown()

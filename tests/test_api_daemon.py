@@ -85,7 +85,7 @@ async def test_healthz_reports_ready_adapters_outbox_and_devices(daemon: Gateway
     assert body["adapters"]["sim"]["state"] == "running"
     assert body["uplink"] == {"enabled": False, "connected": False, "connected_since": None}
     assert body["outbox"]["depth"] > 0
-    assert body["outbox"]["oldest_age"] >= 0
+    assert 0 <= body["outbox"]["oldest_age"] < 600  # the simulator's readings are recent
     assert body["devices"] == {"known": 3, "online": 3}
     assert body["problems"] == []
 

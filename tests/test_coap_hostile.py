@@ -201,15 +201,6 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
 
 
 @pytest.fixture
-async def cli() -> AsyncIterator[Context]:
-    c = await client()
-    try:
-        yield c
-    finally:
-        await c.shutdown()
-
-
-@pytest.fixture
 def peer(gw: Gateway) -> Iterator[RawPeer]:
     p = RawPeer(gw.port)
     yield p

@@ -14,7 +14,7 @@ from aiocoap import Context, Message
 from aiocoap.numbers.codes import Code
 from aiocoap.util import linkformat
 
-from tests.coap_helpers import Gateway, client, eventually, post, udp_port
+from tests.coap_helpers import Gateway, eventually, post, udp_port
 
 
 @pytest.fixture
@@ -24,15 +24,6 @@ async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
         yield g
     finally:
         await g.stop()
-
-
-@pytest.fixture
-async def cli() -> AsyncIterator[Context]:
-    c = await client()
-    try:
-        yield c
-    finally:
-        await c.shutdown()
 
 
 NOW = float(int(time.time()) - 60)  # device clock: a minute ago, within max_age

@@ -119,6 +119,18 @@ def sink(store: Any, metrics: CollectorRegistry, pipeline: Pipeline | None = Non
     return AdapterSink(pipeline, "mqtt", SinkCounters(metrics)), pipeline
 
 
+async def registered(tmp_path: Path, metrics: CollectorRegistry, store: ListStore,
+                     **devices: Any) -> tuple[DeviceRegistry, AdapterSink]:
+    """A started registry wired into a pipeline as the daemon does, and an adapter's sink."""
+    registry = DeviceRegistry(DevicesSection.model_validate(devices), tmp_path / "devices.json",
+                              metrics)
+    await registry.start()
+    pipeline = Pipeline(store)
+    pipeline.observers.append(registry.observe)
+    pipeline.screen = registry.screen
+    return registry, sink(store, metrics, pipeline)[0]
+
+
 async def test_bad_readings_are_dropped_counted_and_the_rest_of_the_batch_goes_on(
         caplog: pytest.LogCaptureFixture) -> None:
     store, metrics = ListStore(), CollectorRegistry()
@@ -172,16 +184,9 @@ async def test_poison_reading_never_reaches_the_outbox_and_other_devices_commit(
 
 async def test_registry_refuses_a_flood_of_new_devices_past_its_limit(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    metrics = CollectorRegistry()
-    store = ListStore()
-    registry = DeviceRegistry(DevicesSection.model_validate({"max_devices": 10}),
-                              tmp_path / "devices.json", metrics)
-    await registry.start()
+    metrics, store = CollectorRegistry(), ListStore()
+    registry, adapter_sink = await registered(tmp_path, metrics, store, max_devices=10)
     try:
-        pipeline = Pipeline(store)
-        pipeline.observers.append(registry.observe)
-        pipeline.screen = registry.screen
-        adapter_sink, _ = sink(store, metrics, pipeline)
         now = time.time()
         with caplog.at_level(logging.INFO, logger="gateway.devices"):
             for i in range(200):
@@ -226,17 +231,10 @@ def test_input_log_logs_once_per_source_and_reason_per_interval_with_a_suppresse
 
 async def test_invented_metric_names_are_refused_past_the_per_device_and_total_bounds(
         tmp_path: Path) -> None:
-    metrics = CollectorRegistry()
-    store = ListStore()
-    registry = DeviceRegistry(
-        DevicesSection.model_validate({"max_metrics": 5, "max_series": 12}),
-        tmp_path / "devices.json", metrics)
-    await registry.start()
+    metrics, store = CollectorRegistry(), ListStore()
+    registry, adapter_sink = await registered(tmp_path, metrics, store, max_metrics=5,
+                                              max_series=12)
     try:
-        pipeline = Pipeline(store)
-        pipeline.observers.append(registry.observe)
-        pipeline.screen = registry.screen
-        adapter_sink, _ = sink(store, metrics, pipeline)
         now = time.time()
         # one message with 8 invented keys: 5 kept, 3 refused
         assert await adapter_sink.accept([r(ts=now, metric=f"k{i}") for i in range(8)])

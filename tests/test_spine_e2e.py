@@ -122,7 +122,7 @@ def test_every_accepted_reading_arrives_after_sigkill(
     waiting = outbox_seqs(state / "outbox.db")
     accepted = {d: delivered.get(d, set()) | waiting.get(d, set())
                 for d in set(delivered) | set(waiting)}
-    assert sum(len(s) for s in waiting.values()) >= 0
+    assert any(accepted.values())  # the cloud had readings before the kill
     # restart without the simulator: the backlog alone must drain
     gw2 = gateway_factory(gw_config(state, mosquitto.port, count=0), name="gw2").start()
 
