@@ -25,8 +25,9 @@ For each rate, after ``--warmup`` seconds, over ``--seconds`` it measures:
 - loss: every (device, seq) of the window arrived at the cloud.
 
 Then a home-load row (50 devices, one message each per 30 s, for ``--seconds``) with the
-bytes written extrapolated to a day, and an idle row (no device publishing, uplink
-connected) with the bytes written per minute.
+bytes written extrapolated to a day, and two idle rows (no device publishing, uplink
+connected) with the bytes written per minute: once before any device has published, once
+3 s after the home load (where the registry's periodic write may still land).
 
 Publishers, brokers and the cloud subscriber share the machine's cores with the gateway;
 ``late`` is how far behind its schedule the publisher fell at worst.
@@ -120,9 +121,18 @@ def metric_sum(m: dict[str, float], name: str) -> float:
     return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
 
 
+def registry_mtime(sock: Path) -> float:
+    """When the device registry file (written every core flush_interval) last changed."""
+    try:
+        return (sock.parent / "devices.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 class Sample:
     def __init__(self, pid: int, sock: Path) -> None:
         self.t = time.time()
+        self.registry = registry_mtime(sock)
         self.cpu = cpu_seconds(pid)
         self.io = write_bytes(pid)
         self.wait = runqueue_wait(pid)
@@ -198,6 +208,7 @@ def run_phase(ctx: dict[str, Any], name: str, n: int, rate: float, warm: float,
         "p99": lat[max(0, math.ceil(len(lat) * 0.99) - 1)] if lat else math.nan,
         "missing": msgs - len(lat), "late_ms": pstat["late"] * 1000,
         "unacked": pstat["unacked"],
+        "registry": registry_mtime(sock) > a.registry,
     }
 
 
@@ -208,7 +219,7 @@ def run_idle(ctx: dict[str, Any], seconds: float) -> dict[str, Any]:
     b = Sample(pid, sock)
     span = b.t - a.t
     return {"span": span, "bytes": b.io - a.io, "commits_s": (b.commits - a.commits) / span,
-            "cpu_s": b.cpu - a.cpu}
+            "cpu_s": b.cpu - a.cpu, "registry": b.registry > a.registry}
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -233,7 +244,8 @@ def print_rate_row(r: dict[str, Any]) -> None:
           f"commits {r['commits_s']:5.1f}/s  "
           f"latency p50 {r['p50']:5.1f} ms p99 {r['p99']:5.1f} ms"
           f"{verdict(r['p99'], P99_BUDGET.get(rate))}  {loss}  "
-          f"[late {r['late_ms']:.0f} ms, gw run-queue wait {r['wait_s']:.2f} s]")
+          f"[late {r['late_ms']:.0f} ms, gw run-queue wait {r['wait_s']:.2f} s"
+          f"{', registry file written' if r['registry'] else ''}]")
 
 
 def main() -> None:
@@ -279,6 +291,8 @@ def main() -> None:
         print(f"steady MQTT rates, {DEVICES} devices, QoS 1, 4 values + seq + ts per "
               f"message, store synchronous=full; {args.warmup:g} s warm-up, "
               f"{args.seconds:g} s window per row; {os.cpu_count()} cores", flush=True)
+        time.sleep(2)  # past start-up's own writes
+        idle0 = run_idle(ctx, args.seconds)
         for rate in rates:
             r = run_phase(ctx, f"r{rate:g}", DEVICES, rate, args.warmup, args.seconds)
             results.append(r)
@@ -301,14 +315,19 @@ def main() -> None:
           f"{home['bytes']} B written = {home['b_msg']:.0f} B/msg, "
           f"{per_day / 1e6:.1f} MB/day{verdict(per_day / 1e6, 100)}; "
           f"commits {home['commits_s']:.2f}/s; CPU {home['cpu_us']:.0f} us/msg; "
-          f"latency p50 {home['p50']:.1f} ms p99 {home['p99']:.1f} ms; {loss}")
-    per_min = idle["bytes"] / idle["span"] * 60
-    print(f"  idle (no device publishing, uplink connected), {idle['span']:.0f} s: "
-          f"{idle['bytes']} B written = {per_min:.0f} B/min{verdict(per_min, 0)}; "
-          f"commits {idle['commits_s']:.2f}/s; CPU {idle['cpu_s'] * 1000:.0f} ms")
-    print("  CPU = daemon utime+stime delta / messages; disk = /proc/PID/io write_bytes "
-          "delta; commits = gateway_outbox_commits_total delta per second (one WAL "
-          "fdatasync each under synchronous=full; checkpoint syncs not counted)")
+          f"latency p50 {home['p50']:.1f} ms p99 {home['p99']:.1f} ms; {loss}"
+          f"{'; registry file written' if home['registry'] else ''}")
+    for label, i in (("before any device", idle0), ("3 s after the last message", idle)):
+        per_min = i["bytes"] / i["span"] * 60
+        print(f"  idle {label} (uplink connected), {i['span']:.0f} s: "
+              f"{i['bytes']} B written = {per_min:.0f} B/min{verdict(per_min, 0)}; "
+              f"commits {i['commits_s']:.2f}/s; CPU {i['cpu_s'] * 1000:.0f} ms"
+              f"{'; registry file written' if i['registry'] else ''}")
+    print("  CPU = daemon utime+stime delta / messages (10 ms ticks); disk = /proc/PID/io "
+          "write_bytes delta; commits = gateway_outbox_commits_total delta per second (one "
+          "WAL fdatasync each under synchronous=full; checkpoint syncs not counted); "
+          "'registry file written' = devices.json (rewritten every core flush_interval, "
+          "60 s by default, when a device was seen) changed in the window")
     bad = [r for r in [*results, home] if r["unacked"]]
     if bad:
         print(f"  warning: publisher left {sum(r['unacked'] for r in bad)} message(s) "
