@@ -1,7 +1,7 @@
 """The pipeline every reading goes through: checks → filters → outbox → observers.
 
 Each adapter's :class:`AdapterSink` checks readings first (:class:`ReadingLimits`, and
-the device registry's limit on new devices): what fails is counted as malformed with its
+the device registry's bounds on devices and metrics): what fails is counted as malformed with its
 reason, logged at a bounded rate, and dropped; the rest of the batch goes on.
 Observers (device registry, rules) see every reading that was accepted, including the
 ones filters kept out of the outbox; a refused batch is seen by no one, because the
@@ -107,9 +107,9 @@ class AdapterSink:
             self._malformed.labels(self._adapter, reason).inc()
             device = r.device if isinstance(r.device, str) else "unknown"
             self._input_log.warning(
-                device[:200], reason, "%s: reading of %s refused (%s): metric %.100r, "
+                device[:200], reason, "%s: reading of %s refused (%s): metric %s, "
                 "value %s, ts %s", self._adapter, device[:200], _EXPLAIN[reason],
-                r.metric, _shown(r.value), _shown(r.ts))
+                _shown(r.metric), _shown(r.value), _shown(r.ts))
         return [r for i, r in enumerate(readings) if i not in skip]
 
 
