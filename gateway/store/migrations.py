@@ -43,6 +43,13 @@ MIGRATIONS: list[str] = [
         reading TEXT NOT NULL      -- repr of the reading, at most 1 KB
     );
     """,
+    # 4: a CRC-32 beside each telemetry and series row (gateway/store/checksum.py), so a
+    # salvage from the raw file accepts only rows whose bytes are intact; NULL in rows
+    # written before it
+    """
+    ALTER TABLE telemetry ADD COLUMN crc INTEGER;
+    ALTER TABLE series ADD COLUMN crc INTEGER;
+    """,
 ]
 
 
