@@ -9,7 +9,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +92,23 @@ async def test_healthz_reports_ready_adapters_outbox_and_devices(daemon: Gateway
 
 async def test_metrics_parse_and_reading_counters_move_as_readings_flow(
         daemon: GatewayProcess) -> None:
-    status, first, ctype = await call(daemon, "GET", "/metrics")
-    assert status == 200 and ctype.startswith("text/plain")
-    before = metric_samples(first)
     sim = (("adapter", "sim"),)
+
+    async def scrape_until(ok: Callable[[dict[Any, float]], bool],
+                           within: float = 20.0) -> dict[Any, float]:
+        deadline = time.monotonic() + within
+        while True:
+            status, text, ctype = await call(daemon, "GET", "/metrics")
+            assert status == 200 and ctype.startswith("text/plain")
+            samples = metric_samples(text)
+            if ok(samples) or time.monotonic() > deadline:
+                return samples
+            await asyncio.sleep(0.05)
+
+    # readings count as accepted once durable: a commit (no uplink here) follows soon
+    before = await scrape_until(lambda m: m[("gateway_readings_accepted_total", sim)] > 0)
     received = before[("gateway_readings_received_total", sim)]
     accepted = before[("gateway_readings_accepted_total", sim)]
-    # a message may be waiting for its commit between the two counters
     assert 0 < accepted <= received
     assert before[("gateway_readings_refused_total", sim)] == 0
     assert before[("gateway_adapter_up", (("adapter", "sim"), ("type", "simulator")))] == 1
@@ -108,9 +118,9 @@ async def test_metrics_parse_and_reading_counters_move_as_readings_flow(
     assert ("gateway_build_info", (("python", sys.version.split()[0]), ("version", "0.1.0"))) \
         in before
     # 3 devices x 3 metrics every 0.2 s: ~45 readings/s
-    await asyncio.sleep(1.0)
-    _, second, _ = await call(daemon, "GET", "/metrics")
-    after = metric_samples(second)
+    after = await scrape_until(
+        lambda m: m[("gateway_readings_accepted_total", sim)] >= accepted + 9
+        and m[("gateway_outbox_depth", ())] > before[("gateway_outbox_depth", ())])
     assert after[("gateway_readings_received_total", sim)] >= received + 9
     assert after[("gateway_readings_accepted_total", sim)] >= accepted + 9
     # nothing leaves without an uplink: the outbox depth grows with what was accepted

@@ -33,6 +33,14 @@ def batch(device: str, seq: int, ts: float | None = None) -> list[Reading]:
             Reading(device, "door_open", seq % 2 == 0, None, ts)]
 
 
+async def until_accepting(box: Outbox, within: float = 10.0) -> None:
+    """Wait until the outbox takes readings again after a full disk."""
+    deadline = time.monotonic() + within
+    while box.stats().disk_full:
+        assert time.monotonic() < deadline, "the outbox did not resume"
+        await asyncio.sleep(0.02)
+
+
 async def all_readings(box: Outbox) -> list[Reading]:
     out: list[Reading] = []
     for row in await box.read_telemetry(0, 10**9):
@@ -102,6 +110,9 @@ async def test_a_failing_store_refuses_and_recovers(tmp_path: Path) -> None:
     assert not await box.append(big)
     assert box.m_errors._value.get() >= 1
     box._db.execute("PRAGMA max_page_count=1073741823")  # type: ignore[union-attr]
+    # a full disk refuses new readings at once until the writer finds room again
+    assert box.stats().disk_full
+    await until_accepting(box)
     assert await box.append(big)
     assert box.stats().depth == 3 + 200
     await box.close()

@@ -3,6 +3,8 @@ the outbox, is counted with its reason and logged at a bounded rate."""
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import math
 import time
@@ -108,9 +110,11 @@ class ListStore:
     def __init__(self) -> None:
         self.batches: list[list[Reading]] = []
 
-    async def append(self, readings: Sequence[Reading]) -> bool:
+    def submit(self, readings: Sequence[Reading]) -> asyncio.Future[bool]:
         self.batches.append(list(readings))
-        return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut.set_result(True)
+        return fut
 
 
 def sink(store: Any, metrics: CollectorRegistry, pipeline: Pipeline | None = None

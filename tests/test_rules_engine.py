@@ -347,6 +347,9 @@ class _FailingEvents:
     def __init__(self, real: Outbox) -> None:
         self.real = real
 
+    def submit(self, readings: Sequence[Reading]) -> asyncio.Future[bool] | None:
+        return self.real.submit(readings)
+
     async def append(self, readings: Sequence[Reading]) -> bool:
         return await self.real.append(readings)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -103,12 +105,14 @@ class RefusingStore:
         self.refuse = 0
         self.rows: list[Reading] = []
 
-    async def append(self, readings: Sequence[Reading]) -> bool:
+    def submit(self, readings: Sequence[Reading]) -> asyncio.Future[bool] | None:
         if self.refuse:
             self.refuse -= 1
-            return False
+            return None
         self.rows.extend(readings)
-        return True
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut.set_result(True)
+        return fut
 
 
 async def test_a_refused_batch_sent_again_gets_the_same_decisions() -> None:

@@ -3,13 +3,16 @@
 Each adapter's :class:`AdapterSink` checks readings first (:class:`ReadingLimits`, and
 the device registry's bounds on devices and metrics): what fails is counted as malformed with its
 reason, logged at a bounded rate, and dropped; the rest of the batch goes on.
-Observers (device registry, rules) see every reading that was accepted, including the
-ones filters kept out of the outbox; a refused batch is seen by no one, because the
-device will send it again.
+Observers (device registry, rules) see every reading the outbox took, including the
+ones filters kept out of the outbox, as soon as it took them: a rule reacts without
+waiting for the commit. A batch the outbox refuses at once (full, failing, too many
+pending) is seen by no one, because the device will send it again; one whose commit
+then fails has been seen, and may be seen again when the device resends it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +32,9 @@ Screen = Callable[[Sequence[Reading]], list[tuple[int, str]]]
 
 
 class Store(Protocol):
-    async def append(self, readings: Sequence[Reading]) -> bool: ...
+    def submit(self, readings: Sequence[Reading]) -> asyncio.Future[bool] | None:
+        """Take readings now; the future answers True once they are durable.
+        None: refused at once."""
 
 
 class Pipeline:
@@ -51,15 +56,18 @@ class Pipeline:
             kept = f(kept)
             if not kept:
                 break
-        if kept and not await self.store.append(kept):
-            return False
+        durable = None
+        if kept:
+            durable = self.store.submit(kept)
+            if durable is None:
+                return False
         for observe in self.observers:
             try:
                 observe(readings)
             except Exception as exc:  # an observer bug must not refuse durable data
                 if self._on_observer_error is not None:
                     self._on_observer_error(getattr(observe, "__qualname__", repr(observe)), exc)
-        return True
+        return durable is None or await durable
 
 
 class AdapterSink:

@@ -1,22 +1,31 @@
 """The outbox: a durable, ordered, bounded store-and-forward queue in SQLite.
 
-- WAL mode, one writer thread, group commit: every append made while a transaction is
-  being written goes into the next one, and commits are at least ``commit_interval``
-  apart, so an SD card sees few, large writes.
-- A reading is accepted once its transaction has committed (``append`` returns True).
-- Rows are ordered by a monotonic id that is never reused within an epoch (the random id
-  of the database file), so the cloud can de-duplicate on ``(epoch, seq)``.
-- Telemetry rows hold one accepted batch each, packed compactly (series are interned).
-  Events (alerts, device status) live in their own table and leave first.
-- Bounded by bytes and by age: at the bound the oldest telemetry is dropped first
-  (events last); every dropped reading is counted, in a metric and in the file.
+- A reading is **accepted** (``append`` returns True) once it is durable: committed to
+  the file with the configured ``synchronous`` level, or acknowledged by the cloud
+  broker, whichever comes first. While the cloud keeps up, most batches are acknowledged
+  before their commit is due and never touch the disk; when it does not (outage, slow
+  link), every batch is committed within ``commit_interval`` of its arrival.
+- Each batch gets its id when it arrives, and the uplink may send it at once, before its
+  commit: the cloud, the rules and the device never wait for the disk, and commits can be
+  spaced out (an SD card sees few, large writes). Ids are handed out from a block
+  reserved in the file beforehand, so an id is never reused within an epoch (the random
+  id of the file), even after a crash; the cloud de-duplicates on ``(epoch, seq)``.
+- Telemetry rows hold one batch each, packed compactly (series are interned), each with
+  a CRC so a salvage from the raw file keeps only intact rows. Events (alerts, device
+  status) live in their own table, are always committed, and leave first.
+- Bounded by bytes (main file and write-ahead log together) and by age: at the bound the
+  oldest telemetry is dropped first (events last); every dropped reading is counted, in a
+  metric and in the file. When the disk itself is full, new readings are refused (the
+  devices send them again), uploads and deletes go on with the help of a reserve file,
+  and ingest resumes as soon as there is room again.
 - One bad row never refuses the others. A reading (or event) that cannot be encoded or
   bound (its own problem, not the disk's) is set aside in a bounded ``dead_letters``
   table with its reason, and the rest of its batch and of its group commit is stored. Its
   ``append`` answers True: it has been kept, and sending it again cannot help. Disk, lock
   and corruption errors still refuse the whole commit, to be retried.
 - A corrupt file at start is renamed aside, a fresh one started, what can be read is
-  salvaged into it, and an alert is queued.
+  salvaged into it (through SQLite, and from the raw bytes where SQLite cannot read
+  them), and an alert is queued.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from typing import Any, NamedTuple, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.reading import Reading
+from gateway.store.checksum import series_crc, telemetry_crc
 from gateway.store.config import StoreConfig
 from gateway.store.migrations import MIGRATIONS, migrate
 
@@ -62,19 +72,28 @@ _DEAD_LABELS = frozenset({
     "KeyError", "IndexError", "AttributeError", "InterfaceError", "ProgrammingError",
     "DataError",
 })
-#: at most one log line about dead letters this often (seconds)
-_DEAD_LOG_EVERY = 60.0
+#: at most one log line about dead letters, failed commits or a full disk this often (s)
+_LOG_EVERY = 60.0
 #: salvaged batches committed per transaction
 _SALVAGE_CHUNK = 1000
 #: files up to this size get a full quick_check at every start (well under a second)
 _ALWAYS_CHECK_BELOW = 64 * 1024**2
+#: ids reserved in the file at a time; a new block is reserved when half is used
+_ID_BLOCK = 1_000_000
+#: while the disk is full, how often the writer tries to make room and resume (s)
+_FULL_PROBE = 1.0
+#: the write-ahead log's bound and the reserve file's size: a 16th of the smaller of
+#: ``max_bytes`` and the filesystem, within these limits (the log up to a quarter of a
+#: tiny bound)
+_WAL_MIN, _WAL_MAX = 64 * 1024, 4 * 1024**2
+_RESERVE_MIN, _RESERVE_MAX = 64 * 1024, 1024**2
 
 
 class TelemetryRow(NamedTuple):
     """One accepted batch: its outbox id and its readings."""
 
     id: int
-    readings: list[Reading]
+    readings: Sequence[Reading]
 
 
 class EventRow(NamedTuple):
@@ -89,17 +108,18 @@ class EventRow(NamedTuple):
 @dataclass
 class OutboxStats:
     epoch: str
-    depth: int  # readings waiting (telemetry)
+    depth: int  # readings waiting (telemetry), committed or not yet
     rows: int
     events: int
-    bytes: int
+    bytes: int  # main file and write-ahead log on disk
     oldest_ts: float | None
     dropped: int
     dropped_events: int
     last_id: int
-    pending: int
+    pending: int  # readings accepted into memory, not yet committed nor acknowledged
     dead_letters: int = 0  # rows in the dead-letter table
     dead_letters_deleted: int = 0  # deleted beyond ``dead_letter_max``, since the file began
+    disk_full: bool = False  # new readings are refused until there is room again
 
 
 class DeadLetter(NamedTuple):
@@ -121,20 +141,48 @@ _Key = tuple[str, str, str | None]  # a series: device, metric, unit
 _Dead = tuple[float, str, str, str, str]
 
 
-@dataclass(slots=True)
-class _Plan:
-    """One commit, encoded before its transaction starts."""
+@dataclass(slots=True, eq=False)
+class _Row:
+    """A telemetry batch accepted into memory: sent to the cloud at once, committed by
+    ``commit_interval`` unless the cloud acknowledges it first."""
 
-    rows: list[tuple[int, int, str]] = field(default_factory=list)  # id, readings, JSON row
-    sources: list[Sequence[Reading]] = field(default_factory=list)  # each row's readings
-    uses: dict[int, list[_Key]] = field(default_factory=dict)  # row index: its fresh series
-    fresh: dict[_Key, int] = field(default_factory=dict)  # series new in this commit: ids
-    written: int = 0  # rows written (all of them unless SQLite refused one)
-    readings: int = 0  # readings in the rows written
-    oldest: float | None = None  # the first timestamp of the oldest row written
-    events: list[tuple[str, float, str]] = field(default_factory=list)  # kind, ts, JSON body
-    dead: list[_Dead] = field(default_factory=list)
-    stored: dict[_Key, int] = field(default_factory=dict)  # the fresh series written
+    id: int
+    readings: Sequence[Reading]
+    blob: str
+    crc: int
+    new: list[tuple[_Key, int]] | None  # series it uses that were not yet written
+    fut: asyncio.Future[bool] | None
+    since: float  # loop time of arrival
+
+
+@dataclass(slots=True, eq=False)
+class _Event:
+    id: int
+    kind: str
+    ts: float
+    body: str
+    fut: asyncio.Future[bool] | None
+
+
+@dataclass(slots=True)
+class _Work:
+    """One commit's worth of changes, taken from the event loop's side."""
+
+    rows: list[_Row] = field(default_factory=list)
+    series: dict[_Key, int] = field(default_factory=dict)  # not yet written
+    events: list[_Event] = field(default_factory=list)
+    dead: list[tuple[_Dead, asyncio.Future[bool] | None]] = field(default_factory=list)
+    acks: list[tuple[str, int, int]] = field(default_factory=list)  # rows to delete
+    reserve_ids: int | None = None  # a new upper bound of ids to reserve
+    flushes: list[asyncio.Future[bool]] = field(default_factory=list)
+    # filled in by the writer thread
+    written: list[_Row] = field(default_factory=list)
+    stored_series: dict[_Key, int] = field(default_factory=dict)
+    set_aside: list[tuple[_Dead, asyncio.Future[bool] | None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.series or self.events or self.dead or self.acks
+                    or self.reserve_ids or self.flushes)
 
 
 def _is_corruption(exc: BaseException) -> bool:
@@ -143,6 +191,16 @@ def _is_corruption(exc: BaseException) -> bool:
         "malformed" in text or "not a database" in text or "corrupt" in text
         or "file is encrypted" in text
     )
+
+
+def _is_disk_full(exc: BaseException, free: int, headroom: int) -> bool:
+    """SQLITE_FULL, or an I/O error while the filesystem has less than ``headroom`` free."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    text = str(exc).lower()
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in text:
+        return True
+    return "i/o error" in text and free < headroom
 
 
 class Outbox:
@@ -154,36 +212,63 @@ class Outbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite3.Connection | None = None
         self.epoch = ""
+        self._series: dict[_Key, int] = {}
+        self._series_by_id: dict[int, _Key] = {}
+        self._next_sid = 1
+        # the id space, shared by telemetry and events: handed out on the event loop
         self._next_id = 1
-        self._series: dict[tuple[str, str, str | None], int] = {}
-        self._series_by_id: dict[int, tuple[str, str, str | None]] = {}
+        self._ids_reserved = 0  # ids below this are reserved in the file (durable)
+        self._reserve_wanted: int | None = None  # a bound to reserve with the next commit
+        # what the file holds (kept by the writer thread)
         self._rows = 0
         self._readings = 0
         self._events = 0
-        self._bytes = 0
+        self._bytes = 0  # used pages and write-ahead log: what max_bytes bounds
+        self._disk_bytes = 0  # main file and write-ahead log as they lie on disk
         self._oldest: float | None = None
         self._dropped = 0
         self._dropped_events = 0
-        self._next_sid = 1
         self._dead = 0  # rows in dead_letters
         self._dead_deleted = 0
-        self._dead_logged = -math.inf  # when a dead letter was last logged (monotonic)
-        self._dead_unlogged = 0
-        # group commit state (event loop side)
-        self._pending: list[tuple[Sequence[Reading], asyncio.Future[bool]]] = []
-        self._pending_readings = 0
-        self._pending_events: list[tuple[str, dict[str, Any], float, asyncio.Future[bool]]] = []
+        self._committed_last = 0  # the highest telemetry id committed
+        self._events_last = 0  # the highest event id committed
+        # accepted, not yet committed (event loop side): the tail the uplink sends from
+        self._pending: dict[int, _Row] = {}  # waiting for their commit
+        self._committing: dict[int, _Row] = {}  # in the commit being written
+        self._tail_readings = 0  # readings in both, not yet acknowledged nor committed
+        self._handed = 0  # the highest id handed to the writer
+        self._new_series: dict[_Key, int] = {}  # interned, not yet written
+        self._bad_sids: dict[int, Exception] = {}  # series SQLite refused to store
+        self._pending_events: list[_Event] = []
+        self._dead_pending: list[tuple[_Dead, asyncio.Future[bool] | None]] = []
         self._acks: list[tuple[str, int, int]] = []
+        self._flushes: list[asyncio.Future[bool]] = []
+        self._other_since: float | None = None  # when events, dead letters or acks came
         self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._quarantining = False
         self._writer: asyncio.Task[None] | None = None
-        self._last_commit = 0.0
-        #: set whenever new rows are committed; the uplink waits on it
+        #: set whenever there is something new to send; the uplink waits on it
         self.new_data = asyncio.Event()
+        # disk full
+        self._full = False
+        self._full_since = 0.0
+        self._refused_full = 0
+        self._wal_bound = _WAL_MAX
+        self._reserve_size = _RESERVE_MAX
+        self._reserve_path = path.with_name(path.name + ".reserve")
+        # bounded logging
+        self._dead_logged = -math.inf
+        self._dead_unlogged = 0
+        self._error_logged = -math.inf
+        self._error_unlogged = 0
+        self._refusal_logged = -math.inf
         self._page_size = 4096
         reg = metrics or CollectorRegistry()
         self.m_depth = Gauge("gateway_outbox_depth", "Readings waiting in the outbox", registry=reg)
-        self.m_bytes = Gauge("gateway_outbox_bytes", "Bytes used by the outbox database",
+        self.m_bytes = Gauge("gateway_outbox_bytes",
+                             "Bytes the outbox uses on disk (database and write-ahead log)",
                              registry=reg)
         self.m_oldest = Gauge("gateway_outbox_oldest_age_seconds",
                               "Age of the oldest waiting reading", registry=reg)
@@ -192,8 +277,17 @@ class Outbox:
                                  ["kind", "reason"], registry=reg)
         self.m_commits = Counter("gateway_outbox_commits", "Outbox transactions committed",
                                  registry=reg)
+        self.m_unwritten = Counter("gateway_outbox_acked_before_commit",
+                                   "Readings the cloud acknowledged before their commit was "
+                                   "due (never written to disk)", registry=reg)
         self.m_errors = Counter("gateway_outbox_errors",
                                 "Outbox transactions that failed (store errors)", registry=reg)
+        self.m_full = Gauge("gateway_outbox_disk_full",
+                            "1 while the disk is full and new readings are refused",
+                            registry=reg)
+        self.m_refused = Counter("gateway_outbox_refused",
+                                 "Readings refused (disk full, store failing, too many pending)",
+                                 ["reason"], registry=reg)
         self.m_dead = Counter("gateway_outbox_dead_letters",
                               "Readings set aside because they cannot be stored", ["reason"],
                               registry=reg)
@@ -201,11 +295,21 @@ class Outbox:
                                  "Rows in the outbox's dead-letter table", registry=reg)
         self.m_quarantined = Counter("gateway_outbox_quarantined",
                                      "Corrupt outbox files renamed aside", registry=reg)
-        self.m_depth.set_function(lambda: self._readings)
+        self.m_depth.set_function(lambda: self._readings + self._tail_readings)
         self.m_dead_rows.set_function(lambda: self._dead)
-        self.m_bytes.set_function(lambda: self._bytes)
-        self.m_oldest.set_function(
-            lambda: max(0.0, time.time() - self._oldest) if self._oldest else 0.0)
+        self.m_bytes.set_function(lambda: self._disk_bytes)
+        self.m_full.set_function(lambda: 1 if self._full else 0)
+        self.m_oldest.set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        oldest = self._oldest
+        for rows in (self._committing, self._pending):
+            for row in rows.values():
+                if row.fut is not None and row.readings:
+                    t0 = row.readings[0].ts
+                    oldest = t0 if oldest is None else min(oldest, t0)
+                    break
+        return max(0.0, time.time() - oldest) if oldest else 0.0
 
     # -- opening ------------------------------------------------------------------------
 
@@ -217,10 +321,10 @@ class Outbox:
         loop = asyncio.get_running_loop()
         notes = await loop.run_in_executor(self._executor, self._open_sync)
         for kind, body in notes:
-            self._pending_events.append((kind, body, time.time(), loop.create_future()))
+            self._queue_event(kind, body, time.time(), None)
         self._writer = loop.create_task(self._write_loop(), name="outbox-writer")
         if self._pending_events:
-            self._wake.set()
+            await self.flush()  # the alert about a quarantined file is stored before ingest
         return self
 
     def _connect(self, path: Path) -> sqlite3.Connection:
@@ -228,9 +332,22 @@ class Outbox:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.config.synchronous.upper()}")
         db.execute("PRAGMA temp_store=MEMORY")
-        # checkpoint less often: fewer rewrites of the same pages (SD wear)
-        db.execute("PRAGMA wal_autocheckpoint=2000")
         self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        # the write-ahead log is bounded and counted in max_bytes: checkpoint when it
+        # reaches a 16th of the smaller of max_bytes and the filesystem, and cut it back
+        # to that size afterwards; a reserve file of about the same size is kept to be
+        # released when the disk fills, so deletes and checkpoints still find room
+        try:
+            st = os.statvfs(path.parent)
+            disk = st.f_blocks * st.f_frsize
+        except OSError:
+            disk = self.config.max_bytes
+        room = min(self.config.max_bytes, disk or self.config.max_bytes)
+        self._wal_bound = max(min(_WAL_MAX, room // 16), min(_WAL_MIN, room // 4))
+        self._reserve_size = max(_RESERVE_MIN, min(_RESERVE_MAX, room // 16))
+        frames = max(4, self._wal_bound // (self._page_size + 24))
+        db.execute(f"PRAGMA wal_autocheckpoint={frames}")
+        db.execute(f"PRAGMA journal_size_limit={self._wal_bound}")
         return db
 
     def _open_sync(self) -> list[tuple[str, dict[str, Any]]]:
@@ -243,7 +360,20 @@ class Outbox:
             if not _is_corruption(exc) and not isinstance(exc, OutboxError):
                 raise
             notes.append(self._quarantine(str(exc)))
+        self._reserve_ids_now()
+        if not self._make_reserve():
+            log.warning("outbox: no room for the %d-byte reserve file %s; a full disk will be "
+                        "harder to recover from", self._reserve_size, self._reserve_path)
         return notes
+
+    def _reserve_ids_now(self) -> None:
+        """Reserve the next block of ids before any is handed out (writer thread, at open)."""
+        db = self._db
+        assert db is not None
+        bound = self._next_id + _ID_BLOCK
+        db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('ids_reserved', ?)",
+                   (bound,))
+        self._ids_reserved = bound
 
     def _check_and_load(self) -> None:
         db = self._db
@@ -261,10 +391,10 @@ class Outbox:
             if result != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({result})")
         migrate(db, MIGRATIONS)
-        self._load_state()
+        self._load_state(clean)
         db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 0)")
 
-    def _load_state(self) -> None:
+    def _load_state(self, clean: bool = True) -> None:
         db = self._db
         assert db is not None
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
@@ -278,16 +408,19 @@ class Outbox:
                 "SELECT id, device, metric, unit FROM series"):
             self._series[(device, metric, unit)] = sid
             self._series_by_id[sid] = (device, metric, unit)
-        top = max(
-            int(meta.get("next_id", 1)),
-            (db.execute("SELECT max(id) FROM telemetry").fetchone()[0] or 0) + 1,
-            (db.execute("SELECT max(id) FROM events").fetchone()[0] or 0) + 1,
-        )
+        max_t = db.execute("SELECT max(id) FROM telemetry").fetchone()[0] or 0
+        max_e = db.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+        # after a crash, ids may have been handed out (and sent) up to the reserved bound
+        top = max(int(meta.get("next_id", 1)), max_t + 1, max_e + 1, self._next_id)
+        if not clean:
+            top = max(top, int(meta.get("ids_reserved", 0)))
         self._next_id = top
+        self._committed_last, self._events_last = max_t, max_e
         self._rows, readings = db.execute("SELECT count(*), total(n) FROM telemetry").fetchone()
         self._readings = int(readings)
         self._events = db.execute("SELECT count(*) FROM events").fetchone()[0]
-        self._next_sid = (db.execute("SELECT max(id) FROM series").fetchone()[0] or 0) + 1
+        self._next_sid = max(self._next_sid,
+                             (db.execute("SELECT max(id) FROM series").fetchone()[0] or 0) + 1)
         self._dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         self._dead_deleted = int(meta.get("dead_letters_deleted", 0))
         self._refresh_size()
@@ -310,10 +443,14 @@ class Outbox:
         self.m_quarantined.inc()
         log.critical("outbox %s is corrupt (%s): moved aside to %s; starting a fresh outbox",
                      self.path, reason, aside)
+        # series interned so far stay (batches in memory use them): all written afresh
         self._db = self._connect(self.path)
         migrate(self._db, MIGRATIONS)
         self._load_state()
+        self._new_series = dict(self._series)
+        self._bad_sids.clear()
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 0)")
+        self._reserve_ids_now()
         salvaged = self._salvage(aside)
         if salvaged:
             log.warning("outbox: salvaged %d reading(s) from %s", salvaged, aside)
@@ -324,156 +461,489 @@ class Outbox:
         })
 
     def _salvage(self, aside: Path) -> int:
-        """Copy every readable telemetry batch out of a quarantined file."""
+        """Copy every intact telemetry batch out of a quarantined file, oldest first:
+        what SQLite can still read, and what a scan of the raw bytes finds intact (CRC)."""
+        found = self._salvage_sqlite(aside)
+        try:
+            from gateway.store import salvage
+            raw = salvage.scan(aside)
+            for rid, (_, blob) in raw.batches.items():
+                if rid not in found:
+                    try:
+                        found[rid] = _unpack(blob, raw.series)
+                    except (ValueError, TypeError, KeyError, IndexError):
+                        continue
+        except Exception as exc:  # noqa: BLE001 - a salvage must never stop the start
+            log.warning("outbox: raw scan of %s failed: %s", aside, exc)
+        salvaged = 0
+        ids = sorted(found)
+        for at in range(0, len(ids), _SALVAGE_CHUNK):
+            work = _Work()
+            for rid in ids[at:at + _SALVAGE_CHUNK]:
+                row = self._encode_row(found.pop(rid), None, work.dead)
+                if row is not None:
+                    work.rows.append(row)
+            work.series = dict(self._new_series)
+            self._commit_sync(work)
+            self._after_commit_series(work)
+            salvaged += sum(len(r.readings) for r in work.written)
+        return salvaged
+
+    def _salvage_sqlite(self, aside: Path) -> dict[int, Sequence[Reading]]:
+        """The batches SQLite can still read from a quarantined file, by their old id."""
+        found: dict[int, Sequence[Reading]] = {}
         try:
             old = sqlite3.connect(f"file:{aside}?mode=ro", uri=True)
         except sqlite3.Error:
-            return 0
-        salvaged = 0
+            return found
         try:
             series = {sid: (d, m, u) for sid, d, m, u in
                       old.execute("SELECT id, device, metric, unit FROM series")}
             max_id = old.execute("SELECT max(id) FROM telemetry").fetchone()[0] or 0
         except sqlite3.Error:
             old.close()
-            return 0
-        last = 0
-        probes = 0
+            return found
+        last = after = probes = 0
         jump = 1
-        after = 0
         done = False
         try:
             # walk the table in id order; where a page is unreadable, seek past it with
             # growing jumps (ids are the b-tree key, so seeking skips the damaged leaf)
             while not done and after < max_id and probes < 2000:
-                batches: list[Sequence[Reading]] = []
                 try:
                     for rid, blob in old.execute("SELECT id, blob FROM telemetry WHERE id > ? "
                                                  "ORDER BY id", (after,)):
                         last = after = rid
                         jump = 1
                         try:
-                            batches.append(_unpack(blob, series))
+                            found[rid] = _unpack(blob, series)
                         except (ValueError, TypeError, KeyError, IndexError):
                             continue
-                        if len(batches) >= _SALVAGE_CHUNK:
-                            break  # commit these, then read on from here
-                    else:
-                        done = True
+                    done = True
                 except sqlite3.Error:
                     probes += 1
                     after = last + jump
                     jump *= 2
-                if batches:
-                    # committed outside the read: an error writing the fresh file is not
-                    # damage in the old one
-                    self._commit_sync(batches, [], [])
-                    salvaged += sum(len(b) for b in batches)
         finally:
             old.close()
-        return salvaged
+        return found
 
-    # -- appending ------------------------------------------------------------------------
+    # -- accepting (event loop side) -----------------------------------------------------
+
+    def submit(self, readings: Sequence[Reading]) -> asyncio.Future[bool] | None:
+        """Take readings into the outbox at once; None if refused (full, failing, closing).
+
+        The returned future answers True when they are durable (committed, or acknowledged
+        by the cloud), False if their commit failed. They are visible to the uplink now.
+        """
+        if self._closing or self._quarantining:
+            return None
+        n = len(readings)
+        if self._full:
+            self._refuse("disk_full", n)
+            return None
+        if self._tail_readings + n > self.config.max_pending:
+            self.m_refused.labels("pending").inc(n)
+            return None
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not n:
+            fut.set_result(True)
+            return fut
+        row = self._encode_row(readings, fut, self._dead_pending)
+        if row is None:  # nothing storable: set aside, answered when that is committed
+            self._other_came()
+            return fut
+        if self._dead_pending:
+            self._other_came()
+        if not self._pending:
+            self._due_in(self.config.commit_interval)
+        self._pending[row.id] = row
+        self._tail_readings += len(row.readings)
+        if self._tail_readings - self._committing_readings() >= self.config.commit_max_rows:
+            self._wake.set()
+        self.new_data.set()
+        return fut
 
     async def append(self, readings: Sequence[Reading]) -> bool:
-        """Queue readings; True once committed, False if refused (full or failing store)."""
-        if self._closing or self._pending_readings + len(readings) > self.config.max_pending:
+        """Queue readings; True once durable, False if refused (full or failing store)."""
+        fut = self.submit(readings)
+        if fut is None:
             return False
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((readings, fut))
-        self._pending_readings += len(readings)
-        self._wake.set()
         return await fut
 
-    async def append_event(self, kind: str, body: dict[str, Any], ts: float | None = None) -> bool:
-        """Queue an event (``alert``, ``status``...) that leaves before any telemetry."""
-        if self._closing:
-            return False
+    def _committing_readings(self) -> int:
+        return sum(len(r.readings) for r in self._committing.values() if r.fut is not None) \
+            if self._committing else 0
+
+    def _take_id(self) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        if self._next_id > self._ids_reserved - _ID_BLOCK // 2 and self._reserve_wanted is None:
+            self._reserve_wanted = self._ids_reserved + _ID_BLOCK
+            self._other_came()
+        return rid
+
+    def _encode_row(self, readings: Sequence[Reading], fut: asyncio.Future[bool] | None,
+                    dead: list[tuple[_Dead, asyncio.Future[bool] | None]]) -> _Row | None:
+        """A batch as the row it will be; what cannot be encoded goes to ``dead``."""
+        try:
+            blob, new = self._encode(readings)
+        except MemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - encoding is pure Python: the row's fault
+            kept = self._split(readings, dead, fut)
+            if kept is None:
+                return None
+            blob, new, readings = kept
+        rid = self._take_id()
+        return _Row(rid, readings, blob, telemetry_crc(rid, len(readings), blob), new, fut,
+                    time.monotonic())
+
+    def append_event(self, kind: str, body: dict[str, Any],
+                     ts: float | None = None) -> asyncio.Future[bool]:
+        """Queue an event (``alert``, ``status``...) that leaves before any telemetry;
+        the future (which may be awaited or ignored) answers once it is committed."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending_events.append((kind, body, time.time() if ts is None else ts, fut))
-        self._wake.set()
-        return await fut
+        if self._closing:
+            fut.set_result(False)
+            return fut
+        self._queue_event(kind, body, time.time() if ts is None else ts, fut)
+        self._other_came()
+        return fut
+
+    def _queue_event(self, kind: str, body: dict[str, Any], ts: float,
+                     fut: asyncio.Future[bool] | None) -> None:
+        try:
+            if not isinstance(kind, str):
+                raise TypeError(f"event kind must be a string, not {type(kind).__name__}")
+            text = json.dumps(body, separators=(",", ":"), default=str)
+            self._pending_events.append(_Event(self._take_id(), kind, float(ts), text, fut))
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this event's own fault
+            device = body.get("device") if isinstance(body, dict) else None
+            self._dead_pending.append((_dead_letter(
+                exc, _text(device or f"event {_shown(kind)}", _DEAD_DEVICE),
+                _excerpt_event(kind, body)), fut))
 
     async def flush(self) -> bool:
-        """Wait until everything queued before this call (acks included) is committed."""
+        """Commit everything queued before this call (acks included) now."""
         if self._closing:
             return False
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append(((), fut))
+        self._flushes.append(fut)
         self._wake.set()
         return await fut
 
     def ack(self, table: str, first: int, last: int) -> None:
-        """The cloud confirmed rows ``first..last`` of ``table``: delete them (next commit)."""
+        """The cloud confirmed rows ``first..last`` of ``table``: they are durable there.
+
+        Batches not yet committed are answered at once and never written; committed ones
+        are deleted with the next commit.
+        """
+        if table == "telemetry":
+            for rows in (self._committing, self._pending):
+                if not rows:
+                    continue
+                lo, hi = max(first, next(iter(rows))), min(last, next(reversed(rows)))
+                if rows is self._pending:
+                    for rid in range(lo, hi + 1):
+                        row = rows.pop(rid, None)
+                        if row is not None:
+                            self.m_unwritten.inc(len(row.readings))
+                            self._resolve(row, True)
+                else:
+                    for rid in range(lo, hi + 1):
+                        row = rows.get(rid)
+                        if row is not None:
+                            self._resolve(row, True)
+            if first > self._handed:
+                return  # nothing of it was ever handed to the writer: nothing to delete
+            last = min(last, self._handed)
         self._acks.append((table, first, last))
-        self._wake.set()
+        self._other_came()
+
+    def _resolve(self, row: _Row, ok: bool) -> None:
+        fut = row.fut
+        if fut is None:
+            return
+        row.fut = None
+        self._tail_readings -= len(row.readings)
+        if not fut.done():
+            fut.set_result(ok)
+
+    def _refuse(self, reason: str, n: int) -> None:
+        self.m_refused.labels(reason).inc(n)
+        self._refused_full += n
+        now = time.monotonic()
+        if now - self._refusal_logged >= _LOG_EVERY:
+            self._refusal_logged = now
+            log.warning("outbox: the disk is full: refusing new readings (%d so far; devices "
+                        "send them again), uploads go on", self._refused_full)
+
+    # -- when to commit ------------------------------------------------------------------
+
+    def _other_came(self) -> None:
+        """Events, dead letters, deletes or an id reservation wait: commit within
+        ``commit_interval``."""
+        if self._other_since is None:
+            self._other_since = time.monotonic()
+            self._due_in(self.config.commit_interval)
+
+    def _due_in(self, delay: float) -> None:
+        """Make sure the writer looks again within ``delay`` seconds."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(0.0, delay)
+        if self._timer is not None:
+            if self._timer.when() <= when:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._wake.set)
+
+    def _next_due(self, now: float) -> float | None:
+        """When the next commit is due (monotonic time), None if nothing waits."""
+        if self._closing or self._flushes:
+            return now
+        due: float | None = None
+        if self._pending:
+            if self._tail_readings - self._committing_readings() >= self.config.commit_max_rows:
+                return now
+            due = next(iter(self._pending.values())).since + self.config.commit_interval
+        if self._other_since is not None:
+            other = self._other_since + self.config.commit_interval
+            due = other if due is None else min(due, other)
+        return due
+
+    def _take_work(self) -> _Work:
+        work = _Work()
+        work.rows = list(self._pending.values())
+        self._committing, self._pending = self._pending, {}
+        work.series = dict(self._new_series)
+        work.events, self._pending_events = self._pending_events, []
+        work.dead, self._dead_pending = self._dead_pending, []
+        work.acks, self._acks = self._acks, []
+        work.reserve_ids = self._reserve_wanted
+        work.flushes, self._flushes = self._flushes, []
+        self._other_since = None
+        if work.rows:
+            self._handed = max(self._handed, work.rows[-1].id)
+        return work
+
+    def _left(self) -> bool:
+        return bool(self._pending or self._pending_events or self._dead_pending or self._acks
+                    or self._flushes or self._reserve_wanted)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # space commits out so each one carries more (fewer, larger writes)
-            gap = self._last_commit + self.config.commit_interval - time.monotonic()
-            if gap > 0 and self._pending_readings < self.config.commit_max_rows \
-                    and not self._closing:
-                await asyncio.sleep(gap)
-            batch, self._pending = self._pending, []
-            self._pending_readings = 0
-            events, self._pending_events = self._pending_events, []
-            acks, self._acks = self._acks, []
-            if not (batch or events or acks):
+            if self._timer is not None and self._timer.when() <= loop.time():
+                self._timer = None
+            if self._full and not self._closing:
+                await self._probe_room()
+                if self._full:
+                    self._due_in(_FULL_PROBE)
+                    continue
+            now = time.monotonic()
+            due = self._next_due(now)
+            if due is None:
                 if self._closing:
                     return
                 continue
-            self._last_commit = time.monotonic()
-            try:
-                await loop.run_in_executor(
-                    self._executor, self._commit_sync, [b[0] for b in batch],
-                    [(e[0], e[1], e[2]) for e in events], acks)
-                ok = True
-            except Exception as exc:  # noqa: BLE001 - refuse, keep running, retry next time
-                ok = False
-                self.m_errors.inc()
-                log.error("outbox write failed: %s: %s; refusing %d batch(es) (devices will "
-                          "retry)", type(exc).__name__, exc, len(batch))
-                if _is_corruption(exc):
-                    await self._quarantine_at_runtime(str(exc))
-                else:
-                    self._acks[:0] = acks  # deleting can wait for the next commit
-            self.m_commits.inc()
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(ok)
-            for *_, fut in events:
-                if not fut.done():
-                    fut.set_result(ok)
-            if ok and (batch or events):
+            if due > now:
+                self._due_in(due - now)
+                continue
+            work = self._take_work()
+            if work:
+                await self._commit(work)
+            if self._closing:
+                if not self._left():
+                    return
+                self._wake.set()
+                continue
+            due = self._next_due(time.monotonic())
+            if due is not None:
+                self._due_in(due - time.monotonic())
+
+    async def _commit(self, work: _Work) -> bool:
+        """Write ``work`` in one transaction and answer everyone waiting on it."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._commit_sync, work)
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - refuse, keep running, retry next time
+            ok = False
+            self.m_errors.inc()
+            await self._failed(exc, work)
+        self.m_commits.inc()
+        for row in work.rows:
+            self._resolve(row, ok)
+        self._committing = {}
+        for event in work.events:
+            if event.fut is not None and not event.fut.done():
+                event.fut.set_result(ok)
+        for _, fut in work.dead:
+            if fut is not None and not fut.done():
+                fut.set_result(ok)
+        for fut in work.flushes:
+            if not fut.done():
+                fut.set_result(ok)
+        if ok:
+            if work.written:
+                self._committed_last = max(self._committed_last, work.written[-1].id)
+            if work.events:
+                self._events_last = max(self._events_last, work.events[-1].id)
                 self.new_data.set()
-            if self._closing and not (self._pending or self._pending_events or self._acks):
+            if work.reserve_ids:
+                self._ids_reserved = max(self._ids_reserved, work.reserve_ids)
+                if self._reserve_wanted == work.reserve_ids:
+                    self._reserve_wanted = None
+            self._after_commit_series(work)
+            if work.set_aside:
+                self._report_dead([d for d, _ in work.set_aside])
+        return ok
+
+    def _after_commit_series(self, work: _Work) -> None:
+        for key, sid in work.stored_series.items():
+            if self._new_series.get(key) == sid:
+                del self._new_series[key]
+        for sid in self._bad_sids:
+            bad = self._series_by_id.pop(sid, None)
+            if bad is not None:
+                if self._series.get(bad) == sid:
+                    del self._series[bad]
+                if self._new_series.get(bad) == sid:
+                    del self._new_series[bad]
+
+    async def _failed(self, exc: Exception, work: _Work) -> None:
+        """A commit failed: say so (at a bounded rate) and keep what can wait."""
+        disk_full = _is_disk_full(exc, self._free_bytes(), self._wal_bound)
+        now = time.monotonic()
+        if now - self._error_logged >= _LOG_EVERY:
+            more = self._error_unlogged
+            self._error_logged, self._error_unlogged = now, 0
+            log.error("outbox write failed: %s: %s; refusing %d batch(es) (devices will "
+                      "retry)%s", type(exc).__name__, exc, len(work.rows),
+                      f"; {more} more failed commit(s) since the last such message"
+                      if more else "")
+        else:
+            self._error_unlogged += 1
+        if _is_corruption(exc):
+            await self._quarantine_at_runtime(str(exc))
+            return
+        self._acks[:0] = work.acks  # deleting can wait for the next commit
+        if work.acks:
+            self._other_came()
+        if disk_full:
+            self._enter_full()
+
+    # -- a full disk ---------------------------------------------------------------------
+
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def _enter_full(self) -> None:
+        if not self._full:
+            self._full = True
+            self._full_since = time.monotonic()
+            self._refused_full = 0
+            log.error("outbox: the disk holding %s is full: refusing new readings until there "
+                      "is room (devices keep them and send them again); uploads and deletes "
+                      "go on", self.path)
+        for row in list(self._pending.values()):
+            self._resolve(row, False)
+        self._pending.clear()
+        try:
+            self._reserve_path.unlink(missing_ok=True)  # room for deletes and checkpoints
+        except OSError:
+            pass
+        self._due_in(_FULL_PROBE)
+
+    async def _probe_room(self) -> None:
+        """While the disk is full: delete what the cloud acknowledged, checkpoint, and
+        resume once the reserve file fits again with room to spare."""
+        loop = asyncio.get_running_loop()
+        if self._acks or self._pending_events or self._dead_pending or self._flushes:
+            work = self._take_work()
+            if not await self._commit(work):
                 return
+        if await loop.run_in_executor(self._executor, self._room_again):
+            self._full = False
+            log.warning("outbox: room on disk again after %.0f s: accepting readings "
+                        "(%d refused meanwhile)", time.monotonic() - self._full_since,
+                        self._refused_full)
+
+    def _room_again(self) -> bool:
+        """Writer thread: cut the write-ahead log back and see whether there is room."""
+        db = self._db
+        if db is None:
+            return False
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._refresh_size()
+            free_pages = int(db.execute("PRAGMA freelist_count").fetchone()[0]) * self._page_size
+        except sqlite3.Error:
+            return False
+        if not self._make_reserve():
+            return False
+        return self._free_bytes() + free_pages >= 2 * self._wal_bound
+
+    def _make_reserve(self) -> bool:
+        """Keep ``reserve_size`` bytes allocated beside the file (not written: allocated)."""
+        try:
+            if self._reserve_path.exists() and \
+                    self._reserve_path.stat().st_size >= self._reserve_size:
+                return True
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, self._reserve_size)
+                except OSError as exc:
+                    if exc.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: no fallocate here
+                        raise
+                    os.pwrite(fd, bytes(self._reserve_size), 0)
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            return True
+        except OSError:
+            try:
+                self._reserve_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return False
 
     async def _quarantine_at_runtime(self, reason: str) -> None:
         loop = asyncio.get_running_loop()
+        self._quarantining = True
         try:
             kind, body = await loop.run_in_executor(self._executor, self._quarantine, reason)
         except Exception as exc:  # noqa: BLE001 - nothing more to do than say so
             log.critical("outbox: could not replace the corrupt file: %s", exc)
             return
-        self._pending_events.append((kind, body, time.time(), loop.create_future()))
-        self._wake.set()
+        finally:
+            self._quarantining = False
+        self._committed_last = self._events_last = 0
+        self._queue_event(kind, body, time.time(), None)
+        self._other_came()
+        self.new_data.set()
 
     # -- the writer thread ----------------------------------------------------------------
     #
-    # A commit is made in two steps. First, outside any transaction, every batch and event
-    # is encoded into the row it will be (pure Python, no SQL): whatever goes wrong there is
-    # the row's fault, and that row is dead-lettered while the others go on. Then one
-    # transaction writes them. If SQLite refuses a row for a reason of its own (a value it
-    # cannot bind, a string too big) the rows are written one by one to find it; any other
-    # error (disk I/O, disk full, locked, corrupt) refuses the whole commit, to be retried.
+    # Every batch and event is encoded into the row it will be on the event loop, when it
+    # arrives (pure Python, no SQL): whatever goes wrong there is the row's fault, and that
+    # row is dead-lettered while the others go on. A commit then writes them in one
+    # transaction. If SQLite refuses a row for a reason of its own (a value it cannot
+    # bind, a string too big) the rows are written one by one to find it; any other error
+    # (disk I/O, disk full, locked, corrupt) refuses the whole commit, to be retried.
 
-    def _new_sid(self, key: _Key, fresh: dict[_Key, int]) -> int:
-        """A series id for ``key``, new in this commit; the key is checked so it will bind."""
+    def _new_sid(self, key: _Key) -> int:
+        """A series id for ``key``; the key is checked so it will bind."""
         device, metric, unit = key
         for part in (device, metric) if unit is None else key:
             if not isinstance(part, str):
@@ -484,26 +954,29 @@ class Outbox:
             part.encode()  # lone surrogates cannot be stored as text: UnicodeEncodeError
         sid = self._next_sid
         self._next_sid += 1
-        fresh[key] = sid
+        self._series[key] = sid
+        self._series_by_id[sid] = key
+        self._new_series[key] = sid
         return sid
 
-    def _encode(self, readings: Sequence[Reading],
-                fresh: dict[_Key, int]) -> tuple[str, list[_Key] | None]:
+    def _encode(self, readings: Sequence[Reading]) -> tuple[str, list[tuple[_Key, int]] | None]:
         """One batch as its stored row ``[base_ms, sid, value, dt_ms, ...]``, and the series
-        it uses that are new in this commit (None if none)."""
+        it uses that are not written yet (None if none)."""
         sid_of = self._series.get
+        unwritten = self._new_series
         t0 = readings[0].ts
         base = round(t0 * 1000)
         flat: list[Any] = [base]
-        new: list[_Key] | None = None
+        new: list[tuple[_Key, int]] | None = None
         for r in readings:
             key = (r.device, r.metric, r.unit)
             sid = sid_of(key)
             if sid is None:
-                sid = fresh.get(key) or self._new_sid(key, fresh)
+                sid = self._new_sid(key)
+            if unwritten and key in unwritten:
                 if new is None:
                     new = []
-                new.append(key)
+                new.append((key, sid))
             v: Any = r.value
             if isinstance(v, float) and not math.isfinite(v):
                 v = {"f": str(v)}  # JSON has no NaN or infinity: tagged, unambiguous
@@ -511,173 +984,148 @@ class Outbox:
             flat.extend((sid, v, 0 if ts == t0 else round(ts * 1000) - base))
         return json.dumps(flat, separators=(",", ":")), new
 
-    def _prepare(self, batches: Sequence[Sequence[Reading]],
-                 events: list[tuple[str, dict[str, Any], float]]) -> _Plan:
-        """Encode every row of a commit before it starts; set aside what cannot be encoded."""
-        plan = _Plan()
-        rows, sources, fresh, dead = plan.rows, plan.sources, plan.fresh, plan.dead
-        encode = self._encode
-        next_id = self._next_id
-        total = 0
-        oldest = None
-        for readings in batches:
-            if not readings:
-                continue
-            try:
-                blob, new = encode(readings, fresh)
-            except MemoryError:
-                raise
-            except Exception:  # noqa: BLE001 - encoding is pure Python: the row's fault
-                kept = self._split(readings, fresh, dead)
-                if kept is None:
-                    continue
-                blob, new, readings = kept
-            if new is not None:
-                plan.uses[len(rows)] = new
-            n = len(readings)
-            rows.append((next_id, n, blob))
-            sources.append(readings)
-            next_id += 1
-            total += n
-            t0 = readings[0].ts
-            if oldest is None or t0 < oldest:
-                oldest = t0
-        self._next_id = next_id
-        plan.readings, plan.oldest = total, oldest
-        for kind, body, ts in events:
-            try:
-                if not isinstance(kind, str):
-                    raise TypeError(f"event kind must be a string, not {type(kind).__name__}")
-                plan.events.append((kind, float(ts),
-                                    json.dumps(body, separators=(",", ":"), default=str)))
-            except MemoryError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - as above: this event's own fault
-                device = body.get("device") if isinstance(body, dict) else None
-                dead.append(_dead_letter(exc, _text(device or f"event {_shown(kind)}",
-                                                    _DEAD_DEVICE), _excerpt_event(kind, body)))
-        return plan
-
-    def _split(self, readings: Sequence[Reading], fresh: dict[_Key, int],
-               dead: list[_Dead]) -> tuple[str, list[_Key] | None, list[Reading]] | None:
+    def _split(self, readings: Sequence[Reading],
+               dead: list[tuple[_Dead, asyncio.Future[bool] | None]],
+               fut: asyncio.Future[bool] | None,
+               ) -> tuple[str, list[tuple[_Key, int]] | None, list[Reading]] | None:
         """A batch that failed to encode: dead-letter its bad readings, encode the rest."""
         good: list[Reading] = []
         for r in readings:
             try:
-                self._encode((r,), fresh)
+                self._encode((r,))
             except MemoryError:
                 raise
             except Exception as one:  # noqa: BLE001 - this reading's own fault
-                dead.append(_dead_letter(one, _devices((r,)), _excerpt((r,))))
+                dead.append((_dead_letter(one, _devices((r,)), _excerpt((r,))), fut))
                 continue
             good.append(r)
         if not good:
             return None
         try:
-            blob, new = self._encode(good, fresh)
+            blob, new = self._encode(good)
         except MemoryError:
             raise
         except Exception as whole:  # noqa: BLE001 - each encodes alone, not together
-            dead.append(_dead_letter(whole, _devices(good), _excerpt(good)))
+            dead.append((_dead_letter(whole, _devices(good), _excerpt(good)), fut))
             return None
         return blob, new, good
 
-    def _write_rows(self, plan: _Plan) -> None:
-        """Insert the commit's new series and telemetry rows (ids are already assigned)."""
+    def _write_rows(self, work: _Work) -> None:
+        """Insert the commit's unwritten series and its telemetry rows."""
         db = self._db
         assert db is not None
+        bad = self._bad_sids
+        if bad and any(sid in bad for row in work.rows for _, sid in row.new or ()):
+            self._write_rows_one_by_one(work)
+            return
         db.execute("SAVEPOINT rows")
         try:
-            if plan.fresh:
-                db.executemany("INSERT INTO series(id, device, metric, unit) VALUES (?, ?, ?, ?)",
-                               [(sid, *key) for key, sid in plan.fresh.items()])
-            db.executemany("INSERT INTO telemetry(id, n, blob) VALUES (?, ?, ?)", plan.rows)
+            if work.series:
+                db.executemany(
+                    "INSERT INTO series(id, device, metric, unit, crc) VALUES (?, ?, ?, ?, ?)",
+                    [(sid, *key, series_crc(sid, *key)) for key, sid in work.series.items()])
+            db.executemany("INSERT INTO telemetry(id, n, blob, crc) VALUES (?, ?, ?, ?)",
+                           [(r.id, len(r.readings), r.blob, r.crc) for r in work.rows])
         except _ROW_SQL_ERRORS as exc:
             if not _row_refused(exc):
                 raise
             db.execute("ROLLBACK TO rows")
             db.execute("RELEASE rows")
-            self._write_rows_one_by_one(plan)
+            self._write_rows_one_by_one(work)
             return
         db.execute("RELEASE rows")
-        plan.stored, plan.written = plan.fresh, len(plan.rows)
+        work.stored_series, work.written = work.series, work.rows
 
-    def _write_rows_one_by_one(self, plan: _Plan) -> None:
+    def _write_rows_one_by_one(self, work: _Work) -> None:
         """SQLite refused a row of this commit: write each batch alone, set aside the bad."""
         db = self._db
         assert db is not None
         stored: dict[_Key, int] = {}
-        failed: dict[_Key, Exception] = {}
-        next_id = plan.rows[0][0]  # renumbered: no gap where a row is set aside
-        written = total = 0
-        oldest: float | None = None
-        for i, (_, n, blob) in enumerate(plan.rows):
-            readings = plan.sources[i]
-            keys = [k for k in dict.fromkeys(plan.uses.get(i, ())) if k not in stored]
-            bad = next((failed[k] for k in keys if k in failed), None)
+        failed: dict[int, Exception] = dict(self._bad_sids)
+        written: list[_Row] = []
+
+        def store_series(key: _Key, sid: int) -> None:
+            db.execute("INSERT INTO series(id, device, metric, unit, crc) VALUES (?, ?, ?, ?, ?)",
+                       (sid, *key, series_crc(sid, *key)))
+
+        for row in work.rows:
+            # the series this batch needs that are not written yet, and any known refused
+            keys = [(k, sid) for k, sid in dict.fromkeys(row.new or ())
+                    if sid in failed or (k not in stored and work.series.get(k) == sid)]
+            bad = next((failed[sid] for _, sid in keys if sid in failed), None)
             if bad is not None:  # a series this batch needs could not be stored
-                plan.dead.append(_dead_letter(bad, _devices(readings), _excerpt(readings)))
+                work.set_aside.append((_dead_letter(bad, _devices(row.readings),
+                                                    _excerpt(row.readings)), row.fut))
                 continue
             db.execute("SAVEPOINT one")
-            key: _Key | None = None
+            current: tuple[_Key, int] | None = None
             try:
-                for key in keys:
-                    db.execute("INSERT INTO series(id, device, metric, unit) VALUES (?, ?, ?, ?)",
-                               (plan.fresh[key], *key))
-                key = None
-                db.execute("INSERT INTO telemetry(id, n, blob) VALUES (?, ?, ?)",
-                           (next_id, n, blob))
+                for current in keys:
+                    store_series(*current)
+                current = None
+                db.execute("INSERT INTO telemetry(id, n, blob, crc) VALUES (?, ?, ?, ?)",
+                           (row.id, len(row.readings), row.blob, row.crc))
             except _ROW_SQL_ERRORS as exc:
                 if not _row_refused(exc):
                     raise
                 db.execute("ROLLBACK TO one")
                 db.execute("RELEASE one")
-                if key is not None:
-                    failed[key] = exc
-                plan.dead.append(_dead_letter(exc, _devices(readings), _excerpt(readings)))
+                if current is not None:
+                    failed[current[1]] = exc
+                work.set_aside.append((_dead_letter(exc, _devices(row.readings),
+                                                    _excerpt(row.readings)), row.fut))
                 continue
             db.execute("RELEASE one")
-            stored.update((k, plan.fresh[k]) for k in keys)
-            next_id += 1
-            written += 1
-            total += n
-            t0 = readings[0].ts
-            if oldest is None or t0 < oldest:
-                oldest = t0
-        self._next_id = next_id
-        plan.stored, plan.written, plan.readings, plan.oldest = stored, written, total, oldest
+            stored.update(keys)
+            written.append(row)
+        for key, sid in work.series.items():  # series no row of this commit needed
+            if key in stored or sid in failed:
+                continue
+            db.execute("SAVEPOINT one")
+            try:
+                store_series(key, sid)
+            except _ROW_SQL_ERRORS as exc:
+                if not _row_refused(exc):
+                    raise
+                db.execute("ROLLBACK TO one")
+                failed[sid] = exc
+            else:
+                stored[key] = sid
+            db.execute("RELEASE one")
+        self._bad_sids.update(failed)
+        work.stored_series, work.written = stored, written
+        if work.set_aside:
+            self._write_dead_sync([d for d, _ in work.set_aside])
 
-    def _write_events_sync(self, plan: _Plan) -> None:
+    def _write_events_sync(self, events: list[_Event],
+                           dead: list[tuple[_Dead, asyncio.Future[bool] | None]]) -> int:
         """Insert the commit's events; one SQLite refuses is set aside, the others stay."""
         db = self._db
         assert db is not None
-        events = plan.events
         db.execute("SAVEPOINT events")
         try:
-            first = self._next_id
             db.executemany("INSERT INTO events(id, kind, ts, body) VALUES (?, ?, ?, ?)",
-                           [(first + i, *e) for i, e in enumerate(events)])
+                           [(e.id, e.kind, e.ts, e.body) for e in events])
             written = len(events)
         except _ROW_SQL_ERRORS as exc:
             if not _row_refused(exc):
                 raise
             db.execute("ROLLBACK TO events")
             written = 0
-            for kind, ts, body in events:
+            for e in events:
                 try:
                     db.execute("INSERT INTO events(id, kind, ts, body) VALUES (?, ?, ?, ?)",
-                               (self._next_id + written, kind, ts, body))
+                               (e.id, e.kind, e.ts, e.body))
                 except _ROW_SQL_ERRORS as one:
                     if not _row_refused(one):
                         raise
-                    plan.dead.append(_dead_letter(one, f"event {_text(kind, 100)}",
-                                                  _text(f"event({kind!r}, {body})",
-                                                        _DEAD_EXCERPT)))
+                    dead.append((_dead_letter(one, f"event {_text(e.kind, 100)}",
+                                              _text(f"event({e.kind!r}, {e.body})",
+                                                    _DEAD_EXCERPT)), e.fut))
                     continue
                 written += 1
         db.execute("RELEASE events")
-        self._next_id += written
-        self._events += written
+        return written
 
     def _write_dead_sync(self, dead: list[_Dead]) -> None:
         """Keep the newest ``dead_letter_max`` dead letters; count the ones deleted."""
@@ -700,70 +1148,88 @@ class Outbox:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES "
                        "('dead_letters_deleted', ?)", (self._dead_deleted,))
 
-    def _commit_sync(self, batches: Sequence[Sequence[Reading]],
-                     events: list[tuple[str, dict[str, Any], float]],
-                     acks: list[tuple[str, int, int]]) -> None:
+    def _commit_sync(self, work: _Work) -> None:
         db = self._db
         assert db is not None
-        snapshot = (self._next_id, self._next_sid, self._rows, self._readings, self._events,
-                    self._oldest, self._dead, self._dead_deleted)
-        try:
-            plan = self._prepare(batches, events)
-        except BaseException:
-            self._next_id, self._next_sid = snapshot[0], snapshot[1]
-            raise
+        snapshot = (self._rows, self._readings, self._events, self._oldest, self._dead,
+                    self._dead_deleted, dict(self._bad_sids))
+        work.written, work.stored_series, work.set_aside = [], {}, []
         db.execute("BEGIN IMMEDIATE")
         try:
-            if plan.rows:
-                self._write_rows(plan)
-                self._rows += plan.written
-                self._readings += plan.readings
-                oldest = plan.oldest
-                if oldest is not None and (self._oldest is None or oldest < self._oldest):
-                    self._oldest = oldest
-            if plan.events:
-                self._write_events_sync(plan)
-            if plan.dead:
-                self._write_dead_sync(plan.dead)
-            deleted_any = False
-            for table, first, last in acks:
-                if table == "telemetry":
-                    n = db.execute("SELECT count(*), total(n) FROM telemetry WHERE id BETWEEN ? "
-                                   "AND ?", (first, last)).fetchone()
-                    db.execute("DELETE FROM telemetry WHERE id BETWEEN ? AND ?", (first, last))
-                    self._rows -= n[0]
-                    self._readings -= int(n[1])
-                else:
-                    cur = db.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (first, last))
-                    self._events -= cur.rowcount
-                deleted_any = True
-            dropped = self._enforce_bounds_sync()
+            deleted_any = self._delete_acked_sync(work.acks)
+            # make room first, so that the rows about to be written fit in the bound
+            # without growing the file past it
+            incoming = sum(len(r.blob) + 16 for r in work.rows)
+            dropped = self._enforce_bounds_sync(incoming)
+            if work.rows or work.series:
+                self._write_rows(work)
+                written = work.written
+                if written:
+                    self._rows += len(written)
+                    self._readings += sum(len(r.readings) for r in written)
+                    oldest = min(r.readings[0].ts for r in written)
+                    if self._oldest is None or oldest < self._oldest:
+                        self._oldest = oldest
+            event_dead: list[tuple[_Dead, asyncio.Future[bool] | None]] = []
+            if work.events:
+                self._events += self._write_events_sync(work.events, event_dead)
+            dead = [d for d, _ in work.dead] + [d for d, _ in event_dead]
+            if dead:
+                self._write_dead_sync(dead)
+            work.set_aside.extend(work.dead)
+            work.set_aside.extend(event_dead)
+            if work.reserve_ids:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('ids_reserved', ?)",
+                           (work.reserve_ids,))
             if deleted_any or dropped:
-                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('next_id', ?)",
-                           (self._next_id,))
+                # every telemetry id below this is gone: a raw salvage must not bring it back
+                low = db.execute("SELECT min(id) FROM telemetry").fetchone()[0]
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('deleted_below', ?)",
+                           (low if low is not None else self._handed + 1,))
             db.execute("COMMIT")
         except BaseException:
             try:
                 db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            (self._next_id, self._next_sid, self._rows, self._readings, self._events,
-             self._oldest, self._dead, self._dead_deleted) = snapshot
+            (self._rows, self._readings, self._events, self._oldest, self._dead,
+             self._dead_deleted, self._bad_sids) = snapshot
             raise
-        for key, sid in plan.stored.items():
-            self._series[key] = sid
-            self._series_by_id[sid] = key
-        if acks or dropped:
+        if work.acks or dropped:
             self._refresh_oldest()
-        if plan.dead:
-            self._report_dead(plan.dead)
+        else:
+            self._refresh_size()
+        if self._disk_bytes - self._page_size * db.execute("PRAGMA page_count").fetchone()[0] \
+                > self._wal_bound:
+            # a commit bigger than the log's bound: checkpoint and cut the log back now
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._refresh_size()
+
+    def _delete_acked_sync(self, acks: list[tuple[str, int, int]]) -> bool:
+        """Delete the rows the cloud acknowledged; True if telemetry was deleted."""
+        db = self._db
+        assert db is not None
+        deleted_any = False
+        for table, first, last in acks:
+            if table == "telemetry":
+                n = db.execute("SELECT count(*), total(n) FROM telemetry WHERE id BETWEEN ? "
+                               "AND ?", (first, last)).fetchone()
+                if n[0]:
+                    db.execute("DELETE FROM telemetry WHERE id BETWEEN ? AND ?", (first, last))
+                    self._rows -= n[0]
+                    self._readings -= int(n[1])
+                    deleted_any = True
+            else:
+                cur = db.execute("DELETE FROM events WHERE id BETWEEN ? AND ?", (first, last))
+                self._events -= cur.rowcount
+        return deleted_any
 
     def _report_dead(self, dead: list[_Dead]) -> None:
         """Count committed dead letters by reason; log at most one line a minute."""
         for d in dead:
             self.m_dead.labels(d[4]).inc()
         now = time.monotonic()
-        if now - self._dead_logged < _DEAD_LOG_EVERY:
+        if now - self._dead_logged < _LOG_EVERY:
             self._dead_unlogged += len(dead)
             return
         first = dead[0]
@@ -778,12 +1244,18 @@ class Outbox:
         assert self._db is not None
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        self._bytes = (pages - free) * self._page_size
+        try:
+            wal = os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            wal = 0
+        self._bytes = (pages - free) * self._page_size + wal
+        self._disk_bytes = pages * self._page_size + wal
 
     def _refresh_oldest(self) -> None:
         assert self._db is not None
         row = self._db.execute("SELECT blob FROM telemetry ORDER BY id LIMIT 1").fetchone()
         self._oldest = json.loads(row[0])[0] / 1000 if row else None
+        self._refresh_size()
 
     def _drop_oldest_sync(self, table: str, rows: int, reason: str,
                           cutoff_ms: float | None = None) -> int:
@@ -821,7 +1293,9 @@ class Outbox:
         self.m_dropped.labels("events", reason).inc(cur.rowcount)
         return cur.rowcount
 
-    def _enforce_bounds_sync(self) -> int:
+    def _enforce_bounds_sync(self, incoming: int = 0) -> int:
+        """Drop the oldest telemetry past ``max_age``, and past ``max_bytes`` once
+        ``incoming`` more bytes are written; return the readings dropped."""
         dropped = 0
         # age: readings older than max_age (by their timestamp) are dropped, oldest first
         if self._oldest is not None and self._oldest < time.time() - self.config.max_age:
@@ -831,22 +1305,31 @@ class Outbox:
             if n:
                 log.warning("outbox: dropped %d reading(s) older than %.0f s", n,
                             self.config.max_age)
-        # bytes: drop the oldest telemetry down to 90 % of the bound (hysteresis)
+        # bytes: the used pages and the write-ahead log's bound stay within max_bytes;
+        # drop the oldest telemetry down to 90 % of it (hysteresis)
         self._refresh_size()
-        if self._bytes > self.config.max_bytes:
-            target = int(self.config.max_bytes * 0.9)
+        limit = max(self._page_size * 8, self.config.max_bytes - self._wal_bound)
+        used = self._bytes - self._wal_size() + incoming
+        if used > limit and self._rows + self._events:
+            target = int(limit * 0.9)
             total_rows = self._rows + self._events
-            per_row = max(1.0, self._bytes / max(1, total_rows))
-            excess_rows = max(1, math.ceil((self._bytes - target) / per_row))
+            per_row = max(1.0, used / max(1, total_rows))
+            excess_rows = max(1, math.ceil((used - target) / per_row))
             table = "telemetry" if self._rows else "events"
             n = self._drop_oldest_sync(table, min(excess_rows, _DROP_CHUNK), "bytes")
             dropped += n
             if n:
                 log.warning("outbox full (%d of %d bytes): dropped the %d oldest %s",
-                            self._bytes, self.config.max_bytes, n,
+                            used, limit, n,
                             "reading(s)" if table == "telemetry" else "event(s)")
                 self._refresh_size()
         return dropped
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     # -- reading (for the uplink) -------------------------------------------------------
 
@@ -860,9 +1343,32 @@ class Outbox:
             await self._quarantine_at_runtime(str(exc))
             return empty
 
+    def _tail(self, after: int, max_readings: int, out: list[TelemetryRow] | None = None,
+              ) -> list[TelemetryRow]:
+        """Batches in memory (not yet committed nor acknowledged) with id > ``after``."""
+        out = [] if out is None else out
+        total = sum(len(r.readings) for r in out)
+        limit = self._ids_reserved
+        for rows in (self._committing, self._pending):
+            for row in rows.values():
+                if row.id <= after or row.fut is None:
+                    continue
+                n = len(row.readings)
+                if row.id >= limit or (out and total + n > max_readings):
+                    return out
+                out.append(TelemetryRow(row.id, row.readings))
+                total += n
+        return out
+
     async def read_telemetry(self, after: int, max_readings: int) -> list[TelemetryRow]:
-        """Oldest committed telemetry batches with id > ``after``, up to ~``max_readings``."""
-        return await self._read(lambda: self._read_telemetry_sync(after, max_readings), [])
+        """Oldest telemetry batches with id > ``after``, up to ~``max_readings``: the
+        committed ones, then those still in memory."""
+        empty: list[TelemetryRow] = []
+        rows = await self._read(lambda: self._read_telemetry_sync(after, max_readings), empty)
+        total = sum(len(r.readings) for r in rows)
+        if total < max_readings:
+            rows = self._tail(max(after, rows[-1].id if rows else 0), max_readings, rows)
+        return rows
 
     def _read_telemetry_sync(self, after: int, max_readings: int) -> list[TelemetryRow]:
         assert self._db is not None
@@ -899,23 +1405,31 @@ class Outbox:
                         max_events: int = 100) -> tuple[list[EventRow], list[TelemetryRow]]:
         """What the uplink sends next: waiting events if any, else the oldest telemetry.
 
-        One trip to the writer thread instead of two keeps latency down.
+        Only a backlog needs a trip to the writer thread; batches that arrived since the
+        last commit are taken from memory.
         """
-        def read() -> tuple[list[EventRow], list[TelemetryRow]]:
-            events = self._read_events_sync(after_event, max_events)
-            if events:
-                return events, []
-            return [], self._read_telemetry_sync(after_telemetry, max_readings)
+        if after_event < self._events_last or after_telemetry < self._committed_last:
+            def read() -> tuple[list[EventRow], list[TelemetryRow]]:
+                events = self._read_events_sync(after_event, max_events)
+                if events:
+                    return events, []
+                return [], self._read_telemetry_sync(after_telemetry, max_readings)
 
-        return await self._read(read, ([], []))
+            nothing: tuple[list[EventRow], list[TelemetryRow]] = ([], [])
+            events, rows = await self._read(read, nothing)
+            if events or rows:
+                return events, rows
+        return [], self._tail(after_telemetry, max_readings)
 
     def stats(self) -> OutboxStats:
         return OutboxStats(
-            epoch=self.epoch, depth=self._readings, rows=self._rows, events=self._events,
-            bytes=self._bytes, oldest_ts=self._oldest, dropped=self._dropped,
-            dropped_events=self._dropped_events, last_id=self._next_id - 1,
-            pending=self._pending_readings, dead_letters=self._dead,
-            dead_letters_deleted=self._dead_deleted,
+            epoch=self.epoch, depth=self._readings + self._tail_readings, rows=self._rows,
+            events=self._events, bytes=self._disk_bytes, oldest_ts=self._oldest,
+            dropped=self._dropped, dropped_events=self._dropped_events,
+            last_id=self._next_id - 1,
+            pending=self._tail_readings - self._committing_readings(),
+            dead_letters=self._dead, dead_letters_deleted=self._dead_deleted,
+            disk_full=self._full,
         )
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
@@ -939,6 +1453,8 @@ class Outbox:
                 await self._writer
             except Exception as exc:  # noqa: BLE001
                 log.error("outbox writer stopped with %s", exc)
+        if self._timer is not None:
+            self._timer.cancel()
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._close_sync)
         self._executor.shutdown(wait=True)
