@@ -235,6 +235,28 @@ enable_services() {
     say "gateway started: systemctl status gateway; journalctl -u gateway -f"
 }
 
+# gateway check on the installed config, in the service's environment (EnvironmentFile=,
+# LoadCredential=): it warns when the local mosquitto's queue for the gateway's session is
+# shorter than the config's outage (README, "Local MQTT devices"). Never fails the install.
+check_config() {
+    gateway="$VENV/bin/gateway"
+    if [ -n "$ROOT" ]; then
+        say "would run: $gateway check $ETC/gateway.yaml"
+        return 0
+    fi
+    if [ ! -f "$ETC/gateway.env" ]; then
+        say "$ETC/gateway.yaml not checked yet: it uses the id and credentials first boot" \
+            "creates; then see $SHARE/README.md, \"Credentials in the config\""
+        return 0
+    fi
+    id=$(sed -n 's/^GATEWAY_ID=//p' "$ETC/gateway.env")
+    if ! env GATEWAY_ID="$id" CREDENTIALS_DIRECTORY="$ETC/credentials" \
+            "$gateway" check "$ETC/gateway.yaml"; then
+        echo "install.sh: warning: $ETC/gateway.yaml has problems (above): the gateway" \
+             "does not start until they are fixed" >&2
+    fi
+}
+
 main() {
     if [ -z "$ROOT" ] && [ "$(id -u)" -ne 0 ]; then
         echo "install.sh: run as root (sudo), or use --root DIR to write into a folder" >&2
@@ -249,6 +271,7 @@ main() {
     install_config
     install_mosquitto
     enable_services
+    check_config
     say "done"
 }
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from gateway.adapters.base import Advice
+    from gateway.config.model import GatewayConfig
 
 DEFAULT_CONFIG = "/etc/gateway/gateway.yaml"
 
@@ -49,7 +53,23 @@ def _say(text: str, stream: TextIO) -> None:
     stream.write(text.encode(encoding, "backslashreplace").decode(encoding) + "\n")
 
 
+def _advice(cfg: GatewayConfig) -> list[Advice]:
+    """What each adapter section says about the machine; a check that fails is a note."""
+    from gateway.adapters.base import Advice
+
+    out: list[Advice] = []
+    for section in cfg.adapters:
+        try:
+            out.extend(section.advice())
+        except Exception as exc:  # noqa: BLE001 - a warning check never stops the check
+            detail = " ".join(str(exc).split())[:200]
+            out.append(Advice("note", f"adapter {section.name!r}: not checked further "
+                              f"({type(exc).__name__}: {detail})"))
+    return out
+
+
 def _check(args: argparse.Namespace) -> int:
+    """Exit status 2 when the file has problems; 0 when it would start, warnings or not."""
     from gateway.config.model import ConfigError, load_config
 
     try:
@@ -68,12 +88,17 @@ def _check(args: argparse.Namespace) -> int:
         _say(f"error: {args.config}: cannot check this file ({type(exc).__name__}: {detail})",
              sys.stderr)
         return 2
-    _say(summary, sys.stdout)
+    advice = _advice(cfg)
+    for item in advice:
+        _say(f"{item.level}: {item.text}", sys.stderr)
+    warnings = sum(item.level == "warning" for item in advice)
+    _say(summary + (f"; {warnings} warning(s)" if warnings else ""), sys.stdout)
     return 0
 
 
 _check.arguments = lambda p: _config_arg(p, positional=True)  # type: ignore[attr-defined]
-command("check", "validate a config file without starting anything")(_check)
+command("check", "validate a config file without starting anything "
+                 "(exit status 2 on errors, 0 with warnings only)")(_check)
 
 
 def _load_plugins() -> None:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from prometheus_client import CollectorRegistry
 from pydantic import Field
@@ -61,12 +61,25 @@ class _NullDirectory:
         return False
 
 
+@dataclass(frozen=True)
+class Advice:
+    """What ``gateway check`` says about a valid section: the gateway would still start."""
+
+    level: Literal["warning", "note"]
+    text: str
+
+
 class AdapterConfig(Section):
     """Fields every adapter section has; adapters subclass it with their own."""
 
     type: str
     name: str = Field(default="", description="instance name; defaults to the type")
     enabled: bool = True
+
+    def advice(self) -> list[Advice]:
+        """Warnings and notes about what this section needs of the machine it runs on
+        (a local service's limits, say), for ``gateway check``. Never raises."""
+        return []
 
 
 @dataclass

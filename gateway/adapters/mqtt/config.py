@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.adapters.base import AdapterConfig
+from gateway.adapters.base import AdapterConfig, Advice
+from gateway.adapters.mqtt.broker_limits import DEFAULT_BROKER_CONFIG, TYPICAL_PAYLOAD, queue_advice
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.config.types import ByteSize, Duration, LongDuration, Section
 from gateway.units import check_optional
@@ -149,6 +150,18 @@ class MqttConfig(AdapterConfig):
     on_refused: Literal["hold", "nack"] = "hold"
     subscriptions: list[SubscriptionConfig] = Field(min_length=1)
     commands: CommandsConfig | None = None
+    #: What a local broker must queue for our session while the gateway is away or
+    #: holding refused messages: ``gateway check`` compares expected_rate x outage
+    #: messages of expected_payload bytes with mosquitto's max_queued_messages and
+    #: max_queued_bytes in broker_config (broker_limits.py); null skips the comparison.
+    expected_rate: float = Field(default=50.0, gt=0, le=1_000_000,
+                                 description="messages/s the devices publish here, together")
+    outage: Duration = Field(default=600.0, gt=0,
+                             description="how long the broker must queue for us")
+    expected_payload: ByteSize = Field(default=TYPICAL_PAYLOAD, ge=1, le=256 * 1024**2,
+                                       description="typical payload size of one message")
+    broker_config: str | None = Field(default=DEFAULT_BROKER_CONFIG, min_length=1,
+                                      description="the local mosquitto's main config file")
 
     @model_validator(mode="after")
     def _distinct_filters(self) -> MqttConfig:
@@ -160,3 +173,7 @@ class MqttConfig(AdapterConfig):
                                  f"subscribe to {f!r}; merge them")
             seen[f] = i
         return self
+
+    def advice(self) -> list[Advice]:
+        """Whether the local broker's queue holds ``outage`` at ``expected_rate``."""
+        return queue_advice(self)
