@@ -62,7 +62,9 @@ class DevicesSection(Section):
                                         "past it are refused (invented metric names)")
     offline_after: Duration = Field(default=300.0, gt=0)
     offline_after_by_type: dict[str, Annotated[Duration, Field(gt=0)]] = Field(default_factory=dict)
-    flush_interval: Duration = Field(default=60.0, gt=0, le=86400)
+    flush_interval: Duration = Field(
+        default=900.0, gt=0, le=86400,
+        description="how often last_seen and latest values are written (SD wear)")
     declared: list[DeclaredDevice] = Field(default_factory=list)
 
 

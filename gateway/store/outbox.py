@@ -1360,6 +1360,29 @@ class Outbox:
                 total += n
         return out
 
+    def linger(self, after_event: int, after_telemetry: int, max_readings: int,
+               linger: float) -> float:
+        """How long the uplink should wait before reading what follows these cursors, so
+        that a batch of new readings fills up: 0 for a backlog, waiting events, a full
+        batch, or a first batch that has waited ``linger`` already."""
+        if linger <= 0 or after_event < self._events_last \
+                or after_telemetry < self._committed_last:
+            return 0.0
+        first: float | None = None
+        total = 0
+        for rows in (self._committing, self._pending):
+            for row in rows.values():
+                if row.id <= after_telemetry or row.fut is None:
+                    continue
+                if first is None:
+                    first = row.since
+                total += len(row.readings)
+                if total >= max_readings:
+                    return 0.0
+        if first is None:
+            return 0.0
+        return max(0.0, first + linger - time.monotonic())
+
     async def read_telemetry(self, after: int, max_readings: int) -> list[TelemetryRow]:
         """Oldest telemetry batches with id > ``after``, up to ~``max_readings``: the
         committed ones, then those still in memory."""

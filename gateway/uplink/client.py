@@ -276,6 +276,14 @@ class Uplink:
             while True:
                 self._raise_if_ended(client)
                 await self._acquire_window(client)
+                # new readings wait up to batch_linger for others to share their message
+                wait = self.outbox.linger(cursor["events"], cursor["telemetry"],
+                                          self.config.batch_max_readings,
+                                          self.config.batch_linger)
+                if wait > 0:
+                    self._window.release()
+                    await self._pause(client, wait)
+                    continue
                 batch = await self._next_batch(client, cursor)
                 if batch is None:
                     self._window.release()
@@ -315,9 +323,17 @@ class Uplink:
             for f in (new, lost, failed):
                 f.cancel()
         self._raise_if_ended(client)
-        if self.config.batch_linger and self._inflight:
-            # the link is busy anyway: let the next batch fill up a little
-            await asyncio.sleep(self.config.batch_linger)
+
+    async def _pause(self, client: _Client, delay: float) -> None:
+        """Sleep ``delay`` seconds, or until the connection ends."""
+        lost = asyncio.ensure_future(client.lost.wait())
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({lost, failed}, timeout=delay)
+        finally:
+            lost.cancel()
+            failed.cancel()
+        self._raise_if_ended(client)
 
     async def _next_batch(self, client: _Client, cursor: dict[str, int]) -> _Batch | None:
         self.outbox.new_data.clear()
