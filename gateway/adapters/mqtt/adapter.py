@@ -10,7 +10,10 @@ When the sink refuses (queue full, store failing) the default is to *hold* the m
 no PUBACK until a retry is accepted. mosquitto treats a PUBACK with an error code as
 final and discards the message, so answering 0x97 would lose it; holding keeps it in
 our session, and the broker's in-flight window (``receive_maximum``) throttles the
-flow meanwhile. ``on_refused: nack`` answers 0x97 at once instead.
+flow meanwhile. Every message received after a held one waits behind it in one line,
+in arrival order, and one retry loop offers the line's head to the sink, so per-device
+order survives the refusal (see :mod:`gateway.adapters.mqtt.held`). ``on_refused:
+nack`` answers 0x97 at once instead.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
 from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
 from gateway.adapters.mqtt.decoders import DecodeError, Decoder
+from gateway.adapters.mqtt.held import HeldLine, Message
 from gateway.adapters.mqtt.topics import TopicTemplate
+from gateway.core.backoff import Backoff
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading
@@ -45,8 +50,13 @@ IMPLEMENTATION_ERROR = int(PubRecReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
 
 #: readings per sink call at most (one outbox row each)
 MAX_BATCH = 5000
-#: held (refused) messages retry after this, doubling up to the max
+#: the held line's head is retried after this (jittered), doubling up to the max; an
+#: accepted retry starts over
 RETRY_INITIAL, RETRY_MAX = 0.05, 2.0
+#: after the last refusal, new messages keep going through the line (one sink call at a
+#: time) this long: batches overlapping at the sink would let a later one be committed
+#: ahead of an earlier one if the store refused again
+IN_LINE_AFTER_REFUSAL = 5.0
 #: zigbee2mqtt's retained device list grows with the network
 BRIDGE_MAX_PAYLOAD = 4 * 1024 * 1024
 #: stop() waits this long for accepted work before disconnecting
@@ -64,8 +74,8 @@ class _Metrics:
         self.malformed = Counter(
             "gateway_mqtt_malformed", "Undecodable MQTT payloads per device and reason",
             ["adapter", "device", "reason"], registry=registry)
-        self.held = Gauge("gateway_mqtt_held", "Messages held unacknowledged after a refusal",
-                          ["adapter"], registry=registry)
+        self.held = Gauge("gateway_mqtt_held", "Messages held unacknowledged after a refusal "
+                          "(refused, or waiting behind one)", ["adapter"], registry=registry)
         self.connected = Gauge("gateway_mqtt_connected", "1 while connected to the broker",
                                ["adapter"], registry=registry)
         self.commands = Counter("gateway_mqtt_commands", "Commands and publishes by result",
@@ -141,12 +151,16 @@ class MqttAdapter(Adapter):
         self._storage = _MidRecorder()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch: list[Reading] = []
-        self._batch_messages = 0
-        self._batch_fut: asyncio.Future[bool] | None = None
-        self._batches: set[asyncio.Task[None]] = set()
+        self._batch_messages: list[Message] = []
+        self._batches: set[asyncio.Task[None]] = set()  # batches at the sink
         self._busy = 0
-        #: batch future → (packet id, readings, topic) of the QoS 1 messages waiting on it
-        self._pubacks_due: dict[asyncio.Future[bool], list[tuple[int, list[Reading], str]]] = {}
+        self._arrivals = 0
+        #: held messages in arrival order; while ``_in_line`` every new message joins it
+        self._line = HeldLine()
+        self._in_line = False
+        self._last_refusal = 0.0
+        self._line_wake = asyncio.Event()  # a message joined the line, or stopping
+        self._stop_wake = asyncio.Event()
         self._idle = asyncio.Event()  # set once stopping and nothing is being accepted
         self._stopping = False
         self._closed: asyncio.Future[None] | None = None
@@ -247,6 +261,8 @@ class MqttAdapter(Adapter):
         session and sends them again when we reconnect.
         """
         self._stopping = True
+        self._stop_wake.set()
+        self._line_wake.set()
         self._flush_batch()
         if not self._busy:
             self._idle.set()
@@ -347,8 +363,9 @@ class MqttAdapter(Adapter):
     def _on_qos1(self, mid: int, payload: bytes, topic: str, properties: Any) -> None:
         """gmqtt's QoS 1 PUBLISH handler, replaced: the hot path without a task per message.
 
-        The message joins this loop turn's batch; its PUBACK is queued when the batch is
-        durable. Refusals and stopping take the slower, coroutine path.
+        The message joins this loop turn's batch (or, after a refusal, the held line); its
+        PUBACK is queued once its readings are durable. Stopping takes gmqtt's coroutine
+        path.
         """
         if self._stopping:
             self._gmqtt_qos1(mid, payload, topic, properties)
@@ -363,32 +380,12 @@ class MqttAdapter(Adapter):
             self._done_one()
             self._queue_puback(mid, prepared)
             return
-        fut = self._submit(prepared)
-        due = self._pubacks_due.get(fut)
-        if due is None:  # first message of this batch: one callback answers them all
-            due = self._pubacks_due[fut] = []
-            fut.add_done_callback(self._durable)
-        due.append((mid, prepared, topic))
-
-    def _durable(self, fut: asyncio.Future[bool]) -> None:
-        due = self._pubacks_due.pop(fut, [])
-        if not fut.cancelled() and fut.result():
-            for mid, _, _ in due:
-                self._done_one()
-                self._queue_puback(mid, OK)
-            return
-        assert self._loop is not None
-        for mid, readings, topic in due:
-            task = self._loop.create_task(self._answer_refused(mid, readings, topic))
-            self._batches.add(task)
-            task.add_done_callback(self._batches.discard)
-
-    async def _answer_refused(self, mid: int, readings: list[Reading], topic: str) -> None:
-        try:
-            code = await self._refused(readings, topic)
-        finally:
-            self._done_one()
-        self._queue_puback(mid, code)
+        self._arrivals += 1
+        message = Message(self._arrivals, mid, prepared, topic)
+        if self._in_line:
+            self._hold([message])
+        else:
+            self._submit(message)
 
     def _done_one(self) -> None:
         self._busy -= 1
@@ -408,9 +405,19 @@ class MqttAdapter(Adapter):
             prepared = self._prepare(topic, payload)
             if isinstance(prepared, int):
                 return prepared
-            if await self._submit(prepared):
+            assert self._loop is not None
+            accepted = self._loop.create_future()
+            self._arrivals += 1
+            message = Message(self._arrivals, -1, prepared, topic, accepted)
+            if self._in_line:
+                self._hold([message])
+            else:
+                self._submit(message)
+            if await accepted:
                 return OK
-            return await self._refused(prepared, topic)
+            if self.config.on_refused == "nack":
+                return QUOTA_EXCEEDED
+            return await self._withhold()  # stopping while held
         except Exception as exc:  # noqa: BLE001 - gmqtt would send no PUBACK at all
             self._decoder_failed(topic, exc)
             return IMPLEMENTATION_ERROR
@@ -475,35 +482,127 @@ class MqttAdapter(Adapter):
                        self.prefix, topic)
         return OK
 
-    async def _refused(self, readings: list[Reading], topic: str) -> int:
-        if self.config.on_refused == "nack":
-            self._m_refused.inc()
-            self._log_once("refused", "mqtt %s: outbox refused %d reading(s) from %s; "
-                           "answered 0x97 (on_refused: nack)", self.prefix, len(readings),
-                           topic)
-            return QUOTA_EXCEEDED
-        if await self._hold(readings, topic):
-            return OK
-        return await self._withhold()
+    # -- answering, holding -----------------------------------------------------------------
 
-    async def _hold(self, readings: list[Reading], topic: str) -> bool:
-        """Retry a refused message until it is accepted (True) or we stop (False)."""
-        self._m_refused.inc()
-        self._m_held.inc()
-        self._log_once("held", "mqtt %s: outbox refused readings from %s; holding the "
-                       "message unacknowledged and retrying (logged once)", self.prefix, topic)
-        delay = RETRY_INITIAL
+    def _answer(self, messages: list[Message]) -> None:
+        """The sink accepted these messages' readings: acknowledge each one."""
+        self._m_accepted.inc(len(messages))
+        for m in messages:
+            if m.waiter is not None:
+                if not m.waiter.done():
+                    m.waiter.set_result(True)
+            else:
+                self._done_one()
+                self._queue_puback(m.mid, OK)
+
+    def _nack(self, messages: list[Message]) -> None:
+        """``on_refused: nack``: answer 0x97 at once (mosquitto then discards the message)."""
+        self._m_refused.inc(len(messages))
+        self._log_once("refused", "mqtt %s: outbox refused %d message(s), the first from %s; "
+                       "answered 0x97 (on_refused: nack)", self.prefix, len(messages),
+                       messages[0].topic)
+        for m in messages:
+            if m.waiter is not None:
+                if not m.waiter.done():
+                    m.waiter.set_result(False)
+            else:
+                self._done_one()
+                self._queue_puback(m.mid, QUOTA_EXCEEDED)
+
+    def _release(self, messages: list[Message]) -> None:
+        """Stopping: leave these unacknowledged; the broker sends them again."""
+        for m in messages:
+            if m.waiter is not None:
+                if not m.waiter.done():
+                    m.waiter.set_result(False)
+            else:
+                self._done_one()
+
+    def _refused(self, messages: list[Message]) -> None:
+        fresh = 0
+        for m in messages:
+            if not m.refused:
+                m.refused = True
+                fresh += 1
+        self._m_refused.inc(fresh)  # each message once, however often it is retried
+        self._last_refusal = time.monotonic()
+
+    def _hold(self, messages: list[Message]) -> None:
+        """Put messages in the held line; the first one held starts the retry loop."""
+        if self._stopping:
+            self._release(messages)
+            return
+        self._line.add(messages)
+        self._m_held.set(len(self._line))
+        self._line_wake.set()
+        if not self._in_line:
+            self._in_line = True
+            self._log_once("held", "mqtt %s: outbox refused readings from %s; holding the "
+                           "message and every later one unacknowledged, in arrival order, "
+                           "and retrying (logged once)", self.prefix, messages[0].topic)
+            self.spawn(self._drain_line(), name=f"{self.prefix}:held")
+
+    async def _drain_line(self) -> None:
+        """The one retry loop: offer the held line's head to the sink until the line is empty.
+
+        Runs from the first refusal until the line is empty and nothing was refused for
+        ``IN_LINE_AFTER_REFUSAL``; meanwhile every new message joins the line, so one
+        sink call at a time carries them, oldest first. Ends at stop: what is still held
+        is left unacknowledged.
+        """
+        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
+        refused = True
         try:
-            while not self._stopping:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+            while True:
+                if self._batch_messages:
+                    self._flush_batch()  # formed before the refusal: joins the line by arrival
+                # batches already at the sink when the refusal came back: whether their
+                # messages are answered or join the line must be known before the head goes
+                at_sink = {t for t in self._batches if not t.done()}
+                if at_sink:
+                    await asyncio.wait(at_sink)
+                    continue
                 if self._stopping:
-                    break
-                if await self._submit(readings):
-                    return True
-            return False
+                    return
+                if refused:
+                    await self._pause(backoff.next_delay())
+                    refused = False
+                    continue
+                if not self._line:
+                    calm = self._last_refusal + IN_LINE_AFTER_REFUSAL - time.monotonic()
+                    if calm <= 0:
+                        return  # back to batches overlapping at the sink
+                    await self._wait_for_arrival(calm)
+                    continue
+                head = self._line.head(MAX_BATCH)
+                if await self._offer([r for m in head for r in m.readings]):
+                    self._line.remove_head(len(head))
+                    self._m_held.set(len(self._line))
+                    self._answer(head)
+                    backoff.reset()
+                else:
+                    self._refused(head)
+                    refused = True
         finally:
-            self._m_held.dec()
+            self._in_line = False
+            self._release(self._line.take_all())
+            self._m_held.set(0)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or until stop."""
+        try:
+            await asyncio.wait_for(self._stop_wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    async def _wait_for_arrival(self, within: float) -> None:
+        self._line_wake.clear()
+        if self._line or self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._line_wake.wait(), within)
+        except TimeoutError:
+            pass
 
     async def _withhold(self) -> int:
         """Never acknowledge: wait until disconnected (the broker sends it again later)."""
@@ -547,40 +646,45 @@ class MqttAdapter(Adapter):
 
     # -- batching into the sink ---------------------------------------------------------------
 
-    def _submit(self, readings: list[Reading]) -> asyncio.Future[bool]:
-        """Join the batch of this loop turn; resolves True once the batch is durable."""
-        fut = self._batch_fut
-        if fut is None:
+    def _submit(self, message: Message) -> None:
+        """Join the batch of this loop turn: one sink call for all its messages."""
+        if not self._batch_messages:
             assert self._loop is not None
-            fut = self._batch_fut = self._loop.create_future()
             self._loop.call_soon(self._flush_batch)
-        self._batch.extend(readings)
-        self._batch_messages += 1
+        self._batch_messages.append(message)
+        self._batch.extend(message.readings)
         if len(self._batch) >= MAX_BATCH:
             self._flush_batch()
-        return fut
 
     def _flush_batch(self) -> None:
-        fut, readings, messages = self._batch_fut, self._batch, self._batch_messages
-        if fut is None:
+        readings, messages = self._batch, self._batch_messages
+        if not messages:
             return
-        self._batch_fut, self._batch, self._batch_messages = None, [], 0
+        self._batch, self._batch_messages = [], []
         assert self._loop is not None
-        task = self._loop.create_task(self._accept(readings, messages, fut))
+        task = self._loop.create_task(self._accept(readings, messages))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
-    async def _accept(self, readings: list[Reading], messages: int,
-                      fut: asyncio.Future[bool]) -> None:
+    async def _accept(self, readings: list[Reading], messages: list[Message]) -> None:
+        if self._in_line:
+            # a refusal came back after these arrived: they wait behind the held ones
+            self._hold(messages)
+            return
+        if await self._offer(readings):
+            self._answer(messages)
+        elif self.config.on_refused == "nack":
+            self._nack(messages)
+        else:
+            self._refused(messages)
+            self._hold(messages)
+
+    async def _offer(self, readings: list[Reading]) -> bool:
         try:
-            ok = await self.ctx.sink.accept(readings)
+            return await self.ctx.sink.accept(readings)
         except Exception as exc:  # noqa: BLE001 - a sink bug is a refusal, not a lost message
             self.log.error("mqtt %s: sink failed: %s: %s", self.prefix, type(exc).__name__, exc)
-            ok = False
-        if ok:
-            self._m_accepted.inc(messages)
-        if not fut.done():
-            fut.set_result(ok)
+            return False
 
     # -- sending ------------------------------------------------------------------------------
 

@@ -1,0 +1,245 @@
+"""Per-device order holds across an outbox refusal: held MQTT messages are not overtaken.
+
+DESIGN.md ("Accepted means durable"): a refused MQTT message stays unacknowledged and is
+retried in order until the outbox takes it; a later message from the same source never
+overtakes a held one. The broker and the devices are real (mosquitto, gmqtt clients
+publishing QoS 1 with per-device sequence numbers); the sink is a test double of the
+outbox's refusal (queue full, disk full), switched on and off by the test, because the
+point is the moment the store starts accepting again while devices keep publishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import gmqtt
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.adapters.base import AdapterContext
+from gateway.adapters.mqtt import MqttAdapter
+from gateway.adapters.mqtt.config import MqttConfig
+from gateway.adapters.mqtt.held import HeldLine, Message
+from gateway.reading import Reading
+from tests.brokers import Mosquitto
+
+DEVICES = 4
+
+
+class RefusingSink:
+    """Stands in for the outbox: accepts, or refuses whole batches while ``refusing``.
+
+    ``refuse_calls`` refuses that many calls, then accepts. ``commit_delay`` makes each
+    call wait like a group commit does, so batches overlap as they do in front of the
+    real outbox; whether a call is refused is decided when its "commit" ends.
+    """
+
+    def __init__(self, commit_delay: float = 0.0) -> None:
+        self.accepted: list[Reading] = []
+        self.calls = 0
+        self.refused_calls = 0
+        self.refusing = False
+        self.refuse_calls = 0
+        self.commit_delay = commit_delay
+
+    async def accept(self, readings: Sequence[Reading]) -> bool:
+        self.calls += 1
+        if self.commit_delay:
+            await asyncio.sleep(self.commit_delay)
+        if self.refusing or self.refuse_calls:
+            self.refuse_calls = max(0, self.refuse_calls - 1)
+            self.refused_calls += 1
+            return False
+        self.accepted.extend(readings)
+        return True
+
+    def seqs(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for r in self.accepted:
+            if r.metric == "seq":
+                out.setdefault(r.device, []).append(int(r.value))
+        return out
+
+    def messages(self) -> int:
+        return sum(1 for r in self.accepted if r.metric == "seq")
+
+    def accepts_more(self, count: int) -> Callable[[], bool]:
+        """A condition: ``count`` more messages accepted than now."""
+        target = self.messages() + count
+        return lambda: self.messages() >= target
+
+
+def order_violations(seqs: dict[str, list[int]]) -> list[tuple[str, int, int]]:
+    """(device, earlier seq, later seq) wherever a device's sequence does not increase."""
+    return [(dev, a, b) for dev, got in seqs.items() for a, b in zip(got, got[1:], strict=False)
+            if b <= a]
+
+
+async def wait_for(cond: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        assert time.monotonic() < deadline, f"not within {within} s: {what}"
+        await asyncio.sleep(0.005)
+
+
+class Harness:
+    def __init__(self, broker: Mosquitto, tmp_path: Path, sink: RefusingSink) -> None:
+        self.broker = broker
+        self.tmp_path = tmp_path
+        self.sink = sink
+        self.metrics = CollectorRegistry()
+        self.adapters: list[MqttAdapter] = []
+
+    async def adapter(self, **kw: Any) -> MqttAdapter:
+        cfg = MqttConfig.model_validate({
+            "type": "mqtt", "name": "mqtt", "host": self.broker.host, "port": self.broker.port,
+            "client_id": "gw-order", "reconnect_delay": 0.2,
+            "subscriptions": [{"topic": "devices/{device}/telemetry", "timestamp": "ts"}],
+            **kw})
+        ctx = AdapterContext(name="mqtt", sink=self.sink, state_dir=self.tmp_path,
+                             metrics=self.metrics)
+        adapter = MqttAdapter(cfg, ctx)
+        await adapter.start()
+        self.adapters.append(adapter)
+        return adapter
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.get_sample_value(name, {"adapter": "mqtt", **labels})
+        return 0.0 if value is None else value
+
+    def held(self) -> float:
+        return self.metric("gateway_mqtt_held")
+
+
+@pytest.fixture
+async def devices(mosquitto: Mosquitto) -> AsyncIterator[list[gmqtt.Client]]:
+    clients = []
+    for n in range(DEVICES):
+        client = gmqtt.Client(f"order-device-{n}")
+        await client.connect(mosquitto.host, mosquitto.port, keepalive=10)
+        clients.append(client)
+    yield clients
+    for client in clients:
+        await client.disconnect()
+
+
+def payload(seq: int) -> bytes:
+    return json.dumps({"temperature": 20 + seq / 100, "seq": seq, "ts": time.time()}).encode()
+
+
+async def publish_paced(clients: list[gmqtt.Client], count: int, gap: float = 0.004) -> None:
+    """Every device publishes ``count`` QoS 1 messages with increasing seq, interleaved."""
+    for seq in range(count):
+        for n, client in enumerate(clients):
+            client.publish(f"devices/d{n}/telemetry", payload(seq), qos=1)
+        await asyncio.sleep(gap)
+
+
+async def publish_until(clients: list[gmqtt.Client], done: asyncio.Event,
+                        gap: float = 0.003) -> int:
+    """Like :func:`publish_paced` until ``done`` is set; returns how many each published."""
+    seq = 0
+    while not done.is_set():
+        for n, client in enumerate(clients):
+            client.publish(f"devices/d{n}/telemetry", payload(seq), qos=1)
+        seq += 1
+        await asyncio.sleep(gap)
+    return seq
+
+
+def assert_each_message_once_in_order(sink: RefusingSink, count: int) -> None:
+    seqs = sink.seqs()
+    violations = order_violations(seqs)
+    assert not violations, f"{len(violations)} order violations, e.g. {violations[:3]}"
+    assert seqs == {f"mqtt:d{n}": list(range(count)) for n in range(DEVICES)}
+
+
+async def stop_all(h: Harness) -> None:
+    h.sink.refusing, h.sink.refuse_calls = False, 0
+    for adapter in h.adapters:
+        await adapter.stop()
+
+
+async def test_messages_arriving_while_one_is_held_wait_behind_it(
+        mosquitto: Mosquitto, tmp_path: Path, devices: list[gmqtt.Client]) -> None:
+    count = 150
+    h = Harness(mosquitto, tmp_path, RefusingSink(commit_delay=0.002))
+    await h.adapter(receive_maximum=200)
+    try:
+        publishing = asyncio.ensure_future(publish_paced(devices, count))
+        await wait_for(lambda: h.sink.messages() >= 40, what="first messages accepted")
+        h.sink.refusing = True  # the outbox fills up...
+        await wait_for(lambda: h.held() >= 40, what="messages held after the refusal")
+        h.sink.refusing = False  # ...and takes readings again while devices keep publishing
+        assert not publishing.done(), "publishers finished before the store came back"
+        await publishing
+        await wait_for(lambda: h.sink.messages() >= DEVICES * count, 15.0,
+                       what=f"all {DEVICES * count} messages accepted")
+        await wait_for(lambda: h.held() == 0, what="nothing held")
+        assert_each_message_once_in_order(h.sink, count)
+        refused = h.metric("gateway_mqtt_messages_total", result="refused")
+        accepted = h.metric("gateway_mqtt_messages_total", result="accepted")
+        assert 1 <= refused <= DEVICES * count and accepted == DEVICES * count
+    finally:
+        await stop_all(h)
+
+
+async def test_a_store_refusing_several_times_in_a_row_keeps_per_device_order(
+        mosquitto: Mosquitto, tmp_path: Path, devices: list[gmqtt.Client]) -> None:
+    h = Harness(mosquitto, tmp_path, RefusingSink())
+    await h.adapter()
+    done = asyncio.Event()
+    try:
+        publishing = asyncio.ensure_future(publish_until(devices, done))
+        await wait_for(lambda: h.sink.messages() >= 20, what="first messages accepted")
+        # a store failing on and off: the retries of the held head are refused too
+        for _ in range(3):
+            h.sink.refuse_calls = 3
+            await wait_for(lambda: h.sink.refuse_calls == 0, what="three refusals")
+            await wait_for(h.sink.accepts_more(20), what="messages accepted again")
+        done.set()
+        count = await publishing
+        await wait_for(lambda: h.sink.messages() >= DEVICES * count, 15.0,
+                       what=f"all {DEVICES * count} messages accepted")
+        assert_each_message_once_in_order(h.sink, count)
+    finally:
+        await stop_all(h)
+
+
+async def test_stopping_while_messages_are_held_leaves_them_to_the_broker_in_order(
+        mosquitto: Mosquitto, tmp_path: Path, devices: list[gmqtt.Client]) -> None:
+    count = 30
+    h = Harness(mosquitto, tmp_path, RefusingSink())
+    first = await h.adapter()
+    h.sink.refusing = True  # the store is failing: everything is held
+    await publish_paced(devices, count, gap=0.0)
+    await wait_for(lambda: h.held() == DEVICES * count, what="every message held")
+    t0 = time.monotonic()
+    await asyncio.wait_for(first.stop(), 5)
+    # the wait for acceptance ends at once: held messages are not "being accepted"
+    assert time.monotonic() - t0 < 1.5
+    h.adapters.remove(first)
+    assert h.sink.accepted == [] and h.held() == 0
+    h.sink.refusing = False
+    await h.adapter()  # same session: none of them was acknowledged
+    try:
+        await wait_for(lambda: h.sink.messages() >= DEVICES * count,
+                       what="held messages sent again by the broker")
+        assert_each_message_once_in_order(h.sink, count)
+    finally:
+        await stop_all(h)
+
+
+def test_a_batch_refused_late_goes_before_messages_that_arrived_after_it() -> None:
+    # a batch already at the sink when the first refusal comes back can itself be
+    # refused after later messages have joined the line
+    line = HeldLine()
+    line.add([Message(seq, seq, [], "t") for seq in (1, 2, 6, 7)])
+    line.add([Message(seq, seq, [], "t") for seq in (3, 4, 5)])
+    line.add([Message(8, 8, [], "t")])
+    assert [m.seq for m in line.take_all()] == list(range(1, 9))
