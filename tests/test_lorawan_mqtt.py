@@ -168,6 +168,33 @@ async def test_unaccepted_message_is_not_acknowledged_and_comes_again(
         await adapter.stop()
 
 
+async def test_an_uplink_waiting_behind_a_held_one_is_not_accepted_at_stop(
+        tmp_path: Path, chirpstack: FakeChirpStack, mosquitto: Mosquitto,
+        publisher: MQTTClient) -> None:
+    refusing = RecordingSink()
+    refusing.refuse = True
+    adapter = mqtt_adapter(tmp_path, chirpstack, mosquitto, refusing)
+    await adapter.start()
+    for seq in (1, 2):
+        publisher.publish(topic(chirpstack), chirpstack.uplink(EUI, seq, obj={"seq": seq})
+                          .SerializeToString(), qos=1)
+    await wait_until(lambda: refusing.refused_calls >= 1, what="a refusal")
+    # the store takes readings again just as the adapter stops: uplink 1 is withheld (the
+    # broker sends it again), so uplink 2, queued behind it, must be withheld too
+    refusing.refuse = False
+    await adapter.stop()
+    assert refusing.values("seq") == []
+
+    sink = RecordingSink()
+    adapter = mqtt_adapter(tmp_path, chirpstack, mosquitto, sink)
+    await adapter.start()
+    try:
+        await wait_until(lambda: len(sink.values("seq")) == 2, what="both again")
+        assert sink.values("seq") == [1, 2]
+    finally:
+        await adapter.stop()
+
+
 async def test_redelivered_uplink_is_accepted_once(tmp_path: Path, chirpstack: FakeChirpStack,
                                                    mosquitto: Mosquitto,
                                                    publisher: MQTTClient) -> None:

@@ -123,6 +123,8 @@ class LorawanAdapter(Adapter):
         self._declared: dict[str, dict[str, str]] = {}
         self._pending: dict[str, _Pending] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: devices with an event left unaccepted at stop: their later events wait for it
+        self._withheld: set[str] = set()
         self._ignored_kinds: set[str] = set()
         self._stopping = asyncio.Event()
         self.discovered = asyncio.Event()
@@ -297,7 +299,12 @@ class LorawanAdapter(Adapter):
         if lock is None:
             lock = self._locks[d.dev_eui] = asyncio.Lock()
         async with lock:
-            return await self._handle_in_order(d)
+            if d.dev_eui in self._withheld:
+                return False  # an earlier event comes again next run: this one follows it
+            if await self._handle_in_order(d):
+                return True
+            self._withheld.add(d.dev_eui)
+            return False
 
     async def _handle_in_order(self, d: Delivery) -> bool:
         self.metrics.events.labels(self.ctx.name, d.kind).inc()
