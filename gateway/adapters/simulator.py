@@ -74,6 +74,10 @@ class SimulatorAdapter(Adapter):
         self._state = {d: _Device(d, self._rng) for d in ids}
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        # after a refusal, batches are offered again one at a time in the order they were
+        # made (the lock is first come, first served), and later ones queue behind them
+        self._line = asyncio.Lock()
+        self._in_line = 0
 
     async def start(self) -> None:
         for device in self._state:
@@ -143,11 +147,18 @@ class SimulatorAdapter(Adapter):
     async def _submit(self, readings: list[Reading], window: asyncio.Semaphore) -> None:
         try:
             # a refusal means the store is full or failing: the devices keep their messages
-            # and send them again, as real ones would
-            while not await self.ctx.sink.accept(readings):
-                if self._stopping.is_set():
-                    return
-                await asyncio.sleep(0.5)
+            # and send them again, as real ones would, and a later one never overtakes
+            if not self._in_line and await self.ctx.sink.accept(readings):
+                return
+            self._in_line += 1
+            try:
+                async with self._line:
+                    while not await self.ctx.sink.accept(readings):
+                        if self._stopping.is_set():
+                            return
+                        await asyncio.sleep(0.5)
+            finally:
+                self._in_line -= 1
         finally:
             window.release()
 

@@ -82,11 +82,10 @@ _ALWAYS_CHECK_BELOW = 64 * 1024**2
 _ID_BLOCK = 1_000_000
 #: while the disk is full, how often the writer tries to make room and resume (s)
 _FULL_PROBE = 1.0
-#: the write-ahead log's bound and the reserve file's size: a 16th of the smaller of
-#: ``max_bytes`` and the filesystem, within these limits (the log up to a quarter of a
-#: tiny bound)
+#: the write-ahead log's bound: a 16th of the smaller of ``max_bytes`` and the
+#: filesystem, within these limits (up to a quarter of a tiny bound); the reserve file
+#: is a quarter bigger than that
 _WAL_MIN, _WAL_MAX = 64 * 1024, 4 * 1024**2
-_RESERVE_MIN, _RESERVE_MAX = 64 * 1024, 1024**2
 
 
 class TelemetryRow(NamedTuple):
@@ -179,6 +178,7 @@ class _Work:
     written: list[_Row] = field(default_factory=list)
     stored_series: dict[_Key, int] = field(default_factory=dict)
     set_aside: list[tuple[_Dead, asyncio.Future[bool] | None]] = field(default_factory=list)
+    no_room: bool = False  # committed, but the log could not be checkpointed: disk full
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.series or self.events or self.dead or self.acks
@@ -256,7 +256,7 @@ class Outbox:
         self._full_since = 0.0
         self._refused_full = 0
         self._wal_bound = _WAL_MAX
-        self._reserve_size = _RESERVE_MAX
+        self._reserve_size = _WAL_MAX + _WAL_MAX // 4
         self._reserve_path = path.with_name(path.name + ".reserve")
         # bounded logging
         self._dead_logged = -math.inf
@@ -329,6 +329,10 @@ class Outbox:
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if db.execute("PRAGMA page_count").fetchone()[0] == 0:
+            # a new file keeps the map that lets free pages go back to the filesystem,
+            # which a full disk needs (files made before this cannot give space back)
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.config.synchronous.upper()}")
         db.execute("PRAGMA temp_store=MEMORY")
@@ -344,7 +348,8 @@ class Outbox:
             disk = self.config.max_bytes
         room = min(self.config.max_bytes, disk or self.config.max_bytes)
         self._wal_bound = max(min(_WAL_MAX, room // 16), min(_WAL_MIN, room // 4))
-        self._reserve_size = max(_RESERVE_MIN, min(_RESERVE_MAX, room // 16))
+        # the reserve covers what a checkpoint of a full log may add to the main file
+        self._reserve_size = self._wal_bound + self._wal_bound // 4
         frames = max(4, self._wal_bound // (self._page_size + 24))
         db.execute(f"PRAGMA wal_autocheckpoint={frames}")
         db.execute(f"PRAGMA journal_size_limit={self._wal_bound}")
@@ -416,6 +421,7 @@ class Outbox:
             top = max(top, int(meta.get("ids_reserved", 0)))
         self._next_id = top
         self._committed_last, self._events_last = max_t, max_e
+        self._handed = max(self._handed, max_t, max_e)  # in the file: deleted when acknowledged
         self._rows, readings = db.execute("SELECT count(*), total(n) FROM telemetry").fetchone()
         self._readings = int(readings)
         self._events = db.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -802,6 +808,8 @@ class Outbox:
             self._after_commit_series(work)
             if work.set_aside:
                 self._report_dead([d for d, _ in work.set_aside])
+            if work.no_room:
+                self._enter_full()
         return ok
 
     def _after_commit_series(self, work: _Work) -> None:
@@ -868,6 +876,8 @@ class Outbox:
         """While the disk is full: delete what the cloud acknowledged, checkpoint, and
         resume once the reserve file fits again with room to spare."""
         loop = asyncio.get_running_loop()
+        # checkpoint first, with the reserve's room: the log's space comes back for deletes
+        await loop.run_in_executor(self._executor, self._checkpoint_sync)
         if self._acks or self._pending_events or self._dead_pending or self._flushes:
             work = self._take_work()
             if not await self._commit(work):
@@ -878,6 +888,17 @@ class Outbox:
                         "(%d refused meanwhile)", time.monotonic() - self._full_since,
                         self._refused_full)
 
+    def _checkpoint_sync(self) -> bool:
+        """Checkpoint and cut the log back to nothing; False if it could not."""
+        if self._db is None:
+            return False
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._refresh_size()
+            return True
+        except sqlite3.Error:
+            return False
+
     def _room_again(self) -> bool:
         """Writer thread: cut the write-ahead log back and see whether there is room."""
         db = self._db
@@ -885,13 +906,21 @@ class Outbox:
             return False
         try:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                # give the pages the deletes freed back to the filesystem, a few at a time
+                # (each step goes through the log, which has only the reserve's room)
+                step = max(16, self._reserve_size // self._page_size // 4)
+                for _ in range(10_000):
+                    if not db.execute("PRAGMA freelist_count").fetchone()[0]:
+                        break
+                    db.execute(f"PRAGMA incremental_vacuum({step})")
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._refresh_size()
-            free_pages = int(db.execute("PRAGMA freelist_count").fetchone()[0]) * self._page_size
         except sqlite3.Error:
             return False
         if not self._make_reserve():
             return False
-        return self._free_bytes() + free_pages >= 2 * self._wal_bound
+        return self._free_bytes() >= self._wal_bound  # the log can reach its bound
 
     def _make_reserve(self) -> bool:
         """Keep ``reserve_size`` bytes allocated beside the file (not written: allocated)."""
@@ -1195,15 +1224,21 @@ class Outbox:
             (self._rows, self._readings, self._events, self._oldest, self._dead,
              self._dead_deleted, self._bad_sids) = snapshot
             raise
-        if work.acks or dropped:
-            self._refresh_oldest()
-        else:
-            self._refresh_size()
-        if self._disk_bytes - self._page_size * db.execute("PRAGMA page_count").fetchone()[0] \
-                > self._wal_bound:
-            # a commit bigger than the log's bound: checkpoint and cut the log back now
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._refresh_size()
+        # committed: nothing from here on may fail the commit
+        try:
+            if work.acks or dropped:
+                self._refresh_oldest()
+            else:
+                self._refresh_size()
+            if self._wal_size() > self._wal_bound:
+                # a commit bigger than the log's bound: checkpoint and cut the log back now
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._refresh_size()
+        except sqlite3.Error as exc:  # e.g. no room to checkpoint: the next commit retries
+            log.debug("outbox: after a commit: %s", exc)
+            # a log that cannot be checkpointed only grows: stop taking readings now, while
+            # the reserve still covers the checkpoint
+            work.no_room = _is_disk_full(exc, self._free_bytes(), self._wal_bound)
 
     def _delete_acked_sync(self, acks: list[tuple[str, int, int]]) -> bool:
         """Delete the rows the cloud acknowledged; True if telemetry was deleted."""
