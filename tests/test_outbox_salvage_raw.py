@@ -498,3 +498,67 @@ def test_a_mutated_real_file_never_raises_and_gives_only_rows_as_written(
     if not (main_edits or wal_edits or main_cut is not None or wal_cut is not None
             or drop_wal):
         assert got.batches == {rid: row for rid, row in rows.items() if rid >= 5}
+
+
+# -- through Outbox.open: a file SQLite cannot open is quarantined and salvaged -------------
+
+def readings_of(rows: Rows, series: dict[int, tuple[str, str, str | None]],
+                ids: set[int]) -> list[Reading]:
+    from gateway.store.outbox import _unpack
+    return [r for rid in sorted(ids) for r in _unpack(rows[rid][1], series)]
+
+
+async def salvaged_by_outbox(path: Path) -> tuple[list[Reading], str]:
+    box = await Outbox.open(path, cfg())
+    try:
+        got = [r for row in await box.read_telemetry(0, 10**9) for r in row.readings]
+        events = await box.read_events(0, 10)
+    finally:
+        await box.close()
+    assert events and events[0].body["rule"] == "outbox_corrupt"
+    return got, events[0].body["message"]
+
+
+@pytest.mark.parametrize("damage", ["header", "truncated", "flipped"])
+async def test_the_outbox_salvages_every_intact_batch_and_nothing_altered(
+        tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "o.db"
+    rows, series = await make_file(path, 400)
+    pages = page_map(path)
+    size = page_size_of(path)
+    data = bytearray(path.read_bytes())
+    if damage == "header":
+        data[:100] = random.Random(3).randbytes(100)
+        intact = set(rows)
+    elif damage == "truncated":
+        # cut at a page boundary half way: the rows wholly in the pages before it survive
+        cut_page = len(data) // size // 2
+        data = data[:cut_page * size]
+        intact = {rid for rid, where in pages.items() if max(where) <= cut_page}
+    else:
+        # one digit changed in the packed batch of ten rows (still valid JSON: only the
+        # CRC can tell), and the header destroyed so SQLite cannot open the file
+        rnd = random.Random(11)
+        damaged = set(rnd.sample([rid for rid, where in pages.items() if len(where) == 1], 10))
+        for rid in damaged:
+            pg = pages[rid][0]
+            blob = rows[rid][1].encode()
+            at = data.index(blob, (pg - 1) * size, pg * size) + len(blob) // 2
+            while not chr(data[at]).isdigit():
+                at += 1
+            data[at] ^= 0x01
+        data[:100] = bytes(100)
+        intact = set(rows) - damaged
+    path.write_bytes(bytes(data))
+    assert unopenable(path)
+    assert intact and (damage == "header" or intact < set(rows))
+
+    got, message = await salvaged_by_outbox(path)
+
+    expected = readings_of(rows, series, intact)
+    assert len(got) == len(expected)
+    assert [(r.device, r.metric, r.unit, r.ts) for r in got] == \
+        [(r.device, r.metric, r.unit, r.ts) for r in expected]
+    for a, b in zip(got, expected):  # the same values, NaN included
+        assert a.value == b.value or (a.value != a.value and b.value != b.value)
+    assert f"{len(expected)} reading(s) salvaged" in message
