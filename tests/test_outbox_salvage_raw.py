@@ -559,6 +559,6 @@ async def test_the_outbox_salvages_every_intact_batch_and_nothing_altered(
     assert len(got) == len(expected)
     assert [(r.device, r.metric, r.unit, r.ts) for r in got] == \
         [(r.device, r.metric, r.unit, r.ts) for r in expected]
-    for a, b in zip(got, expected):  # the same values, NaN included
+    for a, b in zip(got, expected, strict=True):  # the same values, NaN included
         assert a.value == b.value or (a.value != a.value and b.value != b.value)
     assert f"{len(expected)} reading(s) salvaged" in message
