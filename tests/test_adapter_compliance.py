@@ -101,6 +101,8 @@ class Driver(abc.ABC):
     resends: ClassVar[bool | None] = True
     #: what send() says of a device it does not know
     unknown_status: ClassVar[str] = "unknown_device"
+    #: a message the tests can make the first one the sink sees
+    first_seq: ClassVar[int] = 1
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -184,6 +186,7 @@ class SimulatorDriver(Driver):
     type = "simulator"
     acknowledges = False
     resends = None
+    first_seq = 0  # its device counts from 0, and later messages queue behind a refused one
 
     async def start(self, **options: Any) -> Adapter:
         cfg = SimulatorConfig(type="simulator", name=self.name, devices=1, interval=0.1,
@@ -703,25 +706,26 @@ async def test_refused_batch_is_offered_again_and_arrives_exactly_once(driver: D
     await driver.start()
     sink = driver.sink
     sink.refusing = True  # the outbox is full
-    await driver.send_good(1)
-    await eventually(lambda: driver.seqs(sink.offered()).count(1) >= 2, 10,
+    seq = driver.first_seq
+    await driver.send_good(seq)
+    await eventually(lambda: driver.seqs(sink.offered()).count(seq) >= 2, 10,
                      "the refused message offered again")
-    assert 1 not in driver.seqs(sink.accepted)
+    assert seq not in driver.seqs(sink.accepted)
     if driver.acknowledges:
-        assert not driver.acked(1), "acknowledged although the sink refused"
+        assert not driver.acked(seq), "acknowledged although the sink refused"
     sink.refusing = False
-    await eventually(lambda: 1 in driver.seqs(sink.accepted), 10, "the message accepted")
+    await eventually(lambda: seq in driver.seqs(sink.accepted), 10, "the message accepted")
     if driver.acknowledges:
-        await eventually(lambda: driver.acked(1), 10, "the acknowledgement once accepted")
+        await eventually(lambda: driver.acked(seq), 10, "the acknowledgement once accepted")
     await asyncio.sleep(0.3)
-    assert driver.seqs(sink.accepted).count(1) == 1
+    assert driver.seqs(sink.accepted).count(seq) == 1
     if type(driver) is CoapDriver:  # the device heard 5.03 with Max-Age, then 2.04
-        *refusals, last = driver.answers[1]
+        *refusals, last = driver.answers[seq]
         assert refusals and all(code == Code.SERVICE_UNAVAILABLE and max_age == 1
                                 for code, max_age in refusals), refusals
         assert last[0] == Code.CHANGED
     if isinstance(driver, MqttDriver):  # held unacknowledged, then one PUBACK with 0x00
-        assert driver.tap.acks_for(driver.topic(driver.native(1))) == [0]
+        assert driver.tap.acks_for(driver.topic(driver.native(seq))) == [0]
 
 
 # -- 2. refusal as the device hears it ------------------------------------------------------
@@ -816,17 +820,19 @@ async def test_stop_while_the_sink_refuses_is_prompt_and_the_message_is_not_lost
     monkeypatch.setattr(zigbee_adapter, "DRAIN_TIMEOUT", 0.5)  # its own limit, shortened
     await driver.start(**({"retry_for": 30.0} if driver.type == "zigbee" else {}))
     driver.sink.refusing = True
-    await driver.send_good(1)
-    await eventually(lambda: driver.seqs(driver.sink.offered()).count(1) >= 2, 10, "retries")
+    seq = driver.first_seq
+    await driver.send_good(seq)
+    await eventually(lambda: driver.seqs(driver.sink.offered()).count(seq) >= 2, 10,
+                     "retries")
     caplog.set_level(logging.WARNING)
     caplog.clear()
     t0 = time.monotonic()
     await asyncio.wait_for(driver.stop(), STOP_TIMEOUT + 5)
     assert time.monotonic() - t0 < STOP_TIMEOUT  # the supervisor gives up on stop() then
-    assert 1 not in driver.seqs(driver.sink.accepted)
+    assert seq not in driver.seqs(driver.sink.accepted)
     if driver.acknowledges:
         await asyncio.sleep(0.2)
-        assert not driver.acked(1), "acknowledged a refused message at stop"
+        assert not driver.acked(seq), "acknowledged a refused message at stop"
     if driver.resends is False:  # the device will not send it again: say what was lost
         assert [r for r in caplog.records if r.levelno >= logging.WARNING
                 and r.name.startswith("gateway")], "refused readings dropped without a word"

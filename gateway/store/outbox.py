@@ -555,12 +555,8 @@ class Outbox:
         if not n:
             fut.set_result(True)
             return fut
-        row = self._encode_row(readings, fut, self._dead_pending)
-        if row is None:  # nothing storable: set aside, answered when that is committed
-            self._other_came()
-            return fut
-        if self._dead_pending:
-            self._other_came()
+        # encoded only if its commit comes: most batches are acknowledged by the cloud first
+        row = _Row(self._take_id(), readings, "", 0, None, fut, time.monotonic())
         if not self._pending:
             self._due_in(self.config.commit_interval)
         self._pending[row.id] = row
@@ -591,19 +587,27 @@ class Outbox:
 
     def _encode_row(self, readings: Sequence[Reading], fut: asyncio.Future[bool] | None,
                     dead: list[tuple[_Dead, asyncio.Future[bool] | None]]) -> _Row | None:
-        """A batch as the row it will be; what cannot be encoded goes to ``dead``."""
+        """A batch as the row it will be, with a new id (salvage)."""
+        row = _Row(self._take_id(), readings, "", 0, None, fut, time.monotonic())
+        return row if self._pack(row, dead) else None
+
+    def _pack(self, row: _Row, dead: list[tuple[_Dead, asyncio.Future[bool] | None]]) -> bool:
+        """Encode a batch into its stored row; what cannot be encoded goes to ``dead``.
+        False if nothing of it can be stored."""
+        readings = row.readings
         try:
             blob, new = self._encode(readings)
         except MemoryError:
             raise
         except Exception:  # noqa: BLE001 - encoding is pure Python: the row's fault
-            kept = self._split(readings, dead, fut)
+            kept = self._split(readings, dead, row.fut)
             if kept is None:
-                return None
+                return False
             blob, new, readings = kept
-        rid = self._take_id()
-        return _Row(rid, readings, blob, telemetry_crc(rid, len(readings), blob), new, fut,
-                    time.monotonic())
+            row.readings = readings
+        row.blob, row.new = blob, new
+        row.crc = telemetry_crc(row.id, len(readings), blob)
+        return True
 
     def append_event(self, kind: str, body: dict[str, Any],
                      ts: float | None = None) -> asyncio.Future[bool]:
@@ -722,17 +726,19 @@ class Outbox:
 
     def _take_work(self) -> _Work:
         work = _Work()
-        work.rows = list(self._pending.values())
+        for row in self._pending.values():
+            if row.blob or self._pack(row, work.dead):
+                work.rows.append(row)
         self._committing, self._pending = self._pending, {}
         work.series = dict(self._new_series)
         work.events, self._pending_events = self._pending_events, []
-        work.dead, self._dead_pending = self._dead_pending, []
+        work.dead[:0], self._dead_pending = self._dead_pending, []
         work.acks, self._acks = self._acks, []
         work.reserve_ids = self._reserve_wanted
         work.flushes, self._flushes = self._flushes, []
         self._other_since = None
-        if work.rows:
-            self._handed = max(self._handed, work.rows[-1].id)
+        if self._committing:
+            self._handed = max(self._handed, next(reversed(self._committing)))
         return work
 
     def _left(self) -> bool:
@@ -783,7 +789,7 @@ class Outbox:
             self.m_errors.inc()
             await self._failed(exc, work)
         self.m_commits.inc()
-        for row in work.rows:
+        for row in self._committing.values():  # stored, set aside or refused alike
             self._resolve(row, ok)
         self._committing = {}
         for event in work.events:
@@ -1395,28 +1401,19 @@ class Outbox:
                 total += n
         return out
 
-    def linger(self, after_event: int, after_telemetry: int, max_readings: int,
-               linger: float) -> float:
-        """How long the uplink should wait before reading what follows these cursors, so
-        that a batch of new readings fills up: 0 for a backlog, waiting events, a full
-        batch, or a first batch that has waited ``linger`` already."""
-        if linger <= 0 or after_event < self._events_last \
-                or after_telemetry < self._committed_last:
-            return 0.0
-        first: float | None = None
+    def waiting(self, after_event: int, after_telemetry: int, max_readings: int) -> int:
+        """What follows these cursors: -1 if a backlog, events or a full batch wait (send
+        now), else the readings that arrived in memory since (0: nothing)."""
+        if after_event < self._events_last or after_telemetry < self._committed_last:
+            return -1
         total = 0
         for rows in (self._committing, self._pending):
             for row in rows.values():
-                if row.id <= after_telemetry or row.fut is None:
-                    continue
-                if first is None:
-                    first = row.since
-                total += len(row.readings)
-                if total >= max_readings:
-                    return 0.0
-        if first is None:
-            return 0.0
-        return max(0.0, first + linger - time.monotonic())
+                if row.id > after_telemetry and row.fut is not None:
+                    total += len(row.readings)
+                    if total >= max_readings:
+                        return -1
+        return total
 
     async def read_telemetry(self, after: int, max_readings: int) -> list[TelemetryRow]:
         """Oldest telemetry batches with id > ``after``, up to ~``max_readings``: the

@@ -127,6 +127,7 @@ class Uplink:
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self._last_sent = 0.0  # when a batch last left (monotonic): new ones wait batch_linger
         self.last_error: str | None = None
         self.connected_since: float | None = None
         reg = metrics or CollectorRegistry()
@@ -276,15 +277,18 @@ class Uplink:
             while True:
                 self._raise_if_ended(client)
                 await self._acquire_window(client)
-                # new readings wait up to batch_linger for others to share their message
-                wait = self.outbox.linger(cursor["events"], cursor["telemetry"],
-                                          self.config.batch_max_readings,
-                                          self.config.batch_linger)
-                if wait > 0:
+                # new readings leave at most once per batch_linger, together: a lone one
+                # at once, many in one message
+                waiting = self.outbox.waiting(cursor["events"], cursor["telemetry"],
+                                              self.config.batch_max_readings)
+                wait = self._last_sent + self.config.batch_linger - time.monotonic()
+                if waiting > 0 and wait > 0:
                     self._window.release()
                     await self._pause(client, wait)
                     continue
                 batch = await self._next_batch(client, cursor)
+                if batch is not None:
+                    self._last_sent = time.monotonic()
                 if batch is None:
                     self._window.release()
                     await self._wait_for_data(client)

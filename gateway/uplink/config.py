@@ -38,7 +38,7 @@ class UplinkConfig(Section):
     batch_max_readings: int = Field(default=2000, gt=0, le=100_000)
     batch_linger: Duration = Field(
         default=0.02, ge=0, le=60,
-        description="longest new readings wait for others to share their message")
+        description="new readings leave at most this often, together in one message")
     max_inflight: int = Field(default=8, gt=0, le=1000)
     keepalive: Duration = Field(default=60.0, ge=5, le=3600)
     ack_timeout: Duration = Field(default=30.0, gt=0, le=3600)

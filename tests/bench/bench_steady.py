@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+UPLINK_EXTRA = json.loads(os.environ.get("BENCH_UPLINK", "{}"))
 sys.path.insert(0, str(ROOT))
 
 from tests.bench.bench_coap_memory import scrape  # noqa: E402
@@ -263,7 +264,7 @@ def main() -> None:
     gw = GatewayProcess(work / "gw", {
         "gateway": {"id": "steady", "state_dir": str(state), "log_level": "warning"},
         "store": {"synchronous": "full"},
-        "uplink": {"host": "127.0.0.1", "port": cloud_broker.port},
+        "uplink": {"host": "127.0.0.1", "port": cloud_broker.port, **UPLINK_EXTRA},
         "api": {"enabled": True},
         "adapters": [{"type": "mqtt", "port": devices.port, "client_id": "steady-gw",
                       "subscriptions": [{"topic": "devices/{device}/telemetry",
