@@ -4,7 +4,6 @@ the outbox, is counted with its reason and logged at a bounded rate."""
 from __future__ import annotations
 
 import asyncio
-
 import logging
 import math
 import time
