@@ -511,8 +511,20 @@ def readings_of(rows: Rows, series: dict[int, tuple[str, str, str | None]],
 async def salvaged_by_outbox(path: Path) -> tuple[list[Reading], str]:
     box = await Outbox.open(path, cfg())
     try:
-        got = [r for row in await box.read_telemetry(0, 10**9) for r in row.readings]
-        events = await box.read_events(0, 10)
+        # read as the uplink does: events first, then telemetry, cursor by cursor
+        got: list[Reading] = []
+        events = []
+        after_event = after_telemetry = 0
+        for _ in range(10_000):
+            new_events, rows = await box.read_next(after_event, after_telemetry, 500)
+            if not new_events and not rows:
+                break
+            events += new_events
+            if new_events:
+                after_event = new_events[-1].id
+            if rows:
+                after_telemetry = rows[-1].id
+                got += [r for row in rows for r in row.readings]
     finally:
         await box.close()
     assert events and events[0].body["rule"] == "outbox_corrupt"

@@ -493,6 +493,10 @@ class Outbox:
             self._commit_sync(work)
             self._after_commit_series(work)
             salvaged += sum(len(r.readings) for r in work.written)
+            if work.written:  # in the file now: sent from there, deleted when acknowledged
+                top = work.written[-1].id
+                self._committed_last = max(self._committed_last, top)
+                self._handed = max(self._handed, top)
         return salvaged
 
     def _salvage_sqlite(self, aside: Path) -> dict[int, Sequence[Reading]]:
@@ -963,7 +967,6 @@ class Outbox:
             return
         finally:
             self._quarantining = False
-        self._committed_last = self._events_last = 0
         self._queue_event(kind, body, time.time(), None)
         self._other_came()
         self.new_data.set()
