@@ -487,13 +487,7 @@ class MqttAdapter(Adapter):
     def _answer(self, messages: list[Message]) -> None:
         """The sink accepted these messages' readings: acknowledge each one."""
         self._m_accepted.inc(len(messages))
-        for m in messages:
-            if m.waiter is not None:
-                if not m.waiter.done():
-                    m.waiter.set_result(True)
-            else:
-                self._done_one()
-                self._queue_puback(m.mid, OK)
+        self._settle(messages, True, OK)
 
     def _nack(self, messages: list[Message]) -> None:
         """``on_refused: nack``: answer 0x97 at once (mosquitto then discards the message)."""
@@ -501,22 +495,23 @@ class MqttAdapter(Adapter):
         self._log_once("refused", "mqtt %s: outbox refused %d message(s), the first from %s; "
                        "answered 0x97 (on_refused: nack)", self.prefix, len(messages),
                        messages[0].topic)
-        for m in messages:
-            if m.waiter is not None:
-                if not m.waiter.done():
-                    m.waiter.set_result(False)
-            else:
-                self._done_one()
-                self._queue_puback(m.mid, QUOTA_EXCEEDED)
+        self._settle(messages, False, QUOTA_EXCEEDED)
 
     def _release(self, messages: list[Message]) -> None:
         """Stopping: leave these unacknowledged; the broker sends them again."""
+        self._settle(messages, False, None)
+
+    def _settle(self, messages: list[Message], accepted: bool, code: int | None) -> None:
+        """Tell each message's waiter whether it was accepted, or queue its PUBACK with
+        ``code`` (None: no PUBACK at all)."""
         for m in messages:
             if m.waiter is not None:
                 if not m.waiter.done():
-                    m.waiter.set_result(False)
+                    m.waiter.set_result(accepted)
             else:
                 self._done_one()
+                if code is not None:
+                    self._queue_puback(m.mid, code)
 
     def _refused(self, messages: list[Message]) -> None:
         fresh = 0
