@@ -236,6 +236,7 @@ class Outbox:
         self._pending: dict[int, _Row] = {}  # waiting for their commit
         self._committing: dict[int, _Row] = {}  # in the commit being written
         self._tail_readings = 0  # readings in both, not yet acknowledged nor committed
+        self._pending_readings = 0  # of which in _pending
         self._handed = 0  # the highest id handed to the writer
         self._new_series: dict[_Key, int] = {}  # interned, not yet written
         self._bad_sids: dict[int, Exception] = {}  # series SQLite refused to store
@@ -564,8 +565,9 @@ class Outbox:
         if not self._pending:
             self._due_in(self.config.commit_interval)
         self._pending[row.id] = row
-        self._tail_readings += len(row.readings)
-        if self._tail_readings - self._committing_readings() >= self.config.commit_max_rows:
+        self._tail_readings += n
+        self._pending_readings += n
+        if self._pending_readings >= self.config.commit_max_rows:
             self._wake.set()
         self.new_data.set()
         return fut
@@ -576,10 +578,6 @@ class Outbox:
         if fut is None:
             return False
         return await fut
-
-    def _committing_readings(self) -> int:
-        return sum(len(r.readings) for r in self._committing.values() if r.fut is not None) \
-            if self._committing else 0
 
     def _take_id(self) -> int:
         rid = self._next_id
@@ -661,11 +659,14 @@ class Outbox:
                     continue
                 lo, hi = max(first, next(iter(rows))), min(last, next(reversed(rows)))
                 if rows is self._pending:
+                    unwritten = 0
                     for rid in range(lo, hi + 1):
                         row = rows.pop(rid, None)
-                        if row is not None:
-                            self.m_unwritten.inc(len(row.readings))
+                        if row is not None and row.fut is not None:
+                            unwritten += len(row.readings)
                             self._resolve(row, True)
+                    self._pending_readings -= unwritten
+                    self.m_unwritten.inc(unwritten)
                 else:
                     for rid in range(lo, hi + 1):
                         row = rows.get(rid)
@@ -720,7 +721,7 @@ class Outbox:
             return now
         due: float | None = None
         if self._pending:
-            if self._tail_readings - self._committing_readings() >= self.config.commit_max_rows:
+            if self._pending_readings >= self.config.commit_max_rows:
                 return now
             due = next(iter(self._pending.values())).since + self.config.commit_interval
         if self._other_since is not None:
@@ -734,6 +735,7 @@ class Outbox:
             if row.blob or self._pack(row, work.dead):
                 work.rows.append(row)
         self._committing, self._pending = self._pending, {}
+        self._pending_readings = 0
         work.series = dict(self._new_series)
         work.events, self._pending_events = self._pending_events, []
         work.dead[:0], self._dead_pending = self._dead_pending, []
@@ -876,6 +878,7 @@ class Outbox:
         for row in list(self._pending.values()):
             self._resolve(row, False)
         self._pending.clear()
+        self._pending_readings = 0
         try:
             self._reserve_path.unlink(missing_ok=True)  # room for deletes and checkpoints
         except OSError:
@@ -1485,7 +1488,7 @@ class Outbox:
             events=self._events, bytes=self._disk_bytes, oldest_ts=self._oldest,
             dropped=self._dropped, dropped_events=self._dropped_events,
             last_id=self._next_id - 1,
-            pending=self._tail_readings - self._committing_readings(),
+            pending=self._pending_readings,
             dead_letters=self._dead, dead_letters_deleted=self._dead_deleted,
             disk_full=self._full,
         )
