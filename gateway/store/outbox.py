@@ -731,11 +731,27 @@ class Outbox:
 
     def _take_work(self) -> _Work:
         work = _Work()
-        for row in self._pending.values():
+        if self._closing or self._flushes or \
+                self._pending_readings >= self.config.commit_max_rows:
+            taken, self._pending = self._pending, {}
+            self._pending_readings = 0
+        else:
+            # only the batches whose commit is due: a commit made for events or deletes
+            # must not take young batches the cloud is about to acknowledge (each would
+            # then need a delete, and that delete a commit taking the next young one)
+            due = time.monotonic() - self.config.commit_interval + 0.001
+            taken = {}
+            for rid, row in self._pending.items():
+                if row.since > due:
+                    break
+                taken[rid] = row
+            for rid in taken:
+                del self._pending[rid]
+            self._pending_readings -= sum(len(r.readings) for r in taken.values())
+        for row in taken.values():
             if row.blob or self._pack(row, work.dead):
                 work.rows.append(row)
-        self._committing, self._pending = self._pending, {}
-        self._pending_readings = 0
+        self._committing = taken
         work.series = dict(self._new_series)
         work.events, self._pending_events = self._pending_events, []
         work.dead[:0], self._dead_pending = self._dead_pending, []
