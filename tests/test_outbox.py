@@ -318,3 +318,27 @@ async def test_batches_the_cloud_acknowledges_in_time_are_never_written(tmp_path
         assert box.m_unwritten._value.get() == 400 * 3
     finally:
         await box.close()
+
+
+async def test_a_steady_stream_with_no_cloud_shares_one_commit_per_interval(
+        tmp_path: Path) -> None:
+    """Nothing acknowledges: every batch is committed, the waiting ones together, about
+    once per commit_interval (not once per batch)."""
+    interval = 0.1
+    box = await Outbox.open(tmp_path / "o.db", cfg(commit_interval=interval))
+    before = box.m_commits._value.get()
+    try:
+        t0 = time.monotonic()
+        futs = []
+        for i in range(200):
+            fut = box.submit(batch("mqtt:a", i))
+            assert fut is not None
+            futs.append(fut)
+            await asyncio.sleep(0.002)
+        assert all(await asyncio.gather(*futs))
+        elapsed = time.monotonic() - t0
+        commits = box.m_commits._value.get() - before
+        assert box.stats().rows == 200
+        assert commits <= elapsed / interval + 2, (commits, elapsed)
+    finally:
+        await box.close()

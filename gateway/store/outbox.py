@@ -731,23 +731,18 @@ class Outbox:
 
     def _take_work(self) -> _Work:
         work = _Work()
+        # every waiting batch once the oldest is due (they share the commit); none when
+        # the commit is for events or deletes alone: young batches the cloud is about to
+        # acknowledge would each need a delete, and that delete a commit taking the next
+        oldest = next(iter(self._pending.values()), None)
         if self._closing or self._flushes or \
-                self._pending_readings >= self.config.commit_max_rows:
+                self._pending_readings >= self.config.commit_max_rows or (
+                    oldest is not None and oldest.since + self.config.commit_interval
+                    <= time.monotonic() + 0.001):
             taken, self._pending = self._pending, {}
             self._pending_readings = 0
         else:
-            # only the batches whose commit is due: a commit made for events or deletes
-            # must not take young batches the cloud is about to acknowledge (each would
-            # then need a delete, and that delete a commit taking the next young one)
-            due = time.monotonic() - self.config.commit_interval + 0.001
             taken = {}
-            for rid, row in self._pending.items():
-                if row.since > due:
-                    break
-                taken[rid] = row
-            for rid in taken:
-                del self._pending[rid]
-            self._pending_readings -= sum(len(r.readings) for r in taken.values())
         for row in taken.values():
             if row.blob or self._pack(row, work.dead):
                 work.rows.append(row)
