@@ -163,8 +163,13 @@ async def test_nack_mode_answers_quota_exceeded_and_mosquitto_then_discards_the_
     await wait_for(lambda: h.metric("gateway_mqtt_messages_total", adapter="mqtt",
                                     result="refused") == 1)
     # reconnecting with the same session brings nothing back: mosquitto took the 0x97
-    # PUBACK as final, which is why hold (the default) exists
+    # PUBACK as final, which is why hold (the default) exists. The PUBACK must have left
+    # first: queued, written, and given the broker a moment (an abort with unread data
+    # resets the connection and the kernel drops what it had not sent yet)
     assert adapter._client is not None
+    transport = adapter._client._connection._transport
+    await wait_for(lambda: not adapter._pubacks and transport.get_write_buffer_size() == 0)
+    await asyncio.sleep(0.2)
     adapter._client._connection._transport.abort()
     await wait_for(lambda: adapter.connects == 2)
     await asyncio.sleep(0.5)
