@@ -225,6 +225,7 @@ class Outbox:
         self._events = 0
         self._bytes = 0  # used pages and write-ahead log: what max_bytes bounds
         self._disk_bytes = 0  # main file and write-ahead log as they lie on disk
+        self._wal_bytes = 0  # the write-ahead log, as last seen
         self._oldest: float | None = None
         self._dropped = 0
         self._dropped_events = 0
@@ -1253,7 +1254,7 @@ class Outbox:
                 self._refresh_oldest()
             else:
                 self._refresh_size()
-            if self._wal_size() > self._wal_bound:
+            if self._wal_bytes > self._wal_bound:
                 # a commit bigger than the log's bound: checkpoint and cut the log back now
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self._refresh_size()
@@ -1302,10 +1303,7 @@ class Outbox:
         assert self._db is not None
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        try:
-            wal = os.stat(f"{self.path}-wal").st_size
-        except OSError:
-            wal = 0
+        self._wal_bytes = wal = self._wal_size()
         self._bytes = (pages - free) * self._page_size + wal
         self._disk_bytes = pages * self._page_size + wal
 
@@ -1367,7 +1365,7 @@ class Outbox:
         # drop the oldest telemetry down to 90 % of it (hysteresis)
         self._refresh_size()
         limit = max(self._page_size * 8, self.config.max_bytes - self._wal_bound)
-        used = self._bytes - self._wal_size() + incoming
+        used = self._bytes - self._wal_bytes + incoming
         if used > limit and self._rows + self._events:
             target = int(limit * 0.9)
             total_rows = self._rows + self._events
