@@ -265,7 +265,7 @@ def test_gateway_check_names_file_line_and_key_of_a_bad_mqtt_option(tmp_path: Pa
 
 
 def test_the_shared_unit_table_reads_c_and_f_as_temperatures() -> None:
-    from gateway.units import normalize
+    from gateway.payloads.units import normalize
 
     assert normalize("C") == ("Cel", None)
     unit, convert = normalize("F")

@@ -27,7 +27,7 @@ import cbor2
 
 from gateway.adapters.coap.config import NATIVE_ID
 from gateway.reading import Reading, Value
-from gateway.units import UnknownUnit, normalize
+from gateway.payloads.units import UnknownUnit, normalize
 
 TEXT, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 50, 60, 110, 112
 #: content formats devices may post readings in

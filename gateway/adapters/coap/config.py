@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
 from gateway.config.types import ByteSize, Duration, Section
-from gateway.units import check_optional
+from gateway.payloads.units import check_optional
 
 #: native device ids: what may follow ``<adapter>:`` and appear as one Uri-Path segment
 NATIVE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")

@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
 from gateway.config.types import Duration, LongDuration, Section
-from gateway.units import check_optional
+from gateway.payloads.units import check_optional
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
 

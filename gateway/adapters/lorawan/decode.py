@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.adapters.lorawan.config import FieldMap, LayoutField, ProfileConfig
 from gateway.reading import Value
-from gateway.units import normalize
+from gateway.payloads.units import normalize
 
 Candidate = tuple[str, Value, str | None]
 

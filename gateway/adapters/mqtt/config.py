@@ -12,7 +12,7 @@ from gateway.adapters.base import AdapterConfig, Advice
 from gateway.adapters.mqtt.broker_limits import DEFAULT_BROKER_CONFIG, TYPICAL_PAYLOAD, queue_advice
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.config.types import ByteSize, Duration, LongDuration, Section
-from gateway.units import check_optional
+from gateway.payloads.units import check_optional
 
 _METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.adapters.mqtt.config import FieldSpec, SubscriptionConfig
 from gateway.reading import Reading, Value
-from gateway.units import Convert, UnknownUnit, normalize
+from gateway.payloads.units import Convert, UnknownUnit, normalize
 
 #: device timestamps before 2001-09-09 (UNIX 1e9) are taken as an unset clock
 _MIN_TS = 1e9
