@@ -34,6 +34,7 @@ from gateway.adapters.coap import aiocoap_patch, codec
 from gateway.adapters.coap.aiocoap_patch import DuplicateCache
 from gateway.adapters.coap.problems import LIBRARY_LOGGERS, Problems
 from gateway.adapters.coap.server import MAX_TRANSFERS, Block1Spool
+from gateway.payloads import REASONS, DecodeError
 from tests.coap_helpers import Gateway, client, eventually, post
 
 # -- raw CoAP ---------------------------------------------------------------------------------
@@ -625,7 +626,7 @@ async def test_well_known_core_is_served_block_wise_from_one_rendering(
     assert (await _raw_request(cli, beyond)).code == Code.BAD_REQUEST
 
 
-# -- the codec, property-based: only PayloadError, whatever it is given --------------------------
+# -- the codec, property-based: only DecodeError, whatever it is given --------------------------
 
 #: every content format the codec takes, and one it does not
 FORMATS = (codec.TEXT, codec.JSON, codec.CBOR, codec.SENML_JSON, codec.SENML_CBOR, 41)
@@ -647,8 +648,8 @@ def _decode_all(fmt: int, payload: bytes) -> None:
                  lambda: codec.decode_pack(fmt, payload, "coap", 1.7e9)):
         try:
             call()
-        except codec.PayloadError as exc:
-            assert exc.reason in codec.REASONS, exc.reason
+        except DecodeError as exc:
+            assert exc.reason in REASONS, exc.reason
 
 
 def _json_safe(doc: Any) -> Any:

@@ -29,6 +29,7 @@ from gateway.adapters.coap.config import DeviceSpec, ResourceSpec
 from gateway.adapters.coap.metrics import CoapMetrics
 from gateway.core.backoff import Backoff
 from gateway.logs import InputLog
+from gateway.payloads import DecodeError
 from gateway.reading import Command, CommandResult, Reading
 
 Accept = Callable[[Sequence[Reading]], Awaitable[bool]]
@@ -82,7 +83,7 @@ class DeviceClient:
         try:
             readings = codec.decode(fmt_n, response.payload, self.device, time.time(),
                                     metric=res.metric, unit=res.unit)
-        except codec.PayloadError as exc:
+        except DecodeError as exc:
             self._m.notifications.labels(self.adapter, "malformed").inc()
             self._m.malformed.labels(self.adapter, exc.reason).inc()
             self._input_log.warning(self.device, exc.reason, "coap: bad payload from %s%s "

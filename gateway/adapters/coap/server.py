@@ -42,6 +42,7 @@ from gateway.adapters.coap.config import NATIVE_ID
 from gateway.adapters.coap.metrics import CoapMetrics
 from gateway.adapters.coap.problems import host
 from gateway.logs import InputLog
+from gateway.payloads import DecodeError
 from gateway.reading import Reading
 
 Accept = Callable[[Sequence[Reading]], Awaitable[bool]]
@@ -320,7 +321,7 @@ class ReadingsResource(resource.Resource):  # type: ignore[misc]
                 readings = codec.decode_pack(fmt_n, payload, self._adapter, time.time())
             else:
                 readings = codec.decode(fmt_n, payload, device, time.time())
-        except codec.PayloadError as exc:
+        except DecodeError as exc:
             self.refused(request, native, exc.reason, "bad payload (%s): %.200s", exc.reason,
                           exc)
             self._m.requests.labels(self._adapter, "4.00").inc()

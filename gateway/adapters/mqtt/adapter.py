@@ -34,12 +34,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
 from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
-from gateway.adapters.mqtt.decoders import DecodeError, Decoder
 from gateway.adapters.mqtt.held import HeldLine, Message
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.core.backoff import Backoff
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
+from gateway.payloads import DecodeError, Format, Source, format_class
 from gateway.reading import Command, CommandResult, Reading
 
 OK = int(PubRecReasonCode.SUCCESS)
@@ -97,15 +97,15 @@ class _MidRecorder(PersistentStorage):  # type: ignore[misc]
         super().push_message(mid, raw_package)
 
 
-def _bridge_topic(route: _Route) -> str | None:
-    """``zigbee2mqtt/bridge/devices`` for a ``zigbee2mqtt/{device}`` subscription."""
-    parts = route.sub.topic.split("/")
-    if route.sub.format != "zigbee2mqtt" or parts[-1] != "{device}" or len(parts) < 2:
-        return None
-    base = parts[:-1]
-    if any(p.startswith("{") or p == "+" for p in base):
-        return None
-    return "/".join([*base, "bridge", "devices"])
+def _filter_matches(pattern: str, topic: str) -> bool:
+    """Whether ``topic`` matches the MQTT filter ``pattern`` (``+`` and a final ``#``)."""
+    want, parts = pattern.split("/"), topic.split("/")
+    for i, seg in enumerate(want):
+        if seg == "#":
+            return True
+        if i >= len(parts) or (seg != "+" and seg != parts[i]):
+            return False
+    return len(parts) == len(want)
 
 
 def _excerpt(payload: bytes) -> str:
@@ -114,12 +114,14 @@ def _excerpt(payload: bytes) -> str:
 
 
 class _Route:
-    __slots__ = ("template", "decoder", "sub")
+    __slots__ = ("template", "format", "sub", "companions")
 
-    def __init__(self, sub: SubscriptionConfig, prefix: str) -> None:
+    def __init__(self, sub: SubscriptionConfig) -> None:
         self.sub = sub
         self.template = TopicTemplate(sub.topic)
-        self.decoder = Decoder(sub, prefix)
+        self.format: Format = format_class(sub.format)(sub)
+        #: topics the format also reads (zigbee2mqtt's retained device list...)
+        self.companions = tuple(self.format.companions(sub.topic))
 
 
 class MqttAdapter(Adapter):
@@ -131,9 +133,9 @@ class MqttAdapter(Adapter):
     def __init__(self, config: AdapterConfig, ctx: AdapterContext) -> None:
         super().__init__(config, ctx)
         assert isinstance(config, MqttConfig)
-        self._routes = [_Route(s, self.prefix) for s in config.subscriptions]
-        self._route_cache: dict[str, tuple[_Route, dict[str, str]]] = {}
-        self._bridges = {t for r in self._routes if (t := _bridge_topic(r)) is not None}
+        self._routes = [_Route(s) for s in config.subscriptions]
+        self._route_cache: dict[str, tuple[_Route, Source]] = {}
+        self._companions = sorted({t for r in self._routes for t in r.companions})
         self._max_payload = config.max_payload
         self._command_topic = TopicTemplate(config.commands.topic) if config.commands else None
         m = metric_set(ctx.metrics, _Metrics)
@@ -243,7 +245,7 @@ class MqttAdapter(Adapter):
         client = self._client
         assert client is not None and self._loop is not None
         subs = [gmqtt.Subscription(r.template.filter, qos=r.sub.qos) for r in self._routes]
-        subs += [gmqtt.Subscription(t, qos=1) for t in sorted(self._bridges)]
+        subs += [gmqtt.Subscription(t, qos=1) for t in self._companions]
         mid = client.subscribe(subs)
         fut = self._subacks[mid] = self._loop.create_future()
         try:
@@ -326,12 +328,12 @@ class MqttAdapter(Adapter):
 
     # -- receiving --------------------------------------------------------------------------
 
-    def _route(self, topic: str) -> tuple[_Route, dict[str, str]] | None:
+    def _route(self, topic: str) -> tuple[_Route, Source] | None:
         hit = None
         for route in self._routes:
             slots = route.template.match(topic)
             if slots is not None:
-                hit = (route, slots)
+                hit = (route, Source(self.prefix, slots.get("device"), topic, slots))
                 break
         if hit is not None and len(self._route_cache) < 50_000:
             self._route_cache[topic] = hit
@@ -341,21 +343,25 @@ class MqttAdapter(Adapter):
         """Route and decode one message: its readings, or the reason code to answer now."""
         hit = self._route_cache.get(topic) or self._route(topic)
         if hit is None:
-            if topic in self._bridges:
-                return self._bridge_devices(topic, payload)
+            if self._companions:
+                learned = self._companion(topic, payload)
+                if learned is not None:
+                    return learned
             return self._unmatched(topic)
-        route, slots = hit
+        route, source = hit
         if len(payload) > self._max_payload:
             self._m_oversized.inc()
-            self._bad(route, slots, "oversized", f"{len(payload)} bytes, more than "
+            self._bad(route, source, "oversized", f"{len(payload)} bytes, more than "
                       f"max_payload {self._max_payload}", topic, payload)
             return PAYLOAD_INVALID
         try:
-            readings = route.decoder.decode(slots, payload, time.time())
+            readings = route.format.decode(payload, source, time.time())
         except DecodeError as exc:
             self._m_malformed.inc()
-            self._bad(route, slots, exc.reason, str(exc), topic, payload)
+            self._bad(route, source, exc.reason, str(exc), topic, payload)
             return PAYLOAD_INVALID
+        if not readings:
+            return OK  # a message the format knows carries no data (a birth message...)
         if route.sub.device_type is not None:
             self._declare_type(readings, route.sub.device_type)
         return readings
@@ -440,13 +446,32 @@ class MqttAdapter(Adapter):
             return  # stopped: the broker sends what we did not acknowledge again
         connection._protocol.write_data(data)
 
-    def _bridge_devices(self, topic: str, payload: bytes) -> int:
-        """zigbee2mqtt's device list: declare each device's model and vendor."""
+    def _companion(self, topic: str, payload: bytes) -> int | None:
+        """A topic a format reads besides its subscription; None if no format wants it."""
+        routes = [r for r in self._routes
+                  if any(_filter_matches(c, topic) for c in r.companions)]
+        if not routes:
+            return None
         if len(payload) > BRIDGE_MAX_PAYLOAD:
             self._m_oversized.inc()
-            self._log_once(topic, "mqtt %s: %s is %d bytes, more than %d; device models not "
-                           "read", self.prefix, topic, len(payload), BRIDGE_MAX_PAYLOAD)
+            self._log_once(topic, "mqtt %s: %s is %d bytes, more than %d; not read",
+                           self.prefix, topic, len(payload), BRIDGE_MAX_PAYLOAD)
             return PAYLOAD_INVALID
+        code = OK
+        for route in routes:
+            try:
+                route.format.learn(topic, payload)
+            except DecodeError as exc:
+                self._m_malformed.inc()
+                self._log_once(topic, "mqtt %s: cannot read %s for format %s: %s",
+                               self.prefix, topic, route.sub.format, exc)
+                code = PAYLOAD_INVALID
+            if route.sub.format == "zigbee2mqtt" and topic.endswith("/bridge/devices"):
+                code = max(code, self._bridge_devices(topic, payload))
+        return code
+
+    def _bridge_devices(self, topic: str, payload: bytes) -> int:
+        """zigbee2mqtt's device list: declare each device's model and vendor."""
         try:
             entries = json.loads(payload)
             if not isinstance(entries, list):
@@ -619,10 +644,9 @@ class MqttAdapter(Adapter):
             self._typed.add(device)
         self.ctx.devices.declare(device, type=device_type)
 
-    def _bad(self, route: _Route, slots: dict[str, str], reason: str, detail: str, topic: str,
+    def _bad(self, route: _Route, source: Source, reason: str, detail: str, topic: str,
              payload: bytes) -> None:
-        native = slots.get("device")
-        device = f"{self.prefix}:{native}" if native else "unknown"
+        device = source.device or "unknown"
         # per-device labels only for registered devices: invented ids cannot grow memory
         label = device if self.ctx.devices.knows(device) else "unknown"
         self._m_bad_device.labels(self.prefix, label, reason).inc()

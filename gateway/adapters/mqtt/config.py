@@ -12,69 +12,18 @@ from gateway.adapters.base import AdapterConfig, Advice
 from gateway.adapters.mqtt.broker_limits import DEFAULT_BROKER_CONFIG, TYPICAL_PAYLOAD, queue_advice
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.config.types import ByteSize, Duration, LongDuration, Section
-from gateway.payloads.units import check_optional
-
-_METRIC = re.compile(r"^[a-z][a-z0-9_]*$")
-
-Format = Literal["json", "senml", "value", "zigbee2mqtt"]
+from gateway.payloads import Options, UnknownFormat, format_class
 
 
-_unit = check_optional
-
-
-def _metric(v: str | None) -> str | None:
-    if v is not None and not _METRIC.match(v):
-        raise ValueError("expected a snake_case metric name such as temperature or co2_ppm")
-    return v
-
-
-class FieldSpec(Section):
-    """How one JSON field becomes a reading: its metric name, unit and scaling."""
-
-    metric: str | None = Field(default=None, description="defaults to the path, snake_cased")
-    unit: str | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-
-    _check_unit = field_validator("unit")(_unit)
-    _check_metric = field_validator("metric")(_metric)
-
-
-class SubscriptionConfig(Section):
-    """One topic template and how its payloads decode."""
+class SubscriptionConfig(Options):
+    """One topic template and how its payloads decode (the payload keys: :class:`Options`)."""
 
     topic: str
-    format: Format = "json"
+    #: a payload format registered under ``gateway.decoders`` (gateway/payloads/README.md)
+    format: str = "json"
     qos: Literal[0, 1] = 1
-    #: fixed metric for ``value`` payloads when the topic has no {metric}
-    metric: str | None = None
-    #: unit of a ``value`` payload
-    unit: str | None = None
-    #: unit per metric name, when the payload does not say
-    units: dict[str, str] = Field(default_factory=dict)
-    #: json: dotted path → metric/unit/scale; only these fields unless include_unmapped
-    fields: dict[str, FieldSpec] = Field(default_factory=dict)
-    include_unmapped: bool | None = None
-    #: dotted path of a device timestamp (UNIX seconds or milliseconds, or ISO 8601)
-    timestamp: str | None = None
-    timestamp_unit: Literal["auto", "s", "ms"] = "auto"
-    #: json: dotted path of the device id when the topic has no {device}
-    device_field: str | None = None
     #: registered as the type of devices seen here (selects their offline timeout)
     device_type: str | None = None
-    #: value: what a bare payload may be
-    value_type: Literal["auto", "number", "bool", "string"] = "auto"
-
-    _check_unit = field_validator("unit")(_unit)
-    _check_metric = field_validator("metric")(_metric)
-
-    @field_validator("units")
-    @classmethod
-    def _check_units(cls, v: dict[str, str]) -> dict[str, str]:
-        for metric, unit in v.items():
-            _metric(metric)
-            _unit(unit)
-        return v
 
     @field_validator("topic")
     @classmethod
@@ -82,22 +31,18 @@ class SubscriptionConfig(Section):
         TopicTemplate(v)
         return v
 
+    @field_validator("format")
+    @classmethod
+    def _check_format(cls, v: str) -> str:
+        try:
+            format_class(v)
+        except UnknownFormat as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> SubscriptionConfig:
-        names = TopicTemplate(self.topic).names
-        has_device = "device" in names
-        if "metric" in names and self.format != "value":
-            raise ValueError("{metric} in the topic only works with format: value")
-        if self.format == "value" and "metric" not in names and not self.metric:
-            raise ValueError("format: value needs {metric} in the topic or a metric: key")
-        if self.format in ("value", "zigbee2mqtt") and not has_device:
-            raise ValueError(f"format: {self.format} needs {{device}} in the topic")
-        if self.format == "json" and not has_device and not self.device_field:
-            raise ValueError("format: json needs {device} in the topic or a device_field: key")
-        if self.fields and self.format != "json":
-            raise ValueError("fields: only applies to format: json")
-        if self.device_field and has_device:
-            raise ValueError("device_field: and {device} in the topic: choose one")
+        format_class(self.format).check(self, frozenset(TopicTemplate(self.topic).names))
         return self
 
 
