@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import ssl
-import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from typing import Any
 from gmqtt import Client, Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.core import gmqtt_patch
 from gateway.core.backoff import Backoff
 from gateway.reading import Command, CommandResult
 from gateway.store.outbox import Outbox
@@ -79,15 +79,8 @@ class _Client(Client):  # type: ignore[misc]
                  **kwargs: Any) -> None:
         super().__init__(client_id, **kwargs)
         self.lost = asyncio.Event()
-        self._on_puback = on_puback
-        # gmqtt's PUBACK handler drops the MQTT 5 reason code: read it ourselves
-        self._package_handler._handle_puback_packet = self._handle_puback
-
-    def _handle_puback(self, cmd: int, packet: bytes) -> None:
-        (mid,) = struct.unpack("!H", packet[:2])
-        reason = packet[2] if len(packet) > 2 else 0  # absent means success (MQTT 5 §3.4.2.1)
-        self._package_handler.id_generator.free_id(mid)
-        self._on_puback(mid, reason)
+        # gmqtt's PUBACK handler drops the MQTT 5 reason code, and would replay on its own
+        gmqtt_patch.on_puback(self, on_puback, replace=True)
 
     async def reconnect(self, delay: bool = False) -> None:
         # gmqtt would reconnect and replay on its own; the uplink does both from the outbox
@@ -95,16 +88,11 @@ class _Client(Client):  # type: ignore[misc]
 
     def publish_qos1(self, topic: str, payload: bytes, retain: bool = False) -> int:
         """Send a QoS 1 PUBLISH and return its packet id (not kept for gmqtt's replay)."""
-        mid, _ = self._connection.publish(Message(topic, payload, qos=1, retain=retain))
-        return int(mid)
+        return gmqtt_patch.publish_qos1(self, topic, payload, retain)
 
     @property
     def receive_maximum(self) -> int:
-        props = getattr(self._package_handler, "_connack_properties", {}) or {}
-        value = props.get("receive_maximum")
-        if isinstance(value, list):
-            value = value[0] if value else None
-        return int(value) if value else 65535
+        return gmqtt_patch.receive_maximum(self)
 
 
 class Uplink:

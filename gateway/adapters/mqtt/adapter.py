@@ -21,21 +21,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import struct
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import gmqtt
-from gmqtt.mqtt.constants import MQTTCommands, MQTTv50, PubRecReasonCode
-from gmqtt.mqtt.package import CommandWithMidPacket
-from gmqtt.storage import PersistentStorage
+from gmqtt.mqtt.constants import MQTTv50, PubRecReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
 from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
 from gateway.adapters.mqtt.held import HeldLine, Message
 from gateway.adapters.mqtt.topics import TopicTemplate
+from gateway.core import gmqtt_patch
 from gateway.core.backoff import Backoff
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
@@ -82,19 +80,6 @@ class _Metrics:
                                 ["adapter", "result"], registry=registry)
 
 
-
-
-class _MidRecorder(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's in-flight store, remembering the packet id of the last publish.
-
-    ``Client.publish`` does not return the packet id; we need it to match the PUBACK.
-    """
-
-    last_mid = 0
-
-    def push_message(self, mid: int, raw_package: bytes) -> None:
-        self.last_mid = mid
-        super().push_message(mid, raw_package)
 
 
 def _filter_matches(pattern: str, topic: str) -> bool:
@@ -150,7 +135,7 @@ class MqttAdapter(Adapter):
         self._m_connected = m.connected.labels(name)
         self._m_commands = m.commands
         self._client: gmqtt.Client | None = None
-        self._storage = _MidRecorder()
+        self._storage = gmqtt_patch.MidRecorder()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch: list[Reading] = []
         self._batch_messages: list[Message] = []
@@ -167,7 +152,7 @@ class MqttAdapter(Adapter):
         self._stopping = False
         self._closed: asyncio.Future[None] | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
-        self._pubacks: list[bytes] = []
+        self._pubacks: gmqtt_patch.PubackBatcher | None = None
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         self._typed: set[str] = set()
         self._input_log = InputLog(self.log)
@@ -191,27 +176,14 @@ class MqttAdapter(Adapter):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        # gmqtt drops the reason code of PUBACKs to our publishes (a TODO in its handler);
-        # commands must know whether the broker took them, so read it here first
-        handler = client._package_handler
-        original = handler._handle_puback_packet
-
-        def on_puback(cmd: int, packet: bytes) -> None:
-            (mid,) = struct.unpack("!H", packet[:2])
-            code = packet[2] if len(packet) > 2 else OK
-            original(cmd, packet)
-            fut = self._acks.pop(mid, None)
-            if fut is not None and not fut.done():
-                fut.set_result(code)
-
-        handler._handle_puback_packet = on_puback
+        # commands must know whether the broker took them: PUBACK reason codes
+        gmqtt_patch.on_puback(client, self._on_puback)
         # one task per message (gmqtt's way with an async on_message) costs more than the
         # rest of the hot path: take QoS 1 PUBLISHes directly
-        self._gmqtt_qos1 = handler._handle_qos_1_publish_packet
-        handler._handle_qos_1_publish_packet = self._on_qos1
-        # gmqtt writes each PUBACK on its own (a send() system call per message); queue
-        # the ones of one loop turn and write them together
-        handler._send_puback = self._queue_puback
+        self._gmqtt_qos1 = gmqtt_patch.take_qos1(client, self._on_qos1)
+        # the PUBACKs of one loop turn leave in one write
+        self._pubacks = gmqtt_patch.PubackBatcher(loop)
+        gmqtt_patch.batch_pubacks(client, self._pubacks)
         self._client = client
         where = f"mqtt://{cfg.host}:{cfg.port}"
         try:
@@ -277,7 +249,8 @@ class MqttAdapter(Adapter):
         # later: let those run, then write what is queued before disconnecting
         for _ in range(5):
             await asyncio.sleep(0)
-        self._write_pubacks()
+        if self._pubacks is not None:
+            self._pubacks.flush()
         # from here PUBACKs have no connection to go to: withheld messages are sent again
         client, self._client = self._client, None
         if client is not None:
@@ -431,20 +404,13 @@ class MqttAdapter(Adapter):
             self._done_one()
 
     def _queue_puback(self, mid: int, reason_code: int = 0) -> None:
-        if not self._pubacks:
-            assert self._loop is not None
-            self._loop.call_soon(self._write_pubacks)
-        self._pubacks.append(CommandWithMidPacket.build_package(
-            MQTTCommands.PUBACK, mid, False, reason_code=reason_code, proto_ver=MQTTv50))
+        if self._pubacks is not None:
+            self._pubacks.queue(mid, reason_code)
 
-    def _write_pubacks(self) -> None:
-        data = b"".join(self._pubacks)
-        self._pubacks.clear()
-        client = self._client
-        connection = client._connection if client is not None else None
-        if connection is None or not data:
-            return  # stopped: the broker sends what we did not acknowledge again
-        connection._protocol.write_data(data)
+    def _on_puback(self, mid: int, code: int) -> None:
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(code)
 
     def _companion(self, topic: str, payload: bytes) -> int | None:
         """A topic a format reads besides its subscription; None if no format wants it."""
