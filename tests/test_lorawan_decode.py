@@ -12,34 +12,37 @@ from gateway.adapters.lorawan.decode import (
     cayenne_lpp,
     decode_layout,
     flatten_object,
-    snake,
 )
+from gateway.payloads.lpp import decode_lpp
 
 
 def test_cayenne_reference_payloads_decode_to_senml_units() -> None:
-    # the examples of the Cayenne LPP specification
+    # the examples of the Cayenne LPP specification, with The Things Stack's key names
+    assert cayenne_lpp is decode_lpp  # the profile decoder is the payloads package's
     assert cayenne_lpp(bytes.fromhex("03670110056700ff")) == [
         ("temperature_3", 27.2, "Cel"), ("temperature_5", 25.5, "Cel")]
     assert cayenne_lpp(bytes.fromhex("0167ffd7")) == [("temperature_1", -4.1, "Cel")]
     assert cayenne_lpp(bytes.fromhex("067104d2fb2e0000")) == [
-        ("acceleration_x_6", round(1.234 * 9.80665, 5), "m/s2"),
-        ("acceleration_y_6", round(-1.234 * 9.80665, 5), "m/s2"),
-        ("acceleration_z_6", 0.0, "m/s2")]
+        ("accelerometer_6_x", round(1.234 * 9.80665, 5), "m/s2"),
+        ("accelerometer_6_y", round(-1.234 * 9.80665, 5), "m/s2"),
+        ("accelerometer_6_z", 0.0, "m/s2")]
     assert cayenne_lpp(bytes.fromhex("018806765ff2960a0003e8")) == [
-        ("latitude_1", 42.3519, "lat"), ("longitude_1", -87.9094, "lon"),
-        ("altitude_1", 10.0, "m")]
+        ("gps_1_latitude", 42.3519, "lat"), ("gps_1_longitude", -87.9094, "lon"),
+        ("gps_1_altitude", 10.0, "m")]
 
 
 def test_cayenne_humidity_pressure_presence_and_illuminance() -> None:
     got = cayenne_lpp(bytes.fromhex("0268610473279505660106650190"))
-    assert got == [("humidity_2", 48.5, "%RH"), ("pressure_4", 101330, "Pa"),
-                   ("presence_5", True, None), ("illuminance_6", 400, "lx")]
+    # presence keeps the integer the device sent, as every LPP decoder does
+    assert got == [("relative_humidity_2", 48.5, "%RH"), ("barometric_pressure_4", 101330, "Pa"),
+                   ("presence_5", 1, None), ("luminosity_6", 400, "lx")]
 
 
 @pytest.mark.parametrize("payload", ["0367", "036701", "03ff0000", "0688010203"])
 def test_cayenne_truncated_or_unknown_payload_is_an_error(payload: str) -> None:
-    with pytest.raises(DecodeError):
+    with pytest.raises(DecodeError) as err:
         cayenne_lpp(bytes.fromhex(payload))
+    assert err.value.reason == "bad_frame"
 
 
 def test_layout_reads_fields_in_sequence_and_at_offsets() -> None:
@@ -58,8 +61,9 @@ def test_layout_reads_fields_in_sequence_and_at_offsets() -> None:
 
 def test_layout_short_payload_names_the_field() -> None:
     layout = [LayoutField(name="a", type="uint16"), LayoutField(name="b", type="int32")]
-    with pytest.raises(DecodeError, match="'b'"):
+    with pytest.raises(DecodeError, match="'b'") as err:
         decode_layout(b"\x00\x01\x02", layout)
+    assert err.value.reason == "bad_frame"
 
 
 def test_object_flattening_and_field_map() -> None:
@@ -77,11 +81,14 @@ def test_object_flattening_and_field_map() -> None:
         "temperature", "battery_voltage"]
 
 
-def test_snake_case_metric_names() -> None:
-    assert snake("TempC_SHT") == "temp_c_sht"
-    assert snake("batV") == "bat_v"
-    assert snake("PM2.5") == "pm2_5"
-    assert snake("1st") == "m_1st"
+def test_unmapped_keys_are_named_by_the_shared_metric_name_function() -> None:
+    # the same names every other adapter gives (gateway.payloads.names.metric_name)
+    keep = ProfileConfig()
+    got = apply_fields([("TempC_SHT", 1, None), ("batV", 2, None), ("PM2.5", 3, None),
+                        ("1st", 4, None), ("2nd_sensor", 5, None), ("tempC", 6, None),
+                        ("HTTPCode", 7, None)], keep)
+    assert [m for m, _, _ in got] == ["temp_c_sht", "bat_v", "pm2_5", "m_1st", "m_2nd_sensor",
+                                      "temp_c", "http_code"]
 
 
 def test_config_requires_scope_and_a_token() -> None:

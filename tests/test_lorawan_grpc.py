@@ -141,8 +141,8 @@ async def test_cayenne_profile_decodes_raw_bytes(tmp_path: Path,
         chirpstack.emit(EUI2, "up", chirpstack.uplink(EUI2, 1, data=data))
         await wait_until(lambda: len(sink.accepted) == 3, what="cayenne readings")
         assert {r.metric: (r.value, r.unit) for r in sink.accepted} == {
-            "temperature_3": (27.2, "Cel"), "humidity_5": (50.0, "%RH"),
-            "pressure_7": (101330, "Pa")}
+            "temperature_3": (27.2, "Cel"), "relative_humidity_5": (50.0, "%RH"),
+            "barometric_pressure_7": (101330, "Pa")}
     finally:
         await adapter.stop()
 

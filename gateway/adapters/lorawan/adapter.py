@@ -31,10 +31,8 @@ from gateway.adapters.lorawan.decode import (
     Candidate,
     DecodeError,
     apply_fields,
-    cayenne_lpp,
     decode_layout,
-    flatten_object,
-    struct_to_dict,
+    decode_lpp,
 )
 from gateway.adapters.lorawan.events import Delivery
 from gateway.adapters.lorawan.sources import GrpcStreamSource, MqttIntegrationSource, UplinkSource
@@ -42,6 +40,7 @@ from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.core.backoff import Backoff
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
+from gateway.payloads import chirpstack
 from gateway.reading import Command, CommandResult, Reading, now
 
 _EUI = re.compile(r"^[0-9a-f]{16}$")
@@ -335,6 +334,10 @@ class LorawanAdapter(Adapter):
                 self._chirpstack_log(eui, d.event)
             elif isinstance(d.event, integration.LocationEvent):
                 readings = self.location_readings(d.event)
+        except DecodeError as exc:
+            # an event the payloads package refuses (no DevEUI...): counted, never stored
+            self.malformed(exc.reason, eui or "?", f"{d.kind} event: {exc}")
+            readings = []
         except Exception as exc:  # noqa: BLE001 - one odd event must not stop the device's stream
             # skipped for good (committed below): replaying it would fail the same way
             self.malformed("error", eui, f"{d.kind} event: {type(exc).__name__}: {exc}")
@@ -415,63 +418,42 @@ class LorawanAdapter(Adapter):
                              "history", eui, gap, last, f_cnt)
 
     def uplink_readings(self, ev: integration.UplinkEvent) -> list[Reading]:
-        """The readings of one uplink: decoded payload, then radio metadata."""
-        eui = ev.device_info.dev_eui.lower()
+        """The readings of one uplink: decoded payload, then radio metadata.
+
+        DecodeError (``no_device``) for an event without a DevEUI.
+        """
+        eui = chirpstack.device_of(ev)
         device = f"{self.prefix}:{eui}"
-        ts = ev.time.ToMicroseconds() / 1e6 if ev.HasField("time") else now()
+        ts = chirpstack.event_time(ev, now())
         profile = self._profile(eui, ev.device_info)
-        out: list[Reading] = []
+        values: list[Candidate] = []
         if not profile.ports or ev.f_port in profile.ports:
             try:
-                candidates = self._decode(ev, profile)
+                values = apply_fields(self._decode(ev, profile), profile)
             except DecodeError as exc:
                 self.malformed("payload", eui, f"f_port {ev.f_port}, "
                                f"data {ev.data.hex()}: {exc}")
-                candidates = []
-            for metric, value, unit in apply_fields(candidates, profile):
-                out.append(Reading(device, metric, value, unit, ts))
-        if self.config.radio_metrics:
-            if ev.rx_info:
-                out.append(Reading(device, "rssi", max(rx.rssi for rx in ev.rx_info), "dBm", ts))
-                out.append(Reading(device, "snr", round(max(rx.snr for rx in ev.rx_info), 2),
-                                   "dB", ts))
-            out.append(Reading(device, "frame_counter", ev.f_cnt, None, ts))
-            out.append(Reading(device, "data_rate", ev.dr, None, ts))
-        return out
+        return chirpstack.uplink_readings(ev, device, ts, values, self.config.radio_metrics)
 
     @staticmethod
     def _decode(ev: integration.UplinkEvent, profile: ProfileConfig) -> list[Candidate]:
         if profile.decoder == "object":
-            if not ev.HasField("object"):
-                return []
-            return list(flatten_object(struct_to_dict(ev.object)))
+            return chirpstack.object_candidates(ev)
         if profile.decoder == "cayenne":
-            return cayenne_lpp(ev.data)
+            return decode_lpp(ev.data)
         if profile.decoder == "layout":
             return decode_layout(ev.data, profile.layout)
         return []
 
     def status_readings(self, ev: integration.StatusEvent) -> list[Reading]:
-        """Battery and link margin from a device status event."""
-        device = f"{self.prefix}:{ev.device_info.dev_eui.lower()}"
-        ts = ev.time.ToMicroseconds() / 1e6 if ev.HasField("time") else now()
-        out = [Reading(device, "link_margin", ev.margin, "dB", ts),
-               Reading(device, "external_power", ev.external_power_source, None, ts)]
-        if not ev.battery_level_unavailable and not ev.external_power_source:
-            out.append(Reading(device, "battery", round(ev.battery_level, 1), "%EL", ts))
-        return out
+        """Battery and link margin from a device status event (DecodeError: no DevEUI)."""
+        device = f"{self.prefix}:{chirpstack.device_of(ev)}"
+        return chirpstack.status_readings(ev, device, chirpstack.event_time(ev, now()))
 
     def location_readings(self, ev: integration.LocationEvent) -> list[Reading]:
         """A geolocation result (ChirpStack's location event) as latitude/longitude/altitude."""
-        device = f"{self.prefix}:{ev.device_info.dev_eui.lower()}"
-        ts = ev.time.ToMicroseconds() / 1e6 if ev.HasField("time") else now()
-        loc = ev.location
-        out = [Reading(device, "latitude", loc.latitude, "lat", ts),
-               Reading(device, "longitude", loc.longitude, "lon", ts),
-               Reading(device, "altitude", loc.altitude, "m", ts)]
-        if loc.accuracy:
-            out.append(Reading(device, "location_accuracy", loc.accuracy, "m", ts))
-        return out
+        device = f"{self.prefix}:{chirpstack.device_of(ev)}"
+        return chirpstack.location_readings(ev, device, chirpstack.event_time(ev, now()))
 
     # -- downlinks ----------------------------------------------------------------------------
 
