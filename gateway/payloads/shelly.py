@@ -534,7 +534,9 @@ class ShellyRpc(Format):
                    ts: float) -> list[Reading]:
         hit = self._keys.get(key)
         if hit is None and key not in self._keys:
-            hit = component_key(key) if len(key) <= 64 else None
+            if len(key) > 64:
+                return []
+            hit = component_key(key)
             if len(self._keys) < MAX_CACHED:
                 self._keys[key] = hit
         if hit is None:
