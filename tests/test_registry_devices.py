@@ -14,10 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.core.config import DevicesSection
-from gateway.core.registry import DeviceRegistry
+from gateway.core.registry import FLUSH_SOON, DeviceRegistry
 from gateway.reading import Reading
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
+from tests.waiting import eventually
 
 
 def section(**kw: Any) -> DevicesSection:
@@ -44,13 +45,6 @@ def make(tmp_path: Path, outbox: Outbox) -> Callable[..., DeviceRegistry]:
 def reading(device: str, metric: str = "temperature", value: float = 21.0,
             ts: float | None = None) -> Reading:
     return Reading(device, metric, value, "Cel", time.time() if ts is None else ts)
-
-
-async def wait_for(cond: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_first_reading_registers_device_with_latest_values(
@@ -104,11 +98,12 @@ async def test_device_goes_offline_after_silence_and_back_online(
     try:
         reg.observe([reading("mqtt:th-1")])
         assert reg.is_online("mqtt:th-1")
-        await wait_for(lambda: not reg.is_online("mqtt:th-1"), 3.0)
+        await eventually(lambda: not reg.is_online("mqtt:th-1"), 3.0, "mqtt:th-1 offline")
         reg.observe([reading("mqtt:th-1")])
         assert reg.is_online("mqtt:th-1")
         assert seen == [("mqtt:th-1", True), ("mqtt:th-1", False), ("mqtt:th-1", True)]
-        await wait_for(lambda: len(reg._pending_events) == 0)
+        await eventually(lambda: len(reg._pending_events) == 0, 5.0,
+                         "the status events handed to the outbox")
         events = await outbox.read_events(0, 100)
         bodies = [(e.kind, e.body["device"], e.body["online"]) for e in events]
         assert bodies == [("status", "mqtt:th-1", True), ("status", "mqtt:th-1", False),
@@ -125,7 +120,7 @@ async def test_offline_timeout_follows_device_type(make: Callable[..., DeviceReg
     try:
         reg.declare("zigbee:door", type="battery")
         reg.observe([reading("zigbee:door"), reading("mqtt:plug")])
-        await wait_for(lambda: not reg.is_online("mqtt:plug"), 3.0)
+        await eventually(lambda: not reg.is_online("mqtt:plug"), 3.0, "mqtt:plug offline")
         assert reg.is_online("zigbee:door")
     finally:
         await reg.stop()
@@ -183,13 +178,19 @@ async def test_new_devices_reach_the_file_soon_but_readings_do_not_write_it(
         reg.observe([reading("mqtt:new")])
         path = tmp_path / "devices.json"
         # the counter moves once the write has returned, after the file is in place
-        await wait_for(lambda: reg.m_flushes._value.get() >= 1, 5.0)
-        assert "mqtt:new" in path.read_text()
+        await eventually(lambda: reg.m_flushes._value.get() >= 1, 5.0, "the first flush")
+        written = path.read_text()
+        assert "mqtt:new" in written
         writes = reg.m_flushes._value.get()
         for i in range(2000):
             reg.observe([reading("mqtt:new", value=float(i))])
-        await asyncio.sleep(1.5)
+        # asserting that no write happens needs a window: a change the registry wants
+        # written soon is written FLUSH_SOON after it, so a longer window would see one
+        await asyncio.sleep(FLUSH_SOON + 0.5)
         assert reg.m_flushes._value.get() == writes  # last_seen waits for flush_interval
+        assert path.read_text() == written  # still the first value, not the 2000th
+        (first,) = json.loads(written)["devices"].values()
+        assert first["values"]["temperature"][0] == 21.0
     finally:
         await reg.stop()
     doc = json.loads(path.read_text())
