@@ -365,14 +365,20 @@ _CO2 = _float_checker("single", 0.0, 1.0)
 _PM25 = _float_checker("single", 0.0, 1e6)
 
 
+def _single(x: float) -> float:
+    """``x`` to the 7 significant digits a Single carries (0.0004 arrives as 3.9999999e-4)."""
+    return float(f"{x:.7g}")
+
+
 def _ppm(value: Any) -> Value | None:
+    """A concentration fraction (1 = 100 %) as parts per million."""
     x = _CO2(value)
-    return None if x is None else sig(x * 1e6)
+    return None if x is None else _single(x * 1e6)
 
 
 def _pm25(value: Any) -> Value | None:
     x = _PM25(value)
-    return None if x is None else sig(x)
+    return None if x is None else _single(x)
 
 
 #: water and gas meters: the same attributes under other names and units
