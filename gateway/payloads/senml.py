@@ -38,7 +38,10 @@ Device and metric, from the resolved name (bn + n):
   ``urn:dev:ow:10e2073a01080063``, or it is a bare RFC 9039 device URN
   ``urn:dev:<type>:<id>``) names the device alone; the metric is then the quantity of
   its unit (Cel → temperature, %RH → humidity, lat → latitude...: :data:`UNIT_METRICS`),
-  refused ``bad_name`` for a unit that names none. Metrics are the same in both modes.
+  refused ``bad_name`` for a unit that names none. Metrics are the same in both modes,
+  but for a one-part name (no ``:`` or ``/``): with the device named by the transport
+  it is the metric (``[{"bn": "thermometer", "v": 21}]`` → ``thermometer``), else the
+  device (and the metric comes from the unit).
 
 Strictness (every refusal is a :class:`~gateway.payloads.errors.DecodeError`):
 names outside §4.5.1's characters ``[A-Za-z0-9][A-Za-z0-9:./_-]*``, a record with two
@@ -104,10 +107,15 @@ _CACHE_MAX = 4096
 
 
 class _Name(NamedTuple):
-    """A resolved name split into device (native id, or None) and metric (or None)."""
+    """A resolved name split into device (native id, or None) and metric (or None).
+
+    ``single`` is the metric a one-part name (no ``:`` or ``/``) gives when the
+    transport names the device: the name is then the sensor's, not the device's.
+    """
 
     device: str | None
     metric: str | None
+    single: str | None = None
 
 
 _names: dict[tuple[str, str], _Name] = {}
@@ -219,15 +227,16 @@ def _split(bn: str, n: str) -> _Name:
         tail = full[cut + 1:]
         dev_urn = full.startswith("urn:dev:") and full.count(":") == 3 and "/" not in full
         if cut < 0 or _no_metric(tail) or dev_urn:
-            device, sensor = full, ""
-        else:
-            device, sensor = full[:cut].rstrip(_SEPARATORS), tail
+            # the name names a device (or a sensor, when the transport names the device)
+            single = metric_name(full) if cut < 0 and not _no_metric(full) else ""
+            return _Name(full, None, single or None)
+        device, sensor = full[:cut].rstrip(_SEPARATORS), tail
     if "/" in device:
         device, rest = device.split("/", 1)
         device = device.rstrip(_SEPARATORS)
         rest = rest.strip(_SEPARATORS)
-        sensor = f"{rest}/{sensor}" if sensor and rest else (sensor or rest)
-    return _Name(device or None, metric_name(sensor) if sensor else None)
+        sensor = f"{rest}/{sensor}" if rest else sensor
+    return _Name(device or None, metric_name(sensor))
 
 
 def resolve_name(bn: str, n: str, where: str) -> _Name:
@@ -390,13 +399,16 @@ def _record(f: dict[str, Any], base: _Base, where: str, fixed: str | None, prefi
         _number(f["ut"], where, "ut", "bad_time")
     name = resolve_name(base.bn, n, where)
     metric = name.metric
+    if metric is None and fixed is not None:
+        metric = name.single
     if metric is None:
         senml, _ = units.get(unit, "")
         metric = UNIT_METRICS.get(senml or "")
         if metric is None:
-            raise _fail("bad_name", where, f"name {(base.bn + n)[:60]!r} names no quantity and "
-                        f"its unit {unit!r:.20} gives none: add the metric to the name "
-                        "(n, or bn + n such as 'urn:dev:ow:10e2073a01080063:temp')")
+            given = "no unit" if unit is None else f"unit {unit[:20]!r}, which names none"
+            raise _fail("bad_name", where, f"name {(base.bn + n)[:60]!r} names no quantity "
+                        f"({given}): add the metric to the name (n, or bn + n such as "
+                        "'urn:dev:ow:10e2073a01080063:temp')")
     if fixed is not None:
         device = fixed
     elif name.device is None:
