@@ -1,30 +1,26 @@
 """CLI subcommands that talk to a running daemon through its control API.
 
-``gateway status | devices | outbox | send | pair``. Tables for people, ``--json`` for
-scripts. Exit codes: 0 done, 1 the daemon answered but refused or is unhealthy, 2 bad
-usage, 3 the daemon cannot be reached.
+``gateway status | devices | outbox | send | pair | rename | forget``: the ``api`` group of
+the ``gateway.commands`` entry points (see :mod:`gateway.cli` for the contract). Tables for
+people, ``--json`` for scripts. Exit codes: 0 done, 1 the daemon answered but refused or is
+unhealthy, 2 bad usage, 3 the daemon cannot be reached (``gateway.cli.main`` turns the
+client's ``DaemonUnreachable`` and ``ApiError`` into 3 and 1).
+
+The client module is imported when a command runs, not when the parser is built: it pulls
+in ``http.client`` and the YAML reader, which ``gateway --help`` need not pay for.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from gateway.api.client import (
-    ApiClient,
-    ApiError,
-    DaemonUnreachable,
-    default_socket,
-    device_path,
-    socket_from_config,
-)
-from gateway.cli import DEFAULT_CONFIG, command
+if TYPE_CHECKING:
+    from gateway.api.client import ApiClient
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -33,44 +29,18 @@ EXIT_UNREACHABLE = 3
 Handler = Callable[[argparse.Namespace], int]
 
 
+class Cli(Protocol):
+    """The part of ``gateway.cli.Commands`` these commands use (structural: no import)."""
+
+    def add(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser: ...
+
+    def daemon_options(self, p: argparse.ArgumentParser, *, timeout: float = ...,
+                       json_flag: bool = ...) -> None: ...
+
+    def client(self, args: argparse.Namespace) -> ApiClient: ...
+
+
 # -- shared plumbing ----------------------------------------------------------------------
-
-def _common(p: argparse.ArgumentParser, json_flag: bool = True, timeout: float = 10.0) -> None:
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                   help=f"config of the running gateway, to find its socket (default "
-                        f"{DEFAULT_CONFIG})")
-    p.add_argument("-s", "--socket", help="control socket path (overrides --config)")
-    p.add_argument("--timeout", type=float, default=timeout,
-                   help=f"seconds to wait for an answer (default {timeout:g})")
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def client_for(args: argparse.Namespace) -> ApiClient:
-    """The client for ``--socket``, or for the socket named by ``--config``."""
-    if args.socket:
-        return ApiClient(args.socket, args.timeout)
-    if args.config == DEFAULT_CONFIG and not Path(DEFAULT_CONFIG).exists():
-        return ApiClient(default_socket(), args.timeout)
-    return ApiClient(socket_from_config(args.config), args.timeout)
-
-
-def _talks(fn: Handler) -> Handler:
-    """Turn an unreachable daemon or an API error into one line and an exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except DaemonUnreachable as exc:
-            print(f"gateway: {exc}", file=sys.stderr)
-            return EXIT_UNREACHABLE
-        except ApiError as exc:
-            print(f"gateway: {exc.message}", file=sys.stderr)
-            return EXIT_FAILED
-
-    return wrapper
-
 
 def _print_json(data: Any, out: TextIO | None = None) -> None:
     print(json.dumps(data, indent=2, default=str), file=out or sys.stdout)
@@ -137,10 +107,11 @@ def _values(values: Any, limit: int = 60) -> str:
 
 # -- gateway status -----------------------------------------------------------------------
 
-@_talks
-def status(args: argparse.Namespace) -> int:
+def status(args: argparse.Namespace, cli: Cli) -> int:
     """Health of the running daemon; exit 1 unless it is ready and nothing is wrong."""
-    code, data = client_for(args).request("GET", "/healthz")
+    from gateway.api.client import ApiError
+
+    code, data = cli.client(args).request("GET", "/healthz")
     if not isinstance(data, dict) or "status" not in data:
         raise ApiError(code, f"unexpected answer from /healthz (HTTP {code})")
     if args.json:
@@ -183,16 +154,13 @@ def format_status(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-status.arguments = _common  # type: ignore[attr-defined]
-command("status", "health of the running gateway: adapters, uplink, outbox")(status)
-
-
 # -- gateway devices ----------------------------------------------------------------------
 
-@_talks
-def devices(args: argparse.Namespace) -> int:
+def devices(args: argparse.Namespace, cli: Cli) -> int:
     """List known devices, or show one."""
-    client = client_for(args)
+    from gateway.api.client import device_path
+
+    client = cli.client(args)
     if args.device:
         one = client.call("GET", device_path(args.device))
         if args.json:
@@ -241,7 +209,6 @@ def format_device(d: dict[str, Any]) -> str:
 
 
 def _devices_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
     p.add_argument("device", nargs="?", help="show this device only (e.g. sim:sim-1)")
     p.add_argument("--adapter", help="only devices of this adapter")
     state = p.add_mutually_exclusive_group()
@@ -251,23 +218,18 @@ def _devices_args(p: argparse.ArgumentParser) -> None:
                        help="only devices offline")
 
 
-devices.arguments = _devices_args  # type: ignore[attr-defined]
-command("devices", "list known devices, their state and latest values")(devices)
-
-
 # -- gateway outbox -----------------------------------------------------------------------
 
-@_talks
-def outbox(args: argparse.Namespace) -> int:
+def outbox(args: argparse.Namespace, cli: Cli) -> int:
     """Depth, size, age and drops of the outbox."""
     if args.dead_letters:
-        letters = client_for(args).call("GET", f"/api/outbox/dead-letters?limit={args.limit}")
+        letters = cli.client(args).call("GET", f"/api/outbox/dead-letters?limit={args.limit}")
         if args.json:
             _print_json(letters)
         else:
             print(format_dead_letters(letters))
         return 0
-    data = client_for(args).call("GET", "/api/outbox")
+    data = cli.client(args).call("GET", "/api/outbox")
     if args.json:
         _print_json(data)
         return 0
@@ -311,15 +273,10 @@ def format_dead_letters(d: dict[str, Any]) -> str:
 
 
 def _outbox_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
     p.add_argument("--dead-letters", action="store_true",
                    help="list readings set aside because they could not be stored")
     p.add_argument("--limit", type=int, default=20,
                    help="with --dead-letters: how many of the latest (default 20)")
-
-
-outbox.arguments = _outbox_args  # type: ignore[attr-defined]
-command("outbox", "what waits in the outbox for the cloud")(outbox)
 
 
 # -- gateway send -------------------------------------------------------------------------
@@ -342,15 +299,16 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-@_talks
-def send(args: argparse.Namespace) -> int:
+def send(args: argparse.Namespace, cli: Cli) -> int:
     """Send a command to a device; exit 1 unless it was sent or delivered."""
+    from gateway.api.client import ApiError, device_path
+
     try:
         params = parse_params(args.params)
     except ValueError as exc:
         print(f"gateway send: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    code, result = client_for(args).request(
+    code, result = cli.client(args).request(
         "POST", device_path(args.device, "/commands"), {"action": args.action, "params": params})
     if not isinstance(result, dict) or "status" not in result:
         message = result.get("error") if isinstance(result, dict) else result
@@ -364,16 +322,10 @@ def send(args: argparse.Namespace) -> int:
 
 
 def _send_args(p: argparse.ArgumentParser) -> None:
-    # longer than the daemon's own api.command_timeout (30 s): its answer says what happened
-    _common(p, timeout=45.0)
     p.add_argument("device", help="device id, e.g. zigbee:00:12:4b:00:01:02:03:04")
     p.add_argument("action", help="what to do, e.g. on, off, toggle, set")
     p.add_argument("params", nargs="*", metavar="key=value",
                    help="parameters; JSON values (50, true, [1,2]) keep their type")
-
-
-send.arguments = _send_args  # type: ignore[attr-defined]
-command("send", "send a command to a device")(send)
 
 
 # -- gateway pair -------------------------------------------------------------------------
@@ -400,10 +352,11 @@ def _pair_line(d: dict[str, Any], known: bool) -> str:
     return f"{'~' if known else '+'} {d.get('id')}: " + ", ".join(parts)
 
 
-@_talks
-def pair(args: argparse.Namespace) -> int:
+def pair(args: argparse.Namespace, cli: Cli) -> int:
     """Open joining, count down, and show each device as it joins and is interviewed."""
-    client = client_for(args)
+    from gateway.api.client import ApiError, DaemonUnreachable, device_path
+
+    client = cli.client(args)
     body: dict[str, Any] = {"seconds": 0 if args.close else args.seconds}
     if args.adapter:
         body["adapter"] = args.adapter
@@ -476,7 +429,6 @@ def pair(args: argparse.Namespace) -> int:
 
 
 def _pair_args(p: argparse.ArgumentParser) -> None:
-    _common(p, timeout=45.0)
     p.add_argument("--seconds", type=_seconds, default=60,
                    help="how long joining stays open, 1 to 254 (default 60)")
     p.add_argument("--adapter", help="open joining on this adapter only")
@@ -495,16 +447,13 @@ def _seconds(text: str) -> int:
     return value
 
 
-pair.arguments = _pair_args  # type: ignore[attr-defined]
-command("pair", "allow new Zigbee devices to join and watch them arrive")(pair)
-
-
 # -- gateway rename / gateway forget ------------------------------------------------------
 
-@_talks
-def rename(args: argparse.Namespace) -> int:
+def rename(args: argparse.Namespace, cli: Cli) -> int:
     """Give a device a display name."""
-    device = client_for(args).call("PATCH", device_path(args.device), {"name": args.name})
+    from gateway.api.client import device_path
+
+    device = cli.client(args).call("PATCH", device_path(args.device), {"name": args.name})
     if args.json:
         _print_json(device)
     else:
@@ -513,19 +462,15 @@ def rename(args: argparse.Namespace) -> int:
 
 
 def _rename_args(p: argparse.ArgumentParser) -> None:
-    _common(p)
     p.add_argument("device", help="device id, e.g. mqtt:kitchen")
     p.add_argument("name", help="display name, e.g. 'Kitchen sensor'")
 
 
-rename.arguments = _rename_args  # type: ignore[attr-defined]
-command("rename", "give a device a display name")(rename)
-
-
-@_talks
-def forget(args: argparse.Namespace) -> int:
+def forget(args: argparse.Namespace, cli: Cli) -> int:
     """Remove a device (Zigbee: asked to leave the network first)."""
-    answer = client_for(args).call("DELETE", device_path(args.device))
+    from gateway.api.client import device_path
+
+    answer = cli.client(args).call("DELETE", device_path(args.device))
     if args.json:
         _print_json(answer)
     else:
@@ -539,9 +484,27 @@ def forget(args: argparse.Namespace) -> int:
 
 
 def _forget_args(p: argparse.ArgumentParser) -> None:
-    _common(p, timeout=45.0)  # a Zigbee device is asked to leave first
     p.add_argument("device", help="device id, e.g. mqtt:old-sensor")
 
 
-forget.arguments = _forget_args  # type: ignore[attr-defined]
-command("forget", "remove a device from the registry")(forget)
+# -- the group ----------------------------------------------------------------------------
+
+def register(cli: Cli) -> None:
+    """The ``api`` command group (entry point ``gateway.commands``: ``api``)."""
+
+    def add(name: str, help: str, handler: Callable[[argparse.Namespace, Cli], int],
+            timeout: float = 10.0) -> argparse.ArgumentParser:
+        p = cli.add(name, help, lambda args: handler(args, cli))
+        cli.daemon_options(p, timeout=timeout)
+        return p
+
+    add("status", "health of the running gateway: adapters, uplink, outbox", status)
+    _devices_args(add("devices", "list known devices, their state and latest values", devices))
+    _outbox_args(add("outbox", "what waits in the outbox for the cloud", outbox))
+    # longer than the daemon's own api.command_timeout (30 s): its answer says what happened
+    _send_args(add("send", "send a command to a device", send, timeout=45.0))
+    _pair_args(add("pair", "allow new Zigbee devices to join and watch them arrive", pair,
+                   timeout=45.0))
+    _rename_args(add("rename", "give a device a display name", rename))
+    # a Zigbee device is asked to leave first
+    _forget_args(add("forget", "remove a device from the registry", forget, timeout=45.0))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.config.types import Duration, Section
 
@@ -34,7 +34,8 @@ class UplinkConfig(Section):
     password: SecretStr | None = None
     tls: TlsConfig | None = None
     topic_prefix: str = "gateway"
-    format: Literal["json", "senml", "thingsboard"] = "json"
+    format: str = Field(default="json", description="an installed gateway.uplink_formats entry "
+                                                    "point: json, senml, thingsboard, ...")
     batch_max_readings: int = Field(default=2000, gt=0, le=100_000)
     batch_linger: Duration = Field(
         default=0.02, ge=0, le=60,
@@ -45,3 +46,19 @@ class UplinkConfig(Section):
     backoff_initial: Duration = Field(default=1.0, gt=0, le=3600)
     backoff_max: Duration = Field(default=60.0, gt=0, le=86400)
     qos: Literal[1] = 1
+
+    @field_validator("format")
+    @classmethod
+    def _installed_format(cls, name: str) -> str:
+        # loaded here, so `gateway check` also names a format plugin that does not load
+        from gateway.uplink.formats import UnknownUplinkFormat, available_formats, format_class
+
+        installed = available_formats()
+        if name not in installed:
+            raise ValueError("expected an installed uplink format: "
+                             + (", ".join(installed) or "none installed"))
+        try:
+            format_class(name)
+        except UnknownUplinkFormat as exc:
+            raise ValueError(str(exc)) from None
+        return name

@@ -2,7 +2,17 @@
 
 A format turns outbox rows into MQTT messages ``(topic, payload)``. One batch of rows
 becomes one message where the format allows it, so one PUBACK settles the batch.
-The JSON batch format is documented in README.md ("Cloud payload format").
+The JSON batch format is documented in README.md ("Cloud payload format"); SenML is
+RFC 8428 (https://www.rfc-editor.org/rfc/rfc8428); ThingsBoard's is its gateway MQTT API
+(https://thingsboard.io/docs/reference/gateway-mqtt-api/).
+
+Formats are looked up by the ``uplink.format:`` users write, through the
+``gateway.uplink_formats`` entry points; the built-in ones register the same way. A
+third-party format is a class taking ``(gateway_id, topic_prefix)`` whose instances
+satisfy :class:`Format`, registered in its own package's metadata::
+
+    [project.entry-points."gateway.uplink_formats"]
+    acme = "acme_gateway.cloud:AcmeFormat"
 """
 
 from __future__ import annotations
@@ -10,11 +20,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.reading import Reading, Value
-from gateway.store.outbox import EventRow, TelemetryRow
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+    from gateway.store.outbox import EventRow, TelemetryRow
+
+GROUP = "gateway.uplink_formats"
+#: what a format's instances must have besides ``name`` (see :class:`Format`)
+_METHODS = ("telemetry", "events", "status", "command_topics", "result_topic")
 
 Message = tuple[str, bytes]
 
@@ -231,11 +250,53 @@ class ThingsBoardFormat:
         return "v1/gateway/rpc"
 
 
+FormatFactory = Callable[[str, str], Format]
+
+
+class UnknownUplinkFormat(LookupError):
+    """An ``uplink.format`` no installed package provides, or one that does not load."""
+
+
+@lru_cache(maxsize=1)
+def _entry_points() -> dict[str, EntryPoint]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def available_formats() -> list[str]:
+    """Names of every installed uplink format."""
+    return sorted(_entry_points())
+
+
+@lru_cache(maxsize=16)
+def format_class(name: str) -> FormatFactory:
+    """The format class registered as ``name``; UnknownUplinkFormat names the installed ones."""
+    ep = _entry_points().get(name)
+    if ep is None:
+        known = ", ".join(available_formats()) or "none installed"
+        raise UnknownUplinkFormat(f"unknown uplink format {name!r} (installed: {known})")
+    try:
+        cls = ep.load()
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must name itself, not crash
+        raise UnknownUplinkFormat(f"uplink format {name!r} ({ep.value}) does not load: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    missing = [m for m in _METHODS if not callable(getattr(cls, m, None))]
+    if not isinstance(cls, type) or missing:
+        raise UnknownUplinkFormat(f"entry point {name!r} ({ep.value}) is not an uplink format"
+                                  + (f" (no {', '.join(missing)})" if missing else ""))
+    return cls
+
+
 def make_format(name: str, gateway_id: str, prefix: str) -> Format:
-    """The format called ``name`` (``json``, ``senml`` or ``thingsboard``)."""
-    formats: dict[str, Any] = {"json": JsonBatchFormat, "senml": SenmlFormat,
-                               "thingsboard": ThingsBoardFormat}
-    return formats[name](gateway_id, prefix)  # type: ignore[no-any-return]
+    """An instance of the format registered as ``name`` (``json``, ``senml``, ...)."""
+    return format_class(name)(gateway_id, prefix)
+
+
+def cache_clear() -> None:
+    """Forget the entry points (after installing a plugin in a running interpreter)."""
+    _entry_points.cache_clear()
+    format_class.cache_clear()
 
 
 def decode_json_batch(payload: bytes | str) -> list[Reading]:

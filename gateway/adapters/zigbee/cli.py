@@ -1,5 +1,9 @@
 """``gateway hardware`` (which Zigbee sticks are plugged in) and ``gateway zigbee backup``.
 
+The ``zigbee`` group of the ``gateway.commands`` entry points (see :mod:`gateway.cli` for
+the contract): it gets the daemon options and the control-API client from the CLI it is
+registered with, so this adapter package imports neither the CLI nor the API package.
+
 Exit codes as for the other daemon commands: 0 done, 1 refused or failed, 2 bad usage,
 3 the daemon cannot be reached.
 """
@@ -9,8 +13,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from gateway.cli import DEFAULT_CONFIG, command
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Cli(Protocol):
+    """The part of ``gateway.cli.Commands`` these commands use (structural: no import)."""
+
+    def add(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser: ...
+
+    def daemon_options(self, p: argparse.ArgumentParser, *, timeout: float = ...,
+                       json_flag: bool = ...) -> None: ...
+
+    def client(self, args: argparse.Namespace) -> Any: ...
+
+
+def register(cli: Cli) -> None:
+    """Add ``gateway hardware`` and ``gateway zigbee``."""
+    _hardware_args(cli.add("hardware", "list plugged-in Zigbee sticks and suggest their config",
+                           _hardware))
+    _zigbee_args(cli, cli.add("zigbee", "Zigbee network tasks: backup",
+                              lambda args: _zigbee(args, cli)))
 
 
 def _hardware(args: argparse.Namespace) -> int:
@@ -38,26 +63,13 @@ def _hardware_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
-_hardware.arguments = _hardware_args  # type: ignore[attr-defined]
-command("hardware", "list plugged-in Zigbee sticks and suggest their config")(_hardware)
-
-
-def _zigbee(args: argparse.Namespace) -> int:
-    from gateway.api.client import ApiError, DaemonUnreachable
-    from gateway.api.commands import client_for
-
+def _zigbee(args: argparse.Namespace, cli: Cli) -> int:
+    """``gateway zigbee backup``; the CLI maps an unreachable daemon to 3, a refusal to 1."""
     if args.zigbee_command != "backup":
         print("usage: gateway zigbee backup [--adapter NAME]", file=sys.stderr)
         return 2
     path = "/api/zigbee/backup" + (f"?adapter={args.adapter}" if args.adapter else "")
-    try:
-        answer = client_for(args).call("POST", path)
-    except DaemonUnreachable as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 3
-    except ApiError as exc:
-        print(f"gateway: {exc.message}", file=sys.stderr)
-        return 1
+    answer = cli.client(args).call("POST", path)
     if args.json:
         print(json.dumps(answer, indent=2))
         return 0
@@ -68,18 +80,10 @@ def _zigbee(args: argparse.Namespace) -> int:
     return 0
 
 
-def _zigbee_args(p: argparse.ArgumentParser) -> None:
+def _zigbee_args(cli: Cli, p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="zigbee_command", metavar="ACTION")
     b = sub.add_parser("backup", help="export a coordinator backup (Open Coordinator Backup"
                                       " JSON) to the state directory now")
-    b.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                   help=f"config of the running gateway, to find its socket (default"
-                        f" {DEFAULT_CONFIG})")
-    b.add_argument("-s", "--socket", help="control socket path (overrides --config)")
-    b.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for an answer")
+    cli.daemon_options(b, timeout=90.0, json_flag=False)
     b.add_argument("--adapter", help="only this Zigbee adapter (default: every one)")
     b.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-_zigbee.arguments = _zigbee_args  # type: ignore[attr-defined]
-command("zigbee", "Zigbee network tasks: backup")(_zigbee)
