@@ -153,6 +153,9 @@ class Tasmota(Format):
         super().__init__(options)
         self._units = Units()
         self._paths: dict[tuple[str, ...], tuple[str, tuple[str, float] | None]] = {}
+        #: the ``timestamp:`` field is the readings' time, not a reading
+        ts_field = self.options.timestamp
+        self._ts_path = tuple(ts_field.split(".")) if ts_field else None
 
     def decode(self, payload: bytes, source: Source, now: float) -> list[Reading]:
         """The readings of one message; the message type is the topic's last segment."""
@@ -261,6 +264,8 @@ class Tasmota(Format):
               stated: dict[str, tuple[str, float] | None], ts: float, out: list[Reading],
               depth: int) -> None:
         """One value at ``path``: a number, ON/OFF, an array of channels or an object."""
+        if path == self._ts_path:
+            return
         cls = raw.__class__
         if cls is dict:
             if depth < MAX_DEPTH:
