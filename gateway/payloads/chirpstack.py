@@ -122,7 +122,7 @@ def parse_event(kind: str, body: bytes, encoding: str = "auto") -> Message:
     """The event of an MQTT integration payload: ``json``, ``protobuf`` or ``auto`` (sniffed)."""
     if len(body) > MAX_EVENT:
         raise DecodeError("bad_shape", f"{kind} event of {len(body)} bytes; at most {MAX_EVENT}")
-    if encoding == "json" or (encoding == "auto" and body.lstrip()[:1] == b"{"):
+    if encoding == "json" or (encoding == "auto" and body.lstrip()[:1] in (b"{", b"[")):
         return parse_json(kind, body)
     return parse_protobuf(kind, body)
 
@@ -273,15 +273,20 @@ def struct_value(value: Any) -> Any:
     if kind == "bool_value":
         return value.bool_value
     if kind == "struct_value":
-        return {k: struct_value(v) for k, v in value.struct_value.fields.items()}
+        return struct_to_dict(value.struct_value)
     if kind == "list_value":
         return [struct_value(v) for v in value.list_value.values]
     return None
 
 
 def struct_to_dict(struct: Any) -> dict[str, Any]:
-    """A ``google.protobuf.Struct`` (the codec's decoded object) as a plain dict."""
-    return {k: struct_value(v) for k, v in struct.fields.items()}
+    """A ``google.protobuf.Struct`` (the codec's decoded object) as a plain dict.
+
+    Keys in sorted order: a Struct is a map, whose order protobuf does not keep, and the
+    readings of one event come out in the same order however it was encoded.
+    """
+    fields = struct.fields
+    return {k: struct_value(fields[k]) for k in sorted(fields)}
 
 
 def flatten_object(obj: Mapping[str, Any], prefix: str = "") -> Iterator[Candidate]:
@@ -382,6 +387,8 @@ def status_readings(event: integration.StatusEvent, device: str, ts: float) -> l
 def location_readings(event: integration.LocationEvent, device: str,
                       ts: float) -> list[Reading]:
     """A geolocation result as ``latitude``, ``longitude``, ``altitude`` (and accuracy)."""
+    if not event.HasField("location"):
+        return []
     loc = event.location
     out: list[Reading] = []
     if math.isfinite(loc.latitude) and math.isfinite(loc.longitude):
