@@ -162,6 +162,9 @@ def test_timestamps() -> None:
     g = fmt({"timestamp": "meta.t", "timestamp_unit": "s"}, learned=False)
     assert decode(g, "d", {"temperature": 1, "meta": {"t": 1652706000}}) == [
         ("temperature", 1, "Cel", 1652706000.0)]
+    h = fmt({"timestamp": "t"}, learned=False)
+    assert decode(h, "d", {"temperature": 1, "t": 1652706000123}) == [
+        ("temperature", 1, "Cel", 1652706000.123)]
 
 
 def test_default_units_are_all_readable() -> None:

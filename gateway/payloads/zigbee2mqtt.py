@@ -141,6 +141,9 @@ class Zigbee2Mqtt(Format):
         self._defaults: dict[str, _Field] = {}
         #: friendly name → property → field, from the last bridge/devices read
         self._devices: dict[str, dict[str, _Field]] = {}
+        #: a top-level ``timestamp:`` field is the readings' time, not a reading
+        ts_field = self.options.timestamp
+        self._ts_key = ts_field if ts_field and "." not in ts_field else None
 
     # -- companion topic -----------------------------------------------------------------
 
@@ -322,7 +325,7 @@ class Zigbee2Mqtt(Format):
             if field is None:
                 field = self._default(key)
             kind = field.kind
-            if kind == _SKIP:
+            if kind == _SKIP or key == self._ts_key:
                 continue
             if kind == _COLOR:
                 if type(raw) is dict:
