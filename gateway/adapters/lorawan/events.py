@@ -73,6 +73,6 @@ def parse_protobuf(kind: str, body: bytes) -> Message:
 
 def parse_payload(kind: str, body: bytes, encoding: str = "auto") -> Message:
     """Parse an MQTT integration payload: ``json``, ``protobuf`` or ``auto`` (sniffed)."""
-    if encoding == "json" or (encoding == "auto" and body.lstrip()[:1] == b"{"):
+    if encoding == "json" or (encoding == "auto" and body.lstrip()[:1] in (b"{", b"[")):
         return parse_json(kind, body)
     return parse_protobuf(kind, body)
