@@ -7,8 +7,9 @@ are real too (broker stopped, daemon SIGKILLed, ACL refusals, corrupt files).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.reading import Reading
 from tests.brokers import Mosquitto, free_port
 from tests.cloud_sink import CloudSink
 from tests.daemon import GatewayProcess
+from tests.waiting import wait_until
 
 DEVICES = 4
 
@@ -55,18 +57,34 @@ def first_occurrences(seqs: list[int]) -> list[int]:
 
 
 def outbox_seqs(db_path: Path) -> dict[str, set[int]]:
-    """What the outbox file holds, read straight from SQLite (the daemon is dead)."""
-    db = sqlite3.connect(db_path)
-    series = {sid: (d, m) for sid, d, m in db.execute("SELECT id, device, metric FROM series")}
+    """The seq readings the outbox file holds, read straight from SQLite.
+
+    One read transaction: beside a running daemon (WAL), both tables come from the same
+    commit, so every series a telemetry row names is there.
+    """
+    db = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        series = {sid: (d, m) for sid, d, m in db.execute("SELECT id, device, metric FROM series")}
+        blobs = [blob for (blob,) in db.execute("SELECT blob FROM telemetry")]
+        db.execute("COMMIT")
+    finally:
+        db.close()
     out: dict[str, set[int]] = defaultdict(set)
-    for (blob,) in db.execute("SELECT blob FROM telemetry"):
+    for blob in blobs:
         flat = json.loads(blob)
         for i in range(1, len(flat), 3):
             device, metric = series[flat[i]]
             if metric == "seq":
                 out[device].add(flat[i + 1])
-    db.close()
     return out
+
+
+def waiting_count(db_path: Path) -> int:
+    """How many seq readings wait in the outbox (0 before the file exists)."""
+    if not db_path.exists():
+        return 0
+    return sum(len(s) for s in outbox_seqs(db_path).values())
 
 
 def test_readings_reach_the_cloud_in_order_with_units(
@@ -99,7 +117,11 @@ def test_cloud_outage_loses_nothing_and_keeps_per_device_order(
     gw = gateway_factory(gw_config(tmp_path / "state", cloud.port, count=count)).start()
     sink.wait_for(lambda: len(sink.readings()) > 40, timeout=20)
     cloud.stop()  # the cloud goes away mid-stream; the simulator keeps producing
-    time.sleep(2.0)
+    # the outage lasts until the gateway has noticed it and a backlog has built up, so
+    # the reconnect has readings from the outage to deliver whatever the machine's speed
+    gw.wait_for_log("reconnecting", timeout=20)
+    db = tmp_path / "state" / "outbox.db"
+    wait_until(lambda: waiting_count(db) >= 10 * DEVICES, 20, "a backlog while the cloud is away")
     cloud.start()
     sink.wait_for(lambda: all(len(set(s)) == count
                               for s in seqs_by_device(sink.readings()).values())
@@ -117,12 +139,24 @@ def test_every_accepted_reading_arrives_after_sigkill(
     state = tmp_path / "state"
     gw = gateway_factory(gw_config(state, mosquitto.port, count=400, interval=0.02)).start()
     sink.wait_for(lambda: len(sink.readings()) > 200, timeout=20)
-    gw.kill()  # SIGKILL mid-stream: no last commit, no goodbye
+    # the kill must find readings still waiting, or it proves nothing about the outbox: the
+    # cloud broker is frozen (SIGSTOP), so nothing is acknowledged and no row can leave the
+    # outbox between the look and the kill; what was already published stays in flight
+    assert mosquitto.proc is not None
+    broker_pid = mosquitto.proc.pid
+    os.kill(broker_pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: waiting_count(state / "outbox.db") >= 2 * DEVICES, 10,
+                   "readings waiting in the outbox behind the frozen cloud")
+        gw.kill()  # SIGKILL mid-stream: no last commit, no goodbye
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
     delivered = {d: set(s) for d, s in seqs_by_device(sink.readings()).items()}
     waiting = outbox_seqs(state / "outbox.db")
     accepted = {d: delivered.get(d, set()) | waiting.get(d, set())
                 for d in set(delivered) | set(waiting)}
-    assert any(accepted.values())  # the cloud had readings before the kill
+    assert any(delivered.values())  # the cloud had readings before the kill...
+    assert sum(len(s) for s in waiting.values()) >= 2 * DEVICES  # ...and some still waited
     # restart without the simulator: the backlog alone must drain
     gw2 = gateway_factory(gw_config(state, mosquitto.port, count=0), name="gw2").start()
 
@@ -158,7 +192,10 @@ def test_a_refused_publish_keeps_its_rows_until_the_broker_accepts(
     state = tmp_path / "state"
     gw = gateway_factory(gw_config(state, cloud.port, count=10, interval=0.05)).start()
     gw.wait_for_log("reason 0x87 (not authorized)", timeout=20)
-    time.sleep(1.5)  # the simulator finishes; refusals repeat with backoff
+    # the simulator has finished (every message durable) and a retry was refused as well:
+    # by then a publish that got through would be at the cloud
+    gw.wait_for_log("messages per device sent", timeout=20)
+    gw.wait_for_log("reason 0x87 (not authorized)", timeout=20, count=2)
     assert sink.readings() == []
     gw.stop()
     waiting = outbox_seqs(state / "outbox.db")
@@ -183,19 +220,21 @@ def test_outbox_at_its_bound_drops_the_oldest_and_counts_exactly_what_is_missing
     dead_port = free_port()  # no cloud yet: everything queues until the bound
     gw = gateway_factory(gw_config(state, dead_port, count=count, interval=0.002,
                                    max_bytes="48KiB")).start()
-    gw.wait_for_log("messages per device sent", timeout=60)
-    time.sleep(0.3)
+    gw.wait_for_log("messages per device sent", timeout=60)  # every message durable
     gw.stop()
     db = sqlite3.connect(state / "outbox.db")
     dropped = int(db.execute("SELECT value FROM meta WHERE key='dropped'").fetchone()[0])
     db.close()
     assert dropped > 0
+    waiting = outbox_seqs(state / "outbox.db")  # read while no daemon runs
     sink = cloud_sink_factory(mosquitto.port)
     gateway_factory(gw_config(state, mosquitto.port, count=0), name="gw2").start()
-    waiting = sum(len(s) for s in outbox_seqs(state / "outbox.db").values())
-    sink.wait_for(lambda: len([r for r in sink.readings() if r.metric == "seq"]) >= waiting,
-                  timeout=30)
-    time.sleep(0.5)
+
+    def all_waiting_arrived() -> bool:
+        got = {d: set(s) for d, s in seqs_by_device(sink.readings()).items()}
+        return all(seqs <= got.get(d, set()) for d, seqs in waiting.items())
+
+    sink.wait_for(all_waiting_arrived, timeout=30)
     got = seqs_by_device(sink.readings())
     received = sum(len(set(s)) for s in got.values())
     emitted_seq = DEVICES * count
