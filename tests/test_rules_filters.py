@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.core.pipeline import Pipeline
 from gateway.reading import Reading
 from gateway.rules.config import FilterSpec
-from gateway.rules.filters import WINDOW_GRACE, FilterSet
+from gateway.rules.filters import STATE_PREFIX, WINDOW_GRACE, FilterSet
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
 
@@ -136,8 +135,9 @@ def test_aggregate_windows_close_at_their_boundaries() -> None:
     # 40 s of the first window, then readings of the second and third windows
     readings = [r("power", v, start + t, unit="W") for t, v in
                 [(20, 10.0), (40, 30.0), (59.9, 20.0), (60, 100.0), (119, 200.0), (125, 5.0)]]
-    assert f.apply(readings) == []
-    out = f.take_queued()
+    # the windows closed by a later reading join that reading's batch
+    out = f.apply(readings)
+    assert f.take_queued() == []
     assert [(x.metric, x.value, x.ts, x.unit) for x in out] == [
         ("power_avg", 20.0, start, "W"), ("power_min", 10.0, start, "W"),
         ("power_max", 30.0, start, "W"), ("power_count", 3, start, None),
@@ -152,8 +152,8 @@ def test_aggregate_ignores_resends_and_counts_late_readings() -> None:
     start = T0 - 20
     f.apply([r("power", 1.0, start + 1), r("power", 2.0, start + 2)])
     f.apply([r("power", 1.0, start + 1), r("power", 2.0, start + 2)])  # a refused batch, again
-    f.apply([r("power", 4.0, start + 61), r("power", 8.0, start + 30)])  # the 8 is late
-    assert [x.value for x in f.take_queued()] == [3.0]
+    out = f.apply([r("power", 4.0, start + 61), r("power", 8.0, start + 30)])  # 8 is late
+    assert [x.value for x in out] == [3.0]
     assert reg.get_sample_value("gateway_filter_readings_total",
                                 {"filter": "agg", "reason": "duplicate"}) == 2
     assert reg.get_sample_value("gateway_filter_readings_total",
@@ -181,31 +181,58 @@ def test_a_quiet_series_window_closes_after_its_end_by_the_clock() -> None:
     assert [x.value for x in f.take_queued()] == [7.0]
 
 
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    box = await Outbox.open(tmp_path / "outbox.db", StoreConfig(commit_interval=0.001))
-    yield box
-    await box.close()
-
-
-async def test_aggregates_reach_the_outbox_and_stop_flushes_the_open_window(
-        outbox: Outbox) -> None:
-    f = fs({"metric": "power", "aggregate": {"window": 60, "functions": ["avg"]}},
-           emit=outbox.append)
+async def test_aggregates_reach_the_outbox_and_open_windows_outlive_a_stop(
+        tmp_path: Path) -> None:
+    spec = {"metric": "power", "aggregate": {"window": 60, "functions": ["avg", "count"]}}
+    outbox = await Outbox.open(tmp_path / "outbox.db", StoreConfig(commit_interval=0.001))
+    f = fs(spec, emit=outbox.append)
     pipeline = Pipeline(outbox)
     pipeline.filters.append(f.apply)
+    pipeline.stateful.append(f)
     await f.start()
     start = T0 - 20
     assert await pipeline.accept([r("power", 1.0, start + 1), r("temperature", 20.0, start + 1)])
     assert await pipeline.accept([r("power", 3.0, start + 2)])
     assert await pipeline.accept([r("power", 10.0, start + 61)])
-    for _ in range(50):  # bounded: the emitter runs once a second or when woken
-        if f.emitted:
-            break
-        import asyncio
-        await asyncio.sleep(0.1)
-    await f.stop()  # the second window is still open: queued as it is
+    assert await pipeline.accept([r("power", 30.0, start + 62)])
+    await f.stop()  # the second window stays open: its state is in the outbox
     rows = await outbox.read_telemetry(0, 100)
     got = [(x.metric, x.value, x.ts) for row in rows for x in row.readings]
     assert got == [("temperature", 20.0, start + 1), ("power_avg", 2.0, start),
-                   ("power_avg", 10.0, start + 60)]
+                   ("power_count", 2, start)]
+    await outbox.close()
+
+    # the next run reopens the window from the file, ignores a resend of what it holds,
+    # and closes it by the clock
+    outbox = await Outbox.open(tmp_path / "outbox.db", StoreConfig(commit_interval=0.001))
+    try:
+        (key,) = outbox.state(STATE_PREFIX)
+        assert "sim:a" in key
+        again = fs(spec, emit=outbox.append, clock=lambda: start + 60 + 60 + WINDOW_GRACE)
+        assert again.restore(outbox.state(STATE_PREFIX)) == 1
+        assert again.apply([r("power", 30.0, start + 62)]) == []  # a resend
+        again.close_windows()
+        await again.stop()
+        rows = await outbox.read_telemetry(0, 100)
+        got = [(x.metric, x.value, x.ts) for row in rows for x in row.readings]
+        assert got[-2:] == [("power_avg", 20.0, start + 60), ("power_count", 2, start + 60)]
+        assert outbox.state(STATE_PREFIX) == {}
+    finally:
+        await outbox.close()
+
+
+async def test_a_window_whose_filter_changed_is_closed_at_start_with_its_own_functions(
+        tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path / "outbox.db", StoreConfig(commit_interval=0.001))
+    try:
+        f = fs({"metric": "power", "aggregate": {"window": 60, "functions": ["max"]}},
+               emit=outbox.append)
+        pipeline = Pipeline(outbox)
+        pipeline.filters.append(f.apply)
+        pipeline.stateful.append(f)
+        assert await pipeline.accept([r("power", 5.0, T0), r("power", 7.0, T0 + 1)])
+        changed = fs({"metric": "power", "aggregate": {"window": 300}}, emit=outbox.append)
+        assert changed.restore(outbox.state(STATE_PREFIX)) == 0
+        assert [(x.metric, x.value) for x in changed.take_queued()] == [("power_max", 7.0)]
+    finally:
+        await outbox.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -31,10 +31,26 @@ Observer = Callable[[Sequence[Reading]], None]
 Screen = Callable[[Sequence[Reading]], list[tuple[int, str]]]
 
 
+#: durable state that must commit with a batch: key → text, None deletes
+State = Mapping[str, str | None]
+
+
 class Store(Protocol):
-    def submit(self, readings: Sequence[Reading]) -> asyncio.Future[bool] | None:
-        """Take readings now; the future answers True once they are durable.
-        None: refused at once."""
+    def submit(self, readings: Sequence[Reading],
+               state: State | None = None) -> asyncio.Future[bool] | None:
+        """Take readings now; the future answers True once they are durable (and
+        ``state`` with them). None: refused at once."""
+
+
+class Stateful(Protocol):
+    """A filter whose decisions change state that must be as durable as the readings
+    (the open windows of aggregate filters)."""
+
+    def take_state(self) -> dict[str, str | None] | None:
+        """What changed since the last call; it commits with the batch being accepted."""
+
+    def put_back(self, state: State) -> None:
+        """The batch was refused: offer this state again with a later one."""
 
 
 class Pipeline:
@@ -47,6 +63,8 @@ class Pipeline:
         #: set by the device registry (bounds on devices and metrics); None admits all
         self.screen: Screen | None = None
         self.filters: list[Filter] = []
+        #: filters with durable state, asked for it after every batch
+        self.stateful: list[Stateful] = []
         self.observers: list[Observer] = []
         self._on_observer_error = log_observer_error
 
@@ -56,8 +74,19 @@ class Pipeline:
             kept = f(kept)
             if not kept:
                 break
+        state: dict[str, str | None] | None = None
+        for sf in self.stateful:
+            more = sf.take_state()
+            if more:
+                state = more if state is None else {**state, **more}
         durable = None
-        if kept:
+        if state is not None:
+            durable = self.store.submit(kept, state)
+            if durable is None:
+                for sf in self.stateful:
+                    sf.put_back(state)
+                return False
+        elif kept:
             durable = self.store.submit(kept)
             if durable is None:
                 return False

@@ -11,9 +11,20 @@ filters only thin what is uploaded.
   the batch accepted (:meth:`FilterSet.confirm`), so a refused batch that the device
   sends again gets the same decisions: a refusal never turns into a silent drop.
 - ``aggregate``: raw numeric values are replaced by ``<metric>_<fn>`` readings (avg,
-  min, max, count, sum, last) per aligned window, stamped with the window's start and
-  queued to the outbox when the window closes (a reading of the next window arrives, or
-  the window's end passed by ``WINDOW_GRACE`` seconds, or the gateway stops).
+  min, max, count, sum, last) per aligned window, stamped with the window's start. A
+  window closes when a reading of a later window arrives (its aggregates then join that
+  reading's batch) or when its end passed by ``WINDOW_GRACE`` seconds (queued to the
+  outbox by the filters' task).
+
+  **Open windows are durable.** Each change of a window (a raw reading absorbed, the
+  window closed) is state that commits in the outbox's transaction with the batch it
+  came with (:meth:`FilterSet.take_state`, ``Outbox.submit(readings, state)``), and the
+  device is acknowledged only then. So a SIGKILL or power cut loses no absorbed reading:
+  at start the windows are restored from the outbox (:meth:`FilterSet.restore`), and a
+  device's resend of readings already absorbed is recognised by its timestamp and not
+  counted twice. Windows stay open across a stop, closing by the clock after the start.
+  A window whose filter is gone or changed at start is closed with the functions it was
+  opened with.
 """
 
 from __future__ import annotations
@@ -21,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -46,7 +58,11 @@ STOP_TIMEOUT = 5.0
 #: series remembered; beyond this the cache restarts (deadband state starts over)
 MAX_SERIES = 500_000
 
-Emit = Callable[[Sequence[Reading]], Awaitable[bool]]
+#: queues readings with the state that must commit with them (the outbox's ``append``)
+Emit = Callable[[Sequence[Reading], Mapping[str, str | None] | None], Awaitable[bool]]
+#: state keys of open windows: this prefix, the device, a unit separator, the metric
+STATE_PREFIX = "window:"
+_SEP = "\x1f"
 
 
 _NUMBERS: frozenset[Any] = frozenset({int, float})
@@ -128,6 +144,13 @@ class FilterSet:
         self._series: dict[tuple[str, str], _Series] = {}
         self._windows: dict[tuple[str, str], _Series] = {}
         self._queue: list[Reading] = []
+        #: aggregates of windows closed during the current apply(): they join its batch
+        self._closed: list[Reading] = []
+        #: series whose window changed since the last take_state()
+        self._dirty: set[tuple[str, str]] = set()
+        #: functions of restored windows whose filter changed (closed with these)
+        self._restored_functions: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.windows = any(f.window for f in self.filters)
         self._wake = asyncio.Event()
         self._call = 0
         self._task: asyncio.Task[None] | None = None
@@ -196,6 +219,10 @@ class FilterSet:
             elif out is None:
                 out = list(readings[:i])
             i += 1
+        if self._closed:
+            out = list(readings) if out is None else out
+            out.extend(self._closed)
+            self._closed = []
         return readings if out is None else out
 
     def confirm(self, readings: Sequence[Reading]) -> None:
@@ -221,6 +248,9 @@ class FilterSet:
     def _aggregate(self, f: _Filter, s: _Series, r: Reading) -> None:
         v = float(r.value)
         start = math.floor(r.ts / f.window) * f.window
+        key = (s.device, s.metric)
+        # even a duplicate: the window's state may not be committed yet (a refused batch)
+        self._dirty.add(key)
         if s.w_start is not None:
             if start == s.w_start:
                 if r.ts <= s.w_last_ts:
@@ -235,23 +265,30 @@ class FilterSet:
             if start < s.w_start:
                 f.count("late")
                 return
-            self._close(s)
+            self._close(s, self._closed)
         s.w_start, s.w_n, s.w_sum, s.w_min, s.w_max = start, 1, v, v, v
         s.w_last, s.w_last_ts, s.unit = v, r.ts, r.unit
-        self._windows[(s.device, s.metric)] = s
+        self._windows[key] = s
 
-    def _close(self, s: _Series) -> None:
+    def _close(self, s: _Series, out: list[Reading]) -> None:
         f = s.f
-        assert f is not None and s.w_start is not None
+        assert s.w_start is not None
+        key = (s.device, s.metric)
+        functions = self._restored_functions.pop(key, None) or (f.functions if f else ())
         values = {"avg": s.w_sum / s.w_n, "min": s.w_min, "max": s.w_max, "count": s.w_n,
                   "sum": s.w_sum, "last": s.w_last}
-        for fn in f.functions:
+        for fn in functions:
             unit = None if fn == "count" else s.unit
-            self._queue.append(Reading(s.device, f"{s.metric}_{fn}", values[fn], unit,
-                                       s.w_start))
-        f.count("aggregated")
+            out.append(Reading(s.device, f"{s.metric}_{fn}", values[fn], unit, s.w_start))
+        if f is not None:
+            f.count("aggregated")
         s.w_start = None
-        self._windows.pop((s.device, s.metric), None)
+        self._windows.pop(key, None)
+        self._dirty.add(key)
+        if out is self._queue:
+            self._bound_queue()
+
+    def _bound_queue(self) -> None:
         if len(self._queue) > MAX_QUEUED:
             over = len(self._queue) - MAX_QUEUED
             del self._queue[:over]
@@ -265,10 +302,77 @@ class FilterSet:
         now = self.clock() if now is None else now
         n = 0
         for s in list(self._windows.values()):
-            assert s.f is not None and s.w_start is not None
-            if everything or s.w_start + s.f.window + WINDOW_GRACE <= now:
-                self._close(s)
+            assert s.w_start is not None
+            window = s.f.window if s.f is not None and s.f.window else 0.0
+            if everything or not window or s.w_start + window + WINDOW_GRACE <= now:
+                self._close(s, self._queue)
                 n += 1
+        return n
+
+    # -- durable windows ------------------------------------------------------------------------
+
+    def take_state(self) -> dict[str, str | None] | None:
+        """The windows changed since the last call, as outbox state (None: no change).
+
+        The pipeline commits it with the batch that changed them; if that batch is
+        refused, :meth:`put_back` marks them changed again.
+        """
+        if not self._dirty:
+            return None
+        out: dict[str, str | None] = {}
+        for key in self._dirty:
+            s = self._series.get(key)
+            if s is None or s.w_start is None:
+                s = self._windows.get(key)
+            out[STATE_PREFIX + key[0] + _SEP + key[1]] = None if s is None or s.w_start is None \
+                else self._encode_window(s)
+        self._dirty.clear()
+        return out
+
+    def put_back(self, state: Mapping[str, str | None]) -> None:
+        """A batch carrying this state was refused: it must go with a later one."""
+        for k in state:
+            device, _, metric = k[len(STATE_PREFIX):].partition(_SEP)
+            self._dirty.add((device, metric))
+
+    def _encode_window(self, s: _Series) -> str:
+        key = (s.device, s.metric)
+        functions = self._restored_functions.get(key) or (s.f.functions if s.f else ())
+        window = s.f.window if s.f is not None else 0.0
+        return json.dumps([window, list(functions), s.w_start, s.w_n, s.w_sum, s.w_min,
+                           s.w_max, s.w_last, s.w_last_ts, s.unit], separators=(",", ":"))
+
+    def restore(self, state: Mapping[str, str]) -> int:
+        """Reopen the windows an earlier run left open (the outbox's committed state).
+
+        A window whose series now has a different filter (or none) is closed at once with
+        the functions it was opened with; its aggregates are queued. The number reopened.
+        """
+        n = 0
+        for k, text in state.items():
+            if not k.startswith(STATE_PREFIX):
+                continue
+            device, _, metric = k[len(STATE_PREFIX):].partition(_SEP)
+            try:
+                (window, functions, start, count, total, lo, hi, last, last_ts,
+                 unit) = json.loads(text)
+                s = self._series.get((device, metric)) or self._new_series(device, metric)
+                s.w_start, s.w_n, s.w_sum = float(start), int(count), float(total)
+                s.w_min, s.w_max, s.w_last = float(lo), float(hi), float(last)
+                s.w_last_ts, s.unit = float(last_ts), unit
+            except (ValueError, TypeError) as exc:
+                log.error("filters: open window %r in the outbox is unreadable (%s); "
+                          "dropped", k[:200], exc)
+                self._dirty.add((device, metric))
+                continue
+            self._windows[(device, metric)] = s
+            if s.f is None or s.f.window != window or tuple(s.f.functions) != tuple(functions):
+                self._restored_functions[(device, metric)] = tuple(str(f) for f in functions)
+                self._close(s, self._queue)
+                continue
+            n += 1
+        if n:
+            log.info("filters: %d open aggregate window(s) restored", n)
         return n
 
     def take_queued(self) -> list[Reading]:
@@ -280,15 +384,20 @@ class FilterSet:
 
     async def start(self) -> None:
         """Start closing windows and queueing aggregates (only needed with ``aggregate``)."""
-        if any(f.window for f in self.filters):
+        if self.windows or self._windows or self._queue:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="filters")
 
-    async def stop(self) -> None:
-        """Close open windows and queue what they hold, bounded by STOP_TIMEOUT."""
+    async def stop(self, close_windows: bool = False) -> None:
+        """Queue what closed windows hold, bounded by STOP_TIMEOUT.
+
+        Open windows stay open (their state is durable) unless ``close_windows``, or
+        unless the filters have nowhere durable to keep them (no ``emit``).
+        """
         await cancel_and_wait(self._task)
         self._task = None
-        self.close_windows(everything=True)
-        if self._queue:
+        if close_windows or self.emit is None:
+            self.close_windows(everything=True)
+        if self._queue or self._dirty:
             try:
                 await asyncio.wait_for(self._drain(retry=True), STOP_TIMEOUT)
             except TimeoutError:
@@ -308,10 +417,12 @@ class FilterSet:
             await self._drain(retry=False)
 
     async def _drain(self, retry: bool) -> None:
-        while self._queue and self.emit is not None:
+        while (self._queue or self._dirty) and self.emit is not None:
             batch = self._queue[:EMIT_BATCH]
+            # the closed windows' state (deleted) commits with their aggregates
+            state = self.take_state()
             try:
-                ok = await self.emit(batch)
+                ok = await self.emit(batch, state)
             except Exception as exc:  # noqa: BLE001 - retried; the store reports its own errors
                 log.warning("filters: queueing %d aggregate reading(s) failed: %s", len(batch),
                             exc)
@@ -320,6 +431,8 @@ class FilterSet:
                 del self._queue[:len(batch)]
                 self.emitted += len(batch)
                 continue
+            if state:
+                self.put_back(state)
             await asyncio.sleep(0.5)
             if not retry:
                 return

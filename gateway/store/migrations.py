@@ -50,6 +50,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE telemetry ADD COLUMN crc INTEGER;
     ALTER TABLE series ADD COLUMN crc INTEGER;
     """,
+    # 5: small durable state committed with the readings it belongs to (the open windows
+    # of aggregate filters): key → JSON text
+    """
+    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    """,
 ]
 
 

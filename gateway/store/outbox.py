@@ -39,7 +39,7 @@ import reprlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +140,10 @@ _Key = tuple[str, str, str | None]  # a series: device, metric, unit
 _Dead = tuple[float, str, str, str, str]
 
 
+#: state updates: key → (order of the update, JSON text or None to delete)
+_State = dict[str, tuple[int, "str | None"]]
+
+
 @dataclass(slots=True, eq=False)
 class _Row:
     """A telemetry batch accepted into memory: sent to the cloud at once, committed by
@@ -152,6 +156,8 @@ class _Row:
     new: list[tuple[_Key, int]] | None  # series it uses that were not yet written
     fut: asyncio.Future[bool] | None
     since: float  # loop time of arrival
+    #: durable state that must commit with this batch (see Outbox.submit)
+    state: _State | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -174,6 +180,8 @@ class _Work:
     acks: list[tuple[str, int, int]] = field(default_factory=list)  # rows to delete
     reserve_ids: int | None = None  # a new upper bound of ids to reserve
     flushes: list[asyncio.Future[bool]] = field(default_factory=list)
+    state: dict[str, str | None] = field(default_factory=dict)
+    state_futs: list[asyncio.Future[bool]] = field(default_factory=list)
     # filled in by the writer thread
     written: list[_Row] = field(default_factory=list)
     stored_series: dict[_Key, int] = field(default_factory=dict)
@@ -182,7 +190,7 @@ class _Work:
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.series or self.events or self.dead or self.acks
-                    or self.reserve_ids or self.flushes)
+                    or self.reserve_ids or self.flushes or self.state or self.state_futs)
 
 
 def _is_corruption(exc: BaseException) -> bool:
@@ -245,6 +253,11 @@ class Outbox:
         self._dead_pending: list[tuple[_Dead, asyncio.Future[bool] | None]] = []
         self._acks: list[tuple[str, int, int]] = []
         self._flushes: list[asyncio.Future[bool]] = []
+        #: durable state: as committed, updates not yet taken, futures of those updates
+        self._state: dict[str, str] = {}
+        self._state_pending: _State = {}
+        self._state_futs: list[asyncio.Future[bool]] = []
+        self._state_seq = 0
         self._other_since: float | None = None  # when events, dead letters or acks came
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -431,6 +444,7 @@ class Outbox:
                              (db.execute("SELECT max(id) FROM series").fetchone()[0] or 0) + 1)
         self._dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
         self._dead_deleted = int(meta.get("dead_letters_deleted", 0))
+        self._state = dict(db.execute("SELECT key, value FROM state").fetchall())
         self._refresh_size()
         self._refresh_oldest()
 
@@ -542,11 +556,16 @@ class Outbox:
 
     # -- accepting (event loop side) -----------------------------------------------------
 
-    def submit(self, readings: Sequence[Reading]) -> asyncio.Future[bool] | None:
+    def submit(self, readings: Sequence[Reading],
+               state: Mapping[str, str | None] | None = None) -> asyncio.Future[bool] | None:
         """Take readings into the outbox at once; None if refused (full, failing, closing).
 
         The returned future answers True when they are durable (committed, or acknowledged
         by the cloud), False if their commit failed. They are visible to the uplink now.
+
+        ``state`` (key → text, None deletes the key) commits in the same transaction as
+        the readings, or on its own if the cloud acknowledges them first; the future then
+        answers only once the state is committed. Later updates of a key win.
         """
         if self._closing or self._quarantining:
             return None
@@ -557,12 +576,16 @@ class Outbox:
         if self._tail_readings + n > self.config.max_pending:
             self.m_refused.labels("pending").inc(n)
             return None
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        stamped = self._stamp(state) if state else None
         if not n:
+            if stamped:
+                return self._put_state(stamped)
+            fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             fut.set_result(True)
             return fut
+        fut = asyncio.get_running_loop().create_future()
         # encoded only if its commit comes: most batches are acknowledged by the cloud first
-        row = _Row(self._take_id(), readings, "", 0, None, fut, time.monotonic())
+        row = _Row(self._take_id(), readings, "", 0, None, fut, time.monotonic(), stamped)
         if not self._pending:
             self._due_in(self.config.commit_interval)
         self._pending[row.id] = row
@@ -573,12 +596,46 @@ class Outbox:
         self.new_data.set()
         return fut
 
-    async def append(self, readings: Sequence[Reading]) -> bool:
+    async def append(self, readings: Sequence[Reading],
+                     state: Mapping[str, str | None] | None = None) -> bool:
         """Queue readings; True once durable, False if refused (full or failing store)."""
-        fut = self.submit(readings)
+        fut = self.submit(readings, state)
         if fut is None:
             return False
         return await fut
+
+    def state(self, prefix: str = "") -> dict[str, str]:
+        """The durable state whose keys start with ``prefix``, latest updates included."""
+        out = {k: v for k, v in self._state.items() if k.startswith(prefix)}
+        for k, (_, v) in sorted(self._state_pending.items(), key=lambda kv: kv[1][0]):
+            if k.startswith(prefix):
+                if v is None:
+                    out.pop(k, None)
+                else:
+                    out[k] = v
+        return out
+
+    def _stamp(self, state: Mapping[str, str | None]) -> _State:
+        self._state_seq += 1
+        seq = self._state_seq
+        return {k: (seq, v) for k, v in state.items()}
+
+    @staticmethod
+    def _merge_state(into: _State, updates: _State) -> None:
+        for k, sv in updates.items():
+            old = into.get(k)
+            if old is None or old[0] <= sv[0]:
+                into[k] = sv
+
+    def _put_state(self, stamped: _State,
+                   fut: asyncio.Future[bool] | None = None) -> asyncio.Future[bool]:
+        """State to commit on its own (within ``commit_interval``)."""
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+        self._merge_state(self._state_pending, stamped)
+        self._state_futs.append(fut)
+        self._other_came()
+        return fut
 
     def _take_id(self) -> int:
         rid = self._next_id
@@ -665,13 +722,20 @@ class Outbox:
                         row = rows.pop(rid, None)
                         if row is not None and row.fut is not None:
                             unwritten += len(row.readings)
-                            self._resolve(row, True)
+                            if row.state:
+                                # the readings are safe in the cloud; their state is not
+                                # committed yet: answer once it is
+                                fut, row.fut = row.fut, None
+                                self._tail_readings -= len(row.readings)
+                                self._put_state(row.state, fut)
+                            else:
+                                self._resolve(row, True)
                     self._pending_readings -= unwritten
                     self.m_unwritten.inc(unwritten)
                 else:
                     for rid in range(lo, hi + 1):
                         row = rows.get(rid)
-                        if row is not None:
+                        if row is not None and not row.state:  # with state: at its commit
                             self._resolve(row, True)
             if first > self._handed:
                 return  # nothing of it was ever handed to the writer: nothing to delete
@@ -744,9 +808,16 @@ class Outbox:
             self._pending_readings = 0
         else:
             taken = {}
+        state: _State = {}
         for row in taken.values():
+            if row.state:
+                self._merge_state(state, row.state)
             if row.blob or self._pack(row, work.dead):
                 work.rows.append(row)
+        self._merge_state(state, self._state_pending)
+        self._state_pending = {}
+        work.state = {k: v for k, (_, v) in state.items()}
+        work.state_futs, self._state_futs = self._state_futs, []
         self._committing = taken
         work.series = dict(self._new_series)
         work.events, self._pending_events = self._pending_events, []
@@ -761,7 +832,8 @@ class Outbox:
 
     def _left(self) -> bool:
         return bool(self._pending or self._pending_events or self._dead_pending or self._acks
-                    or self._flushes or self._reserve_wanted)
+                    or self._flushes or self._reserve_wanted or self._state_pending
+                    or self._state_futs)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -816,10 +888,15 @@ class Outbox:
         for _, fut in work.dead:
             if fut is not None and not fut.done():
                 fut.set_result(ok)
-        for fut in work.flushes:
+        for fut in work.flushes + work.state_futs:
             if not fut.done():
                 fut.set_result(ok)
         if ok:
+            for key, value in work.state.items():
+                if value is None:
+                    self._state.pop(key, None)
+                else:
+                    self._state[key] = value
             if work.written:
                 self._committed_last = max(self._committed_last, work.written[-1].id)
             if work.events:
@@ -1234,6 +1311,11 @@ class Outbox:
             if work.reserve_ids:
                 db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('ids_reserved', ?)",
                            (work.reserve_ids,))
+            if work.state:
+                db.executemany("DELETE FROM state WHERE key=?",
+                               [(k,) for k, v in work.state.items() if v is None])
+                db.executemany("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+                               [(k, v) for k, v in work.state.items() if v is not None])
             if deleted_any or dropped:
                 # every telemetry id below this is gone: a raw salvage must not bring it back
                 low = db.execute("SELECT min(id) FROM telemetry").fetchone()[0]
