@@ -41,14 +41,16 @@ def test_senml_sum_text_and_base_only_records() -> None:
     pack = [{"bn": "m/", "bver": 10},  # base fields only: no reading
             {"n": "energy", "u": "Wh", "bs": 1000, "s": 5},
             {"n": "state", "vs": "idle"},
-            {"n": "blob", "vd": "AAEC"}]  # data values carry no reading
+            {"n": "blob", "vd": "AAEC"}]  # a data value: its base64url text
     out = codec.decode(110, json.dumps(pack).encode(), DEV, NOW)
-    assert [(r.metric, r.value, r.unit) for r in out] == [("energy", 1005, "Wh"),
-                                                          ("state", "idle", None)]
+    # a sum is a reading of its own (Wh x s has no SenML unit name)
+    assert [(r.metric, r.value, r.unit) for r in out] == [("energy_sum", 1005, None),
+                                                          ("state", "idle", None),
+                                                          ("blob", "AAEC", None)]
 
 
 def test_senml_must_understand_labels_are_refused() -> None:
-    with pytest.raises(DecodeError, match="mandatory label"):
+    with pytest.raises(DecodeError, match="must be understood"):
         codec.decode(110, b'[{"n": "t", "v": 1, "crit_": 1}]', DEV, NOW)
 
 

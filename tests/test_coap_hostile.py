@@ -226,9 +226,9 @@ DEEP_CBOR = b"\x81" * 5000 + b"\x01"
 
 
 @pytest.mark.parametrize("fmt,body,reason", [
-    (112, cbor2.dumps([{0: "t", 6: 10**400, 2: 1}]), "bad_senml"),
-    (112, cbor2.dumps([{0: "t", 2: 10**400}]), "bad_senml"),
-    (112, cbor2.dumps([{-3: 10**400, 0: "t", 2: 1}]), "bad_senml"),
+    (112, cbor2.dumps([{0: "t", 6: 10**400, 2: 1}]), "bad_time"),
+    (112, cbor2.dumps([{0: "t", 2: 10**400}]), "bad_value"),
+    (112, cbor2.dumps([{-3: 10**400, 0: "t", 2: 1}]), "bad_time"),
     (60, cbor2.dumps({"t": 10**400}), "bad_value"),
     (60, cbor2.dumps({"t": 1, "ts": 10**400}), "bad_time"),
     (50, json.dumps({"t": 10**400}).encode(), "bad_value"),
@@ -302,7 +302,8 @@ async def test_a_gap_in_a_block1_transfer_gets_408_and_a_fresh_start_works(
         chunk = body[i:i + 32]
         last = await _raw_request(cli, _block_post(gw, i // 32, i + 32 < len(body), 1, chunk))
     assert last.code == Code.CHANGED
-    assert sorted(r.metric for r in await gw.stored()) == ["humidity", "pad", "temperature"]
+    # "pad" is text: unmapped text is not a reading
+    assert sorted(r.metric for r in await gw.stored()) == ["humidity", "temperature"]
     no_traceback(caplog)
 
 

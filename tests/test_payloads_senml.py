@@ -230,7 +230,7 @@ def test_base_value_base_sum_and_base_unit() -> None:
                   {"n": "r", "u": "kW", "s": 2}])
     assert rows(got) == [
         ("senml:m", "p", 105, "W"), ("senml:m", "p_sum", 1007, "J"),
-        ("senml:m", "q", 101.5, "W"), ("senml:m", "q_sum", 1000, "J"),  # bs alone: a sum
+        ("senml:m", "q", 101.5, "W"),  # no s: no sum, whatever bs says
         ("senml:m", "r_sum", 1002000.0, "J")]  # (1000 + 2) kW·s, a sum with no value
 
 

@@ -170,6 +170,9 @@ class JsonFormat(Format):
         raw = path_get(obj, path)
         if raw is None:
             return now
+        if not (is_number(raw) or raw.__class__ is str):
+            raise DecodeError("bad_time", f"{path}: a time is UNIX seconds or milliseconds, "
+                              f"or ISO 8601 text, not {raw!r:.40}")
         ts = parse_timestamp(raw, self.options.timestamp_unit)
         # an unset device clock: keep the value, stamp it on receipt
         return now if ts is None else ts
@@ -223,7 +226,8 @@ class JsonFormat(Format):
             if kind is bool:
                 out.append(Reading(device, metric, raw, None, ts))
             elif not is_number(raw):
-                continue
+                what = "an integer beyond 64 bits" if kind is int else "not a finite number"
+                raise DecodeError("bad_value", f"{path[:64]}: {what}")
             elif conv is None:
                 out.append(Reading(device, metric, raw, unit, ts))
             else:

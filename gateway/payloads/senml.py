@@ -19,7 +19,7 @@ What becomes a reading (each record gives one, plus one for its sum):
   ``vd`` → its base64url text (RFC 4648 §5, no padding; a CBOR byte string is encoded
   so), at most :data:`~gateway.payloads.values.MAX_TEXT` characters (192 bytes), longer
   data is refused ``bad_value`` rather than dropped.
-- ``s`` (or a ``bs`` in effect, §4.5.4) → ``<metric>_sum``. A sum is in the unit × s
+- ``s`` (plus the ``bs`` in effect) → ``<metric>_sum``. A sum is in the unit × s
   (§4.2): W → J, A → C, VA → VAs, var → vars, l/s → l, m3/s → m3, m/s → m, 1/s or Hz →
   count, 1/min → count ÷ 60, beat/min → beats ÷ 60, bit/s → bit, km/h → km ÷ 3600 (and
   m/h, mm/h); a unit × s with no SenML name (Cel × s...) leaves the sum without a unit.
@@ -441,8 +441,8 @@ def _record(f: dict[str, Any], base: _Base, where: str, fixed: str | None, prefi
         if r is None:
             raise _fail("bad_value", where, f"{label} is out of range once converted")
         out.append(r)
-    if "s" in f or base.bs is not None:
-        s = _number(f["s"], where, "s", "bad_value") if "s" in f else 0
+    if "s" in f:  # bs is added to the sums records carry; a record without s has none
+        s = _number(f["s"], where, "s", "bad_value")
         out.append(_sum(device, metric, _add(base.bs, s, where, "s", "bad_value"), unit, ts,
                         where, units))
 
