@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from tinydb.middlewares import CachingMiddleware
 from tinydb.storages import Storage
 
 from gateway.core.config import DevicesSection
+from gateway.core.files import set_aside, write_json_atomic
 from gateway.core.tasks import cancel_and_wait
 from gateway.logs import InputLog
 from gateway.reading import Reading
@@ -72,17 +72,7 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: dict[str, dict[str, Any]]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_json_atomic(self.path, data, separators=(",", ":"))
 
     def close(self) -> None:
         return None
@@ -211,11 +201,13 @@ class DeviceRegistry:
             db = TinyDB(str(self.path), storage=_FlushedCache(AtomicJSONStorage))
             docs = list(db.table("devices").all())
         except (ValueError, OSError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            aside: Path | str | None
+            try:
+                aside = set_aside(self.path)
+            except OSError as err:
+                aside = f"nowhere ({err})"
             log.error("device registry %s is unreadable (%s); moved it to %s and starting "
                       "empty: devices re-register on their next reading", self.path, exc, aside)
-            with contextlib.suppress(OSError):
-                os.replace(self.path, aside)
             db = TinyDB(str(self.path), storage=_FlushedCache(AtomicJSONStorage))
             docs = []
         self._db = db

@@ -21,7 +21,6 @@ import fnmatch
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
@@ -30,6 +29,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.core.files import write_json_atomic
 from gateway.core.tasks import cancel_and_wait
 from gateway.reading import Command, Reading
 from gateway.rules.config import ActionSpec, RuleSpec
@@ -812,7 +812,8 @@ class RuleEngine:
         self._dirty = False
         self._last_write = time.monotonic()
         data = self.snapshot()
-        write = asyncio.ensure_future(asyncio.to_thread(_write_json, self.state_path, data))
+        write = asyncio.ensure_future(asyncio.to_thread(write_json_atomic, self.state_path, data,
+                                                          separators=(",", ":")))
         self._writing = write
         try:
             await asyncio.shield(write)
@@ -863,12 +864,3 @@ class ActionError(Exception):
 
 class _Skipped(Exception):
     pass
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

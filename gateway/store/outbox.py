@@ -47,6 +47,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gateway.core.files import set_aside
 from gateway.reading import Reading
 from gateway.store.checksum import series_crc, telemetry_crc
 from gateway.store.config import StoreConfig
@@ -456,15 +457,11 @@ class Outbox:
             except sqlite3.Error:
                 pass
             self._db = None
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(aside) + suffix))
+        # the log and shared-memory files move with it: SQLite can still read the copy
+        aside = set_aside(self.path, "corrupt", suffixes=("-wal", "-shm"))
         self.m_quarantined.inc()
         log.critical("outbox %s is corrupt (%s): moved aside to %s; starting a fresh outbox",
-                     self.path, reason, aside)
+                     self.path, reason, aside or "nowhere (the file was gone)")
         # series interned so far stay (batches in memory use them): all written afresh
         self._db = self._connect(self.path)
         migrate(self._db, MIGRATIONS)
@@ -473,12 +470,13 @@ class Outbox:
         self._bad_sids.clear()
         self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean_shutdown', 0)")
         self._reserve_ids_now()
-        salvaged = self._salvage(aside)
+        salvaged = self._salvage(aside) if aside is not None else 0
         if salvaged:
             log.warning("outbox: salvaged %d reading(s) from %s", salvaged, aside)
         return ("alert", {
             "rule": "outbox_corrupt", "severity": "critical", "device": None,
-            "message": f"outbox file was corrupt ({reason}); moved aside to {aside.name}, "
+            "message": f"outbox file was corrupt ({reason}); moved aside to "
+                       f"{aside.name if aside is not None else 'nowhere (the file was gone)'}, "
                        f"{salvaged} reading(s) salvaged",
         })
 

@@ -17,7 +17,6 @@ then come again from ChirpStack's history and may be accepted a second time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from gateway.core.files import set_aside, write_atomic
 
 log = logging.getLogger("gateway.adapter.lorawan")
 
@@ -116,9 +117,11 @@ class DeviceStateStore:
             self._journal_bytes += len(line) + 1
 
     def _set_aside(self, path: Path, exc: BaseException) -> None:
-        aside = path.with_suffix(path.suffix + ".bad")
-        with contextlib.suppress(OSError):
-            os.replace(path, aside)
+        aside: Path | str | None
+        try:
+            aside = set_aside(path, "bad", stamp=False)
+        except OSError as err:
+            aside = f"nowhere ({err})"
         log.error("unreadable LoRaWAN state %s (%s): moved to %s; streams replay "
                   "ChirpStack's history and rely on deduplication", path, exc, aside)
 
@@ -223,12 +226,7 @@ class DeviceStateStore:
             self._journal = None
 
     def _compact(self, text: str) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, text)
         # the snapshot holds everything up to its seq: journal lines at or below it are
         # skipped at load, so a crash between these two steps loses nothing
         self.close()

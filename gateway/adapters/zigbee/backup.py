@@ -10,21 +10,13 @@ comes up with the old network instead of forming a new one.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from gateway.core.files import write_atomic
+
 LATEST = "backup.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def export(directory: Path, backup: Any, keep: int, now: float | None = None) -> Path:
@@ -33,8 +25,8 @@ def export(directory: Path, backup: Any, keep: int, now: float | None = None) ->
     text = json.dumps(backup.as_open_coordinator_json(), indent=2, sort_keys=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
     dated = directory / f"backup-{stamp}.json"
-    _write_atomic(dated, text)
-    _write_atomic(directory / LATEST, text)
+    write_atomic(dated, text)
+    write_atomic(directory / LATEST, text)
     history = sorted(p for p in directory.glob("backup-*.json"))
     for old in history[:-keep]:
         old.unlink(missing_ok=True)
