@@ -25,6 +25,7 @@ from gateway.core.config import DevicesSection
 from gateway.core.registry import DeviceRegistry
 from gateway.reading import Command, Reading
 from tests.brokers import Mosquitto, free_port
+from tests.waiting import eventually
 
 
 class GateSink:
@@ -45,13 +46,6 @@ class GateSink:
             return False
         self.accepted.extend(readings)
         return True
-
-
-async def wait_for(cond: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 def adapter_config(broker: Mosquitto, **kw: Any) -> MqttConfig:
@@ -107,12 +101,21 @@ def telemetry(seq: int) -> bytes:
     return json.dumps({"temperature": 20 + seq / 10, "seq": seq, "ts": time.time()}).encode()
 
 
+def acknowledged(client: gmqtt.Client) -> bool:
+    """Every QoS 1 message ``client`` published has its PUBACK from the broker."""
+    return bool(client._persistent_storage.is_empty)
+
+
+def seqs(readings: list[Reading], device: str) -> list[Any]:
+    return [r.value for r in readings if r.metric == "seq" and r.device == device]
+
+
 async def test_readings_reach_the_sink_with_device_ids_and_type(
         h: Harness, device: gmqtt.Client) -> None:
     await h.adapter()
     device.publish("devices/kitchen/telemetry", telemetry(1), qos=1)
     device.publish("sensors/garage/humidity", b"41.5", qos=1)
-    await wait_for(lambda: len(h.sink.accepted) == 3)
+    await eventually(lambda: len(h.sink.accepted) == 3, 5.0, "three readings accepted")
     got = {(r.device, r.metric): r.value for r in h.sink.accepted}
     assert got == {("mqtt:kitchen", "temperature"): 20.1, ("mqtt:kitchen", "seq"): 1,
                    ("mqtt:garage", "humidity"): 41.5}
@@ -125,22 +128,27 @@ async def test_puback_is_withheld_until_the_sink_accepts(
     adapter = await h.adapter()
     # accepted normally: acknowledged, so a reconnect does not bring it back
     device.publish("devices/a/telemetry", telemetry(1), qos=1)
-    await wait_for(lambda: len(h.sink.accepted) == 2)
+    await eventually(lambda: len(h.sink.accepted) == 2, 5.0, "mqtt:a accepted")
     # held in the sink: no PUBACK yet
     h.sink.gate.clear()
     device.publish("devices/b/telemetry", telemetry(2), qos=1)
-    await wait_for(lambda: len(h.sink.calls) == 2)
+    await eventually(lambda: len(h.sink.calls) == 2, 5.0, "mqtt:b at the sink")
     # drop the connection under the adapter (what a crash does); gmqtt reconnects with
     # the same session and the broker sends what we never acknowledged again
     assert adapter._client is not None
     adapter._client._connection._transport.abort()
-    await wait_for(lambda: len(h.sink.calls) == 3 and adapter.connects == 2)
+    await eventually(lambda: len(h.sink.calls) == 3 and adapter.connects == 2, 5.0,
+                     "a reconnect and mqtt:b sent again")
     redelivered = {r.device for r in h.sink.calls[2]}
     assert redelivered == {"mqtt:b"}
     h.sink.gate.set()
-    await wait_for(lambda: len(h.sink.accepted) == 6)
-    await asyncio.sleep(0.3)
-    assert len(h.sink.calls) == 3  # mqtt:a never came back: it had been acknowledged
+    await eventually(lambda: len(h.sink.accepted) == 6, 5.0, "mqtt:a once and mqtt:b twice")
+    # a later message on mqtt:a's topic: the broker keeps a topic's order, so a second
+    # copy of mqtt:a's first message would reach us before it
+    device.publish("devices/a/telemetry", telemetry(3), qos=1)
+    await eventually(lambda: 3 in seqs(h.sink.accepted, "mqtt:a"), 5.0, "the later message")
+    assert seqs(h.sink.accepted, "mqtt:a") == [1, 3]  # it had been acknowledged
+    assert len(h.sink.calls) == 4
 
 
 async def test_refused_message_is_held_then_accepted_once(
@@ -148,7 +156,7 @@ async def test_refused_message_is_held_then_accepted_once(
     await h.adapter()
     h.sink.refuse = 3
     device.publish("devices/a/telemetry", telemetry(7), qos=1)
-    await wait_for(lambda: len(h.sink.accepted) == 2, 10.0)
+    await eventually(lambda: len(h.sink.accepted) == 2, 10.0, "accepted after three refusals")
     assert len(h.sink.calls) == 4
     assert [r.value for r in h.sink.accepted if r.metric == "seq"] == [7]
     assert h.metric("gateway_mqtt_messages_total", adapter="mqtt", result="refused") == 1
@@ -160,20 +168,25 @@ async def test_nack_mode_answers_quota_exceeded_and_mosquitto_then_discards_the_
     adapter = await h.adapter(on_refused="nack")
     h.sink.refuse = 1
     device.publish("devices/a/telemetry", telemetry(1), qos=1)
-    await wait_for(lambda: h.metric("gateway_mqtt_messages_total", adapter="mqtt",
-                                    result="refused") == 1)
+    await eventually(lambda: h.metric("gateway_mqtt_messages_total", adapter="mqtt",
+                                      result="refused") == 1, 5.0, "the refusal counted")
     # reconnecting with the same session brings nothing back: mosquitto took the 0x97
-    # PUBACK as final, which is why hold (the default) exists. The PUBACK must have left
-    # first: queued, written, and given the broker a moment (an abort with unread data
-    # resets the connection and the kernel drops what it had not sent yet)
+    # PUBACK as final, which is why hold (the default) exists. The PUBACK must have
+    # reached the broker first (an abort with unread data resets the connection and the
+    # kernel drops what it had not sent yet): queued, written, and then a publish of our
+    # own answered, which mosquitto reads after the PUBACK on the same connection
     assert adapter._client is not None
     transport = adapter._client._connection._transport
-    await wait_for(lambda: not adapter._pubacks and transport.get_write_buffer_size() == 0)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: not adapter._pubacks and transport.get_write_buffer_size() == 0,
+                     5.0, "the 0x97 PUBACK written")
+    probe = await adapter.publish("probe/after-puback", b"1", qos=1)
+    assert probe.ok, probe
     adapter._client._connection._transport.abort()
-    await wait_for(lambda: adapter.connects == 2)
-    await asyncio.sleep(0.5)
-    assert len(h.sink.calls) == 1 and h.sink.accepted == []
+    await eventually(lambda: adapter.connects == 2, 5.0, "a reconnect")
+    # a message sent again would come before a later one on its topic
+    device.publish("devices/a/telemetry", telemetry(2), qos=1)
+    await eventually(lambda: seqs(h.sink.accepted, "mqtt:a") == [2], 5.0, "the later message")
+    assert len(h.sink.calls) == 2  # the refused one, then only the later one
 
 
 async def test_malformed_and_oversized_payloads_are_counted_and_nothing_else_is_lost(
@@ -185,7 +198,7 @@ async def test_malformed_and_oversized_payloads_are_counted_and_nothing_else_is_
     device.publish("devices/big/telemetry", b'{"x": "' + b"a" * 300 + b'"}', qos=1)
     device.publish("sensors/s1/temperature", b"warm", qos=1)
     device.publish("devices/good/telemetry", telemetry(1), qos=1)
-    await wait_for(lambda: len(h.sink.accepted) == 2)
+    await eventually(lambda: len(h.sink.accepted) == 2, 5.0, "the good message accepted")
     assert {r.device for r in h.sink.accepted} == {"mqtt:good"}
     m = h.metric
     assert m("gateway_mqtt_messages_total", adapter="mqtt", result="malformed") == 5
@@ -194,7 +207,7 @@ async def test_malformed_and_oversized_payloads_are_counted_and_nothing_else_is_
     assert m("gateway_mqtt_malformed_total", adapter="mqtt", device="unknown",
              reason="bad_json") == 3
     assert m("gateway_mqtt_malformed_total", adapter="mqtt", device="unknown",
-             reason="not_object") == 1
+             reason="bad_shape") == 1
     assert m("gateway_mqtt_malformed_total", adapter="mqtt", device="unknown",
              reason="oversized") == 1
     assert m("gateway_mqtt_malformed_total", adapter="mqtt", device="mqtt:bad",
@@ -208,15 +221,17 @@ async def test_command_is_published_at_qos1_and_the_result_reported(
         h: Harness, mosquitto: Mosquitto) -> None:
     adapter = await h.adapter(commands={"topic": "devices/{device}/set"})
     got: list[tuple[str, bytes, int]] = []
+    subacks: list[int] = []
     plug = gmqtt.Client("plug")
     plug.on_message = lambda c, t, p, q, props: got.append((t, p, q))
+    plug.on_subscribe = lambda c, mid, qos, props: subacks.append(mid)
     await plug.connect(mosquitto.host, mosquitto.port)
     plug.subscribe("devices/plug/set", qos=1)
-    await asyncio.sleep(0.2)
+    await eventually(lambda: subacks, 5.0, "the plug's SUBACK")
     try:
         result = await adapter.send(Command("mqtt:plug", "set", {"state": "ON"}))
         assert result.ok and result.status == "sent", result
-        await wait_for(lambda: len(got) == 1)
+        await eventually(lambda: len(got) == 1, 5.0, "the command at the plug")
         assert got == [("devices/plug/set", b'{"state":"ON"}', 1)]
         # nobody listens on the lamp's topic: the broker says so and the caller hears it
         nobody = await adapter.send(Command("mqtt:lamp", "set", {"state": "ON"}))
@@ -266,10 +281,11 @@ async def test_messages_sent_while_the_gateway_is_away_arrive_after_it_returns(
     h.adapters.remove(first)
     for seq in range(5):
         device.publish("devices/a/telemetry", telemetry(seq), qos=1)
-    await asyncio.sleep(0.2)
+    # the broker has taken all five while no gateway is connected
+    await eventually(lambda: acknowledged(device), 5.0, "the broker's PUBACKs")
     assert h.sink.calls == []
     await h.adapter()
-    await wait_for(lambda: len(h.sink.accepted) == 10)
+    await eventually(lambda: len(h.sink.accepted) == 10, 5.0, "the five messages")
     assert [r.value for r in h.sink.accepted if r.metric == "seq"] == [0, 1, 2, 3, 4]
 
 
@@ -278,27 +294,30 @@ async def test_stop_drains_accepted_work_and_leaves_the_rest_to_the_broker(
     adapter = await h.adapter()
     h.sink.refuse = 10**6  # the store is failing: everything is held
     device.publish("devices/a/telemetry", telemetry(1), qos=1)
-    await wait_for(lambda: h.metric("gateway_mqtt_held", adapter="mqtt") == 1)
+    await eventually(lambda: h.metric("gateway_mqtt_held", adapter="mqtt") == 1, 5.0,
+                     "the message held")
     await asyncio.wait_for(adapter.stop(), 5)
     h.adapters.remove(adapter)
     h.sink.refuse = 0
     await h.adapter()  # same session: the held message was never acknowledged
-    await wait_for(lambda: len(h.sink.accepted) == 2)
+    await eventually(lambda: len(h.sink.accepted) == 2, 5.0, "the held message sent again")
 
 
 async def test_adapter_reconnects_and_resubscribes_after_the_broker_restarts(
         h: Harness, mosquitto: Mosquitto) -> None:
     adapter = await h.adapter()
     mosquitto.stop()  # no persistence: the broker forgets our session and subscriptions
-    await wait_for(lambda: h.metric("gateway_mqtt_connected", adapter="mqtt") == 0)
+    await eventually(lambda: h.metric("gateway_mqtt_connected", adapter="mqtt") == 0, 5.0,
+                     "the adapter disconnected")
     mosquitto.start()
-    await wait_for(lambda: adapter.connects == 2, 10.0)
-    await asyncio.sleep(0.3)  # the resubscription's SUBACK
+    await eventually(lambda: adapter.connects == 2, 10.0, "a reconnect")
     device = gmqtt.Client("device-after-restart")
     await device.connect(mosquitto.host, mosquitto.port)
     try:
-        device.publish("devices/a/telemetry", telemetry(3), qos=1)
-        await wait_for(lambda: len(h.sink.accepted) == 2, 5.0)
+        # retained: it reaches the adapter whether it comes before or after the
+        # resubscription's SUBACK, and only through a subscription
+        device.publish("devices/a/telemetry", telemetry(3), qos=1, retain=True)
+        await eventually(lambda: len(h.sink.accepted) == 2, 5.0, "a message after the restart")
     finally:
         await device.disconnect()
     assert h.metric("gateway_mqtt_connected", adapter="mqtt") == 1
@@ -310,8 +329,12 @@ async def test_stop_acknowledges_what_is_accepted_during_the_drain(
     h.sink.gate.clear()  # a commit in progress when the stop begins
     for seq in range(20):
         device.publish("devices/a/telemetry", telemetry(seq), qos=1)
-    await wait_for(lambda: sum(len(c) for c in h.sink.calls) == 40)
+    await eventually(lambda: sum(len(c) for c in h.sink.calls) == 40, 5.0,
+                     "all twenty at the sink")
     stopping = asyncio.ensure_future(adapter.stop())
+    await eventually(lambda: adapter._stopping, 5.0, "the stop begun")
+    # that the stop does not end needs a window: far longer than a stop with nothing to
+    # wait for takes, far shorter than the drain timeout
     await asyncio.sleep(0.2)
     assert not stopping.done()  # waits for the commit...
     h.sink.gate.set()
@@ -323,9 +346,12 @@ async def test_stop_acknowledges_what_is_accepted_during_the_drain(
     # messages would come again: duplicates, not loss). A restart is never that fast.
     await asyncio.sleep(0.5)
     await h.adapter()
-    await asyncio.sleep(0.5)
-    assert len(h.sink.calls) == calls  # nothing came back: every PUBACK left before we did
-    assert len(h.sink.accepted) == 40
+    # a message sent again would come before a later one on its topic
+    device.publish("devices/a/telemetry", telemetry(20), qos=1)
+    await eventually(lambda: 20 in seqs(h.sink.accepted, "mqtt:a"), 5.0, "the later message")
+    # nothing came back: every PUBACK left before we did
+    assert seqs(h.sink.accepted, "mqtt:a") == list(range(21))
+    assert len(h.sink.calls) == calls + 1
 
 
 async def test_zigbee2mqtt_device_list_fills_in_models_and_vendors(
@@ -345,10 +371,12 @@ async def test_zigbee2mqtt_device_list_fills_in_models_and_vendors(
     await bridge.connect(mosquitto.host, mosquitto.port)
     bridge.publish("zigbee2mqtt/bridge/devices", json.dumps(devices).encode(), qos=1,
                    retain=True)
-    await asyncio.sleep(0.2)
+    # retained by the broker before the adapter subscribes: it comes as a retained message
+    await eventually(lambda: acknowledged(bridge), 5.0, "the broker's PUBACK")
     await h.adapter(subscriptions=[{"topic": "zigbee2mqtt/{device}", "format": "zigbee2mqtt"}])
     try:
-        await wait_for(lambda: h.devices.get("mqtt:living_room_climate") is not None)
+        await eventually(lambda: h.devices.get("mqtt:living_room_climate") is not None, 5.0,
+                         "the device list read")
         dev = h.devices.get("mqtt:living_room_climate")
         assert dev is not None
         assert (dev["model"], dev["manufacturer"], dev["ieee_address"]) == (
@@ -357,7 +385,7 @@ async def test_zigbee2mqtt_device_list_fills_in_models_and_vendors(
         assert h.devices.get("mqtt:hall/plug") is None  # not addressable as one topic level
         bridge.publish("zigbee2mqtt/living_room_climate",
                        b'{"temperature": 22.66, "humidity": 52.43}', qos=1)
-        await wait_for(lambda: len(h.sink.accepted) == 2)
+        await eventually(lambda: len(h.sink.accepted) == 2, 5.0, "the device's readings")
         assert h.sink.calls[0][0].device == "mqtt:living_room_climate"
     finally:
         await bridge.disconnect()
