@@ -17,9 +17,9 @@ from gateway.adapters.lorawan.decode import DecodeError as LoraDecodeError
 from gateway.adapters.lorawan.decode import cayenne_lpp, decode_layout, flatten_object
 from gateway.adapters.lorawan.events import EVENT_TYPES, MalformedEvent, parse_json
 from gateway.adapters.mqtt.config import SubscriptionConfig
-from gateway.adapters.mqtt.decoders import DecodeError, Decoder
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.adapters.zigbee.clusters import METRICS, normalise
+from gateway.payloads import REASONS, DecodeError, Format, Source, available, format_class
 from gateway.reading import Reading, ReadingLimits
 
 NOW = 1_800_000_000.0
@@ -39,29 +39,48 @@ senml_records = st.lists(st.dictionaries(
     st.sampled_from(["bn", "bt", "bu", "bv", "n", "u", "v", "vb", "vs", "vd", "t", "ut", "s"]),
     _scalars, max_size=8), max_size=6)
 
-DECODERS = {
-    "json": (Decoder(SubscriptionConfig.model_validate(
-        {"topic": "devices/{device}/telemetry", "format": "json"}), "mqtt"),
-        "devices/d1/telemetry"),
-    "senml": (Decoder(SubscriptionConfig.model_validate(
-        {"topic": "senml/in", "format": "senml"}), "mqtt"), "senml/in"),
-    "value": (Decoder(SubscriptionConfig.model_validate(
-        {"topic": "sensors/{device}/{metric}", "format": "value"}), "mqtt"),
-        "sensors/d1/temperature"),
-    "zigbee2mqtt": (Decoder(SubscriptionConfig.model_validate(
-        {"topic": "zigbee2mqtt/{device}", "format": "zigbee2mqtt"}), "mqtt"),
-        "zigbee2mqtt/plug"),
+#: every built-in format, with a subscription topic template and a topic it matches
+SUBSCRIPTIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "json": ({"topic": "devices/{device}/telemetry"}, "devices/d1/telemetry"),
+    "cbor": ({"topic": "devices/{device}/cbor"}, "devices/d1/cbor"),
+    "senml": ({"topic": "senml/in"}, "senml/in"),
+    "senml+cbor": ({"topic": "senml/{device}"}, "senml/d1"),
+    "value": ({"topic": "sensors/{device}/{metric}"}, "sensors/d1/temperature"),
+    "zigbee2mqtt": ({"topic": "zigbee2mqtt/{device}"}, "zigbee2mqtt/plug"),
+    "tasmota": ({"topic": "tele/{device}/+"}, "tele/plug/SENSOR"),
+    "shelly": ({"topic": "shellies/{device}/#"}, "shellies/plug/relay/0/power"),
+    "shelly_rpc": ({"topic": "{device}/events/rpc"}, "shellyplus1-a1/events/rpc"),
+    "esphome": ({"topic": "{device}/{component}/{object}/state"}, "node/sensor/temp/state"),
+    "cayenne_lpp": ({"topic": "lpp/{device}"}, "lpp/d1"),
+    "chirpstack": ({"topic": "application/+/device/+/event/+"},
+                   "application/a1/device/0102030405060708/event/up"),
 }
 
 
+def _decoders() -> list[tuple[Format, Source]]:
+    out = []
+    for name, (sub, topic) in SUBSCRIPTIONS.items():
+        config = SubscriptionConfig.model_validate({**sub, "format": name})
+        slots = TopicTemplate(config.topic).match(topic)
+        assert slots is not None, name
+        out.append((format_class(name)(config), Source("mqtt", slots.get("device"), topic,
+                                                         slots)))
+    return out
+
+
+DECODERS = _decoders()
+
+
+def test_every_installed_format_is_fed_here() -> None:
+    assert set(SUBSCRIPTIONS) >= set(available())
+
+
 def decode_each(payload: bytes) -> None:
-    for dec, topic in DECODERS.values():
-        slots = TopicTemplate(dec.sub.topic).match(topic)
-        assert slots is not None
+    for fmt, source in DECODERS:
         try:
-            readings = dec.decode(slots, payload, NOW)
+            readings = fmt.decode(payload, source, NOW)
         except DecodeError as exc:
-            assert exc.reason and str(exc)
+            assert exc.reason in REASONS and str(exc)
             continue
         checked(readings)
 
