@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.cli import main as cli
 from tests.daemon import GatewayProcess
+from tests.waiting import eventually, wait_until
 
 
 def sim_config(state_dir: Path, **api: Any) -> dict[str, Any]:
@@ -38,9 +38,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]
     gw = GatewayProcess(work, sim_config(work / "state"))
     gw.start()
     # the simulator's first round of messages has reached the registry
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and "device sim:sim-3 online" not in gw.log_text():
-        time.sleep(0.05)
+    gw.wait_for_log("device sim:sim-3 online", timeout=10)
     yield gw
     gw.stop()
 
@@ -95,18 +93,18 @@ async def test_metrics_parse_and_reading_counters_move_as_readings_flow(
     sim = (("adapter", "sim"),)
 
     async def scrape_until(ok: Callable[[dict[Any, float]], bool],
-                           within: float = 20.0) -> dict[Any, float]:
-        deadline = time.monotonic() + within
-        while True:
+                           what: str) -> dict[Any, float]:
+        async def scraped() -> dict[Any, float] | None:
             status, text, ctype = await call(daemon, "GET", "/metrics")
             assert status == 200 and ctype.startswith("text/plain")
             samples = metric_samples(text)
-            if ok(samples) or time.monotonic() > deadline:
-                return samples
-            await asyncio.sleep(0.05)
+            return samples if ok(samples) else None
+        samples: dict[Any, float] = await eventually(scraped, 20.0, what)
+        return samples
 
     # readings count as accepted once durable: a commit (no uplink here) follows soon
-    before = await scrape_until(lambda m: m[("gateway_readings_accepted_total", sim)] > 0)
+    before = await scrape_until(lambda m: m[("gateway_readings_accepted_total", sim)] > 0,
+                                "readings accepted")
     received = before[("gateway_readings_received_total", sim)]
     accepted = before[("gateway_readings_accepted_total", sim)]
     assert 0 < accepted <= received
@@ -120,7 +118,8 @@ async def test_metrics_parse_and_reading_counters_move_as_readings_flow(
     # 3 devices x 3 metrics every 0.2 s: ~45 readings/s
     after = await scrape_until(
         lambda m: m[("gateway_readings_accepted_total", sim)] >= accepted + 9
-        and m[("gateway_outbox_depth", ())] > before[("gateway_outbox_depth", ())])
+        and m[("gateway_outbox_depth", ())] > before[("gateway_outbox_depth", ())],
+        "nine more readings accepted and a deeper outbox")
     assert after[("gateway_readings_received_total", sim)] >= received + 9
     assert after[("gateway_readings_accepted_total", sim)] >= accepted + 9
     # nothing leaves without an uplink: the outbox depth grows with what was accepted
@@ -353,12 +352,12 @@ def test_cli_forget_removes_a_device_until_it_sends_again(
     assert rc == 0 and out.startswith("sim:sim-2 forgotten")
     # the simulator keeps sending: the device registers again, with a new first_seen
     forgotten_at = time.time()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def shown() -> str | None:
         rc, out, _ = run_cli(capsys, "devices", "--socket", sock(daemon), "--json", "sim:sim-2")
-        if rc == 0:
-            break
-        time.sleep(0.05)
-    assert rc == 0 and json.loads(out)["first_seen"] >= forgotten_at - 0.5
+        return out if rc == 0 else None
+
+    out = wait_until(shown, 10, "sim:sim-2 registered again")
+    assert json.loads(out)["first_seen"] >= forgotten_at - 0.5
     rc, _, err = run_cli(capsys, "forget", "--socket", sock(daemon), "sim:ghost")
     assert rc == 1 and "no device 'sim:ghost'" in err
