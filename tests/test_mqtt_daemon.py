@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.api.client import ApiClient
 from tests.brokers import Mosquitto, free_port
 from tests.cloud_sink import CloudSink
 from tests.daemon import GatewayProcess
+from tests.waiting import wait_until
 
 
 def config(tmp_path: Path, broker: Mosquitto, cloud: Mosquitto, **extra: Any) -> dict[str, Any]:
@@ -49,6 +52,13 @@ def seqs(cloud: CloudSink, device: str) -> list[int]:
                   if r.device == device and r.metric == "seq")
 
 
+def received(api: ApiClient) -> float:
+    """Readings the daemon's adapters have handed to the pipeline (durable or not)."""
+    text = api.call("GET", "/metrics")
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == "gateway_readings_received_total")
+
+
 def events(cloud: CloudSink) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for m in cloud.messages("/events"):
@@ -70,10 +80,12 @@ def test_reading_survives_sigkill_between_receipt_and_commit(
     away = config(tmp_path, devices, cloud_broker, store={"commit_interval": "5s"})
     away["uplink"]["port"] = free_port()
     gw = gateway_factory(away).start()
+    api = ApiClient(tmp_path / "state" / "gateway.sock")
     started = time.monotonic()
     publish(devices, "devices/th-1/telemetry",
             [{"seq": i, "temperature": 20 + i / 10, "ts": time.time()} for i in range(50)])
-    time.sleep(0.5)  # delivered to the gateway over loopback; the next commit is seconds away
+    # all 50 (two readings each) are in the gateway; the next commit is seconds away
+    wait_until(lambda: received(api) >= 100, 4, "the 50 messages received by the gateway")
     gw.kill()
     assert time.monotonic() - started < 4.5, "machine too slow: the kill missed the window"
     db = sqlite3.connect(tmp_path / "state" / "outbox.db")
