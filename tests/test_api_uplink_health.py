@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.api.client import ApiClient
 from tests.brokers import Mosquitto
 from tests.daemon import GatewayProcess
+from tests.waiting import wait_until
 
 
 def metric(text: str, name: str) -> float:
@@ -27,14 +28,6 @@ async def get(sock: str, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession(connector=conn) as session, \
             session.get(f"http://gateway{path}") as resp:
         return resp.status, await resp.text()
-
-
-def poll(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {within} s")
-        time.sleep(0.05)
 
 
 async def test_health_and_metrics_follow_the_uplink_and_the_outbox_drains(
@@ -58,24 +51,24 @@ async def test_health_and_metrics_follow_the_uplink_and_the_outbox_drains(
     _, text = await get(sock, "/metrics")
     assert metric(text, "gateway_uplink_connected") == 1
     acked = metric(text, "gateway_uplink_readings_total")
-    poll(lambda: metric(api.call("GET", "/metrics"), "gateway_uplink_readings_total") > acked,
-         10, "more readings acknowledged by the cloud")
+    wait_until(lambda: metric(api.call("GET", "/metrics"), "gateway_uplink_readings_total")
+               > acked, 10, "more readings acknowledged by the cloud")
 
     cloud.stop()  # the cloud goes away: readings pile up in the outbox
-    poll(lambda: api.request("GET", "/healthz")[1]["uplink"]["connected"] is False, 15,
-         "uplink seen disconnected")
+    wait_until(lambda: api.request("GET", "/healthz")[1]["uplink"]["connected"] is False, 15,
+               "uplink seen disconnected")
     status, health = api.request("GET", "/healthz")
     assert status == 200 and health["status"] == "degraded"
     assert any("uplink is not connected" in p for p in health["problems"])
     _, text = await get(sock, "/metrics")
     assert metric(text, "gateway_uplink_connected") == 0
     # ~90 readings/s arrive: a backlog of a few seconds builds up
-    poll(lambda: api.call("GET", "/api/outbox")["depth"] > 200, 15,
-         "a backlog in the outbox while offline")
+    wait_until(lambda: api.call("GET", "/api/outbox")["depth"] > 200, 15,
+               "a backlog in the outbox while offline")
     backlog = api.call("GET", "/api/outbox")["depth"]
 
     cloud.start()  # back: the backlog drains and health is ok again
-    poll(lambda: api.request("GET", "/healthz")[1]["status"] == "ok", 20, "health back to ok")
+    wait_until(lambda: api.request("GET", "/healthz")[1]["status"] == "ok", 20, "health back to ok")
     # drained: what waits is back to the few readings of the batches in flight
-    poll(lambda: api.call("GET", "/api/outbox")["depth"] < min(100, backlog // 2), 20,
-         "the backlog draining")
+    wait_until(lambda: api.call("GET", "/api/outbox")["depth"] < min(100, backlog // 2), 20,
+               "the backlog draining")

@@ -8,7 +8,6 @@ stays, and that the replayed history is not accepted twice.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from gateway.store.outbox import Outbox
 from tests.brokers import Mosquitto
 from tests.chirpstack_fake import TENANT, FakeChirpStack, ThreadedFakeChirpStack
 from tests.daemon import GatewayProcess
+from tests.waiting import eventually, wait_until
 
 EUI = "0102030405060708"
 
@@ -41,15 +41,6 @@ def cursor(state_dir: Path) -> str:
     store.load()
     progress = store.devices.get(EUI)
     return progress.cursor if progress else ""
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def emit_uplinks(server: ThreadedFakeChirpStack, seqs: range) -> str:
@@ -92,7 +83,7 @@ def test_uplinks_survive_sigkill_and_replayed_history_is_not_duplicated(
     }
     last = emit_uplinks(chirpstack, range(0, 5))
     gw = gateway_factory(config, name="gw1").start()
-    wait_for(lambda: cursor(state) == last, 15, "the first five uplinks accepted")
+    wait_until(lambda: cursor(state) == last, 15, "the first five uplinks accepted")
 
     # the discovered device is in the registry, and a command reaches ChirpStack's queue
     api = ApiClient(state / "gateway.sock")
@@ -108,7 +99,7 @@ def test_uplinks_survive_sigkill_and_replayed_history_is_not_duplicated(
     # ChirpStack still has the first five in its history and replays them on reconnect
     last = emit_uplinks(chirpstack, range(5, 8))
     gw = gateway_factory(config, name="gw2").start()
-    wait_for(lambda: cursor(state) == last, 15, "the next three uplinks accepted")
+    wait_until(lambda: cursor(state) == last, 15, "the next three uplinks accepted")
     assert gw.stop() == 0
 
     assert outbox_seqs(state / "outbox.db") == list(range(8))
@@ -146,7 +137,8 @@ def test_mqtt_integration_source_survives_sigkill_without_loss_or_duplicates(
                 ev = chirpstack.call(lambda i=i: cs.uplink(EUI, i, obj={"seq": i}))
                 pub.publish(f"application/{app}/device/{EUI}/event/up", ev.SerializeToString(),
                             qos=1)
-            await asyncio.sleep(0.2)
+            # the broker has every one of them before this "ChirpStack" goes away
+            await eventually(lambda: pub._persistent_storage.is_empty, 5, "the broker's PUBACKs")
             await pub.disconnect()
         asyncio.run(run())
 
@@ -158,10 +150,10 @@ def test_mqtt_integration_source_survives_sigkill_without_loss_or_duplicates(
 
     gw = gateway_factory(config, name="gw1").start()
     publish(range(0, 6))
-    wait_for(lambda: accepted() == 6, 15, "six uplinks accepted")
+    wait_until(lambda: accepted() == 6, 15, "six uplinks accepted")
     gw.kill()
     publish(range(6, 10))  # the broker keeps them for the persistent session
     gw = gateway_factory(config, name="gw2").start()
-    wait_for(lambda: accepted() == 10, 15, "the four sent while the gateway was down")
+    wait_until(lambda: accepted() == 10, 15, "the four sent while the gateway was down")
     assert gw.stop() == 0
     assert outbox_seqs(state / "outbox.db") == list(range(10))

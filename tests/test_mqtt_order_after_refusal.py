@@ -27,6 +27,7 @@ from gateway.adapters.mqtt.config import MqttConfig
 from gateway.adapters.mqtt.held import HeldLine, Message
 from gateway.reading import Reading
 from tests.brokers import Mosquitto
+from tests.waiting import eventually
 
 DEVICES = 4
 
@@ -80,11 +81,9 @@ def order_violations(seqs: dict[str, list[int]]) -> list[tuple[str, int, int]]:
             if b <= a]
 
 
-async def wait_for(cond: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
-        await asyncio.sleep(0.005)
+#: how often the tests look: their conditions race publishers that keep going, and each
+#: test acts the moment one holds
+LOOK = 0.005
 
 
 class Harness:
@@ -172,15 +171,16 @@ async def test_messages_arriving_while_one_is_held_wait_behind_it(
     await h.adapter(receive_maximum=200)
     try:
         publishing = asyncio.ensure_future(publish_paced(devices, count))
-        await wait_for(lambda: h.sink.messages() >= 40, what="first messages accepted")
+        await eventually(lambda: h.sink.messages() >= 40, 10.0, "first messages accepted",
+                         step=LOOK)
         h.sink.refusing = True  # the outbox fills up...
-        await wait_for(lambda: h.held() >= 40, what="messages held after the refusal")
+        await eventually(lambda: h.held() >= 40, 10.0, "messages held after the refusal", step=LOOK)
         h.sink.refusing = False  # ...and takes readings again while devices keep publishing
         assert not publishing.done(), "publishers finished before the store came back"
         await publishing
-        await wait_for(lambda: h.sink.messages() >= DEVICES * count, 15.0,
-                       what=f"all {DEVICES * count} messages accepted")
-        await wait_for(lambda: h.held() == 0, what="nothing held")
+        await eventually(lambda: h.sink.messages() >= DEVICES * count, 15.0,
+                         f"all {DEVICES * count} messages accepted", step=LOOK)
+        await eventually(lambda: h.held() == 0, 10.0, "nothing held", step=LOOK)
         assert_each_message_once_in_order(h.sink, count)
         refused = h.metric("gateway_mqtt_messages_total", result="refused")
         accepted = h.metric("gateway_mqtt_messages_total", result="accepted")
@@ -196,16 +196,17 @@ async def test_a_store_refusing_several_times_in_a_row_keeps_per_device_order(
     done = asyncio.Event()
     try:
         publishing = asyncio.ensure_future(publish_until(devices, done))
-        await wait_for(lambda: h.sink.messages() >= 20, what="first messages accepted")
+        await eventually(lambda: h.sink.messages() >= 20, 10.0, "first messages accepted",
+                         step=LOOK)
         # a store failing on and off: the retries of the held head are refused too
         for _ in range(3):
             h.sink.refuse_calls = 3
-            await wait_for(lambda: h.sink.refuse_calls == 0, what="three refusals")
-            await wait_for(h.sink.accepts_more(20), what="messages accepted again")
+            await eventually(lambda: h.sink.refuse_calls == 0, 10.0, "three refusals", step=LOOK)
+            await eventually(h.sink.accepts_more(20), 10.0, "messages accepted again", step=LOOK)
         done.set()
         count = await publishing
-        await wait_for(lambda: h.sink.messages() >= DEVICES * count, 15.0,
-                       what=f"all {DEVICES * count} messages accepted")
+        await eventually(lambda: h.sink.messages() >= DEVICES * count, 15.0,
+                         f"all {DEVICES * count} messages accepted", step=LOOK)
         assert_each_message_once_in_order(h.sink, count)
     finally:
         await stop_all(h)
@@ -218,7 +219,7 @@ async def test_stopping_while_messages_are_held_leaves_them_to_the_broker_in_ord
     first = await h.adapter()
     h.sink.refusing = True  # the store is failing: everything is held
     await publish_paced(devices, count, gap=0.0)
-    await wait_for(lambda: h.held() == DEVICES * count, what="every message held")
+    await eventually(lambda: h.held() == DEVICES * count, 10.0, "every message held", step=LOOK)
     t0 = time.monotonic()
     await asyncio.wait_for(first.stop(), 5)
     # the wait for acceptance ends at once: held messages are not "being accepted"
@@ -228,8 +229,8 @@ async def test_stopping_while_messages_are_held_leaves_them_to_the_broker_in_ord
     h.sink.refusing = False
     await h.adapter()  # same session: none of them was acknowledged
     try:
-        await wait_for(lambda: h.sink.messages() >= DEVICES * count,
-                       what="held messages sent again by the broker")
+        await eventually(lambda: h.sink.messages() >= DEVICES * count, 10.0,
+                         "held messages sent again by the broker", step=LOOK)
         assert_each_message_once_in_order(h.sink, count)
     finally:
         await stop_all(h)
