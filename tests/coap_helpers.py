@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from gateway.adapters.coap.config import CoapConfig
 from gateway.reading import Reading
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
+from tests import waiting
 from tests.brokers import free_port
 
 
@@ -116,15 +116,21 @@ class Gateway:
 
     async def wait_stored(self, check: Callable[[list[Reading]], bool],
                           within: float = 10.0) -> list[Reading]:
-        """Poll the outbox until ``check`` holds (bounded in time)."""
-        deadline = time.monotonic() + within
-        readings: list[Reading] = []
-        while time.monotonic() < deadline:
-            readings = await self.stored()
-            if check(readings):
-                return readings
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"outbox never reached the expected state; it holds {readings}")
+        """Poll the outbox until ``check`` holds (bounded in time); what it holds then."""
+        seen: list[Reading] = []
+
+        async def holds() -> bool:
+            nonlocal seen
+            seen = await self.stored()
+            return check(seen)
+
+        try:
+            await waiting.eventually(holds, within, "the outbox's expected state")
+        except AssertionError:
+            raise AssertionError(
+                f"outbox never reached the expected state in {within:g} s; it holds {seen}"
+            ) from None
+        return seen
 
 
 async def client(transports: list[str] | None = None) -> Context:
@@ -236,13 +242,6 @@ class Device:
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], within: float = 10.0,
                      what: str = "condition") -> None:
-    """Wait until ``check()`` holds (bounded in time)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} did not happen within {within} s")
+    """:func:`tests.waiting.eventually` with the CoAP tests' default of 10 s (the name the
+    CoAP test modules import from here)."""
+    await waiting.eventually(check, within, what)

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.reading import Reading
+from tests import waiting
 from tests.brokers import free_port
 
 #: SenML unit names: RFC 8428's registry (section 12.1), the units RFC 8798 added, and
@@ -74,12 +75,9 @@ class GateSink:
 
 async def eventually(cond: Callable[[], bool], within: float = 5.0,
                      what: str = "condition") -> None:
-    """Poll ``cond`` every 20 ms until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
+    """:func:`tests.waiting.eventually` with the compliance suite's default of 5 s (the
+    name the suite imports from here)."""
+    await waiting.eventually(cond, within, what)
 
 
 # -- MQTT on the wire --------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from gateway.adapters.base import AdapterContext
 from gateway.adapters.lorawan import LorawanAdapter
 from gateway.adapters.lorawan.config import LorawanConfig
 from gateway.reading import Reading
+from tests import waiting
 
 
 class RecordingSink:
@@ -67,13 +67,9 @@ def make_adapter(state_dir: Path, registry: CollectorRegistry | None = None,
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0,  # noqa: ASYNC109
                      what: str = "") -> None:
-    """Poll ``cond`` every 20 ms until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
+    """:func:`tests.waiting.eventually` with the LoRaWAN tests' default of 5 s (the name
+    and ``timeout`` keyword the LoRaWAN test modules use)."""
+    await waiting.eventually(cond, timeout, what)
 
 
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:

@@ -6,9 +6,7 @@ Only the radio is virtual (``tests.zigbee_virtual``); readings go through the re
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,21 +22,16 @@ from gateway.core.registry import DeviceRegistry
 from gateway.reading import Reading
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
+from tests import waiting
 from tests import zigbee_virtual as zv
 
 _names = itertools.count(1)
 
 
 async def wait_for(cond: Callable[[], Any], within: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``cond`` every 20 ms until truthy (bounded); return its value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
+    """:func:`tests.waiting.eventually` with the Zigbee tests' default of 5 s (the name
+    the Zigbee test modules import from here); returns ``cond``'s truthy value."""
+    return await waiting.eventually(cond, within, what)
 
 
 class Harness:
@@ -106,17 +99,20 @@ class Harness:
     async def wait_reading(self, device: str, metric: str, value: Any = None,
                            within: float = 5.0) -> Reading:
         """The newest committed reading of ``metric`` (equal to ``value`` if given)."""
-        deadline = time.monotonic() + within
-        while True:
-            found = [r for r in await self.readings() if r.device == device
-                     and r.metric == metric and (value is None or r.value == value)]
-            if found:
-                return found[-1]
-            if time.monotonic() >= deadline:
-                seen = sorted({(r.metric, r.value) for r in await self.readings()
-                               if r.device == device})
-                raise AssertionError(f"no reading {metric}={value!r} of {device}; seen {seen}")
-            await asyncio.sleep(0.02)
+
+        async def found() -> list[Reading]:
+            return [r for r in await self.readings() if r.device == device
+                    and r.metric == metric and (value is None or r.value == value)]
+
+        try:
+            matches: list[Reading] = await waiting.eventually(
+                found, within, f"{metric}={value!r} of {device}")
+        except AssertionError:
+            seen = sorted({(r.metric, r.value) for r in await self.readings()
+                           if r.device == device})
+            raise AssertionError(f"no reading {metric}={value!r} of {device} in {within:g} s; "
+                                 f"seen {seen}") from None
+        return matches[-1]
 
     async def pair(self, adapter: ZigbeeAdapter, device: zv.VirtualDevice,
                    state: str = "configured", within: float = 10.0) -> str:
