@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 
 from gateway import __version__
+from gateway.adapters.capabilities import Joiner, Remover
 from gateway.adapters.registry import UnknownAdapterType, adapter_class
 from gateway.api.config import SUN_PATH_MAX, read_token
 from gateway.reading import Command, CommandResult
@@ -400,11 +401,10 @@ class ApiServer:
         device = request.match_info["device"]
         sup = self.gw.supervisor
         owner = sup.owner_of(device) if sup is not None else None
-        remover = getattr(owner, "remove", None)
         result: CommandResult | None = None
-        if callable(remover):
+        if isinstance(owner, Remover):
             try:
-                result = await asyncio.wait_for(remover(device), self.config.command_timeout)
+                result = await asyncio.wait_for(owner.remove(device), self.config.command_timeout)
             except TimeoutError:
                 result = CommandResult.timeout(
                     f"the adapter did not finish within {self.config.command_timeout:g} s")
@@ -484,14 +484,14 @@ class ApiServer:
         only = body.get("adapter")
         sup = self.gw.supervisor
         running = dict(sup.adapters) if sup is not None else {}
-        targets = {name: a for name, a in running.items()
-                   if callable(getattr(a, "permit_join", None)) and only in (None, name)}
+        targets: dict[str, Joiner] = {name: a for name, a in running.items()
+                                      if isinstance(a, Joiner) and only in (None, name)}
         if not targets:
             return error_response(409, self._why_no_joining(only))
         names = sorted(targets)
         outcomes = await asyncio.gather(
-            *(asyncio.wait_for(targets[n].permit_join(seconds),  # type: ignore[attr-defined]
-                               self.config.command_timeout) for n in names),
+            *(asyncio.wait_for(targets[n].permit_join(seconds), self.config.command_timeout)
+              for n in names),
             return_exceptions=True)
         results: dict[str, Any] = {}
         for name, outcome in zip(names, outcomes, strict=True):
@@ -528,7 +528,7 @@ class ApiServer:
                     cls = adapter_class(st.type)
                 except UnknownAdapterType:
                     continue
-                if callable(getattr(cls, "permit_join", None)):
+                if issubclass(cls, Joiner):
                     capable_idle.append(f"{st.name} ({st.state})")
         if capable_idle:
             return ("no adapter can permit joining right now: " + ", ".join(capable_idle)
