@@ -1,9 +1,11 @@
 """The adapter contract: what every protocol plugin implements and what it is given.
 
-An adapter owns one protocol. It turns wire payloads into :class:`Reading` s, pushes
-them into its :class:`Sink`, and acknowledges the device only once ``accept`` returned
-True (the readings are durable). It turns :class:`Command` s into wire payloads. It knows
-nothing about rules, storage or the cloud.
+An adapter owns one protocol. It turns wire payloads into :class:`Reading` s (through
+the payload layer, :mod:`gateway.payloads`), hands them to the core with
+:meth:`Adapter.accept` (the one ingest path, :mod:`gateway.adapters.ingest`: counted,
+retried with one policy, in order per source, drained at stop), and acknowledges the
+device only once that returned True (the readings are durable). It turns
+:class:`Command` s into wire payloads. It knows nothing about rules, storage or the cloud.
 
 Third-party adapters register a subclass under the entry-point group
 ``gateway.adapters`` with the ``type:`` name users write in YAML::
@@ -17,7 +19,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from collections.abc import Coroutine, Sequence
+import math
+from collections.abc import Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -25,6 +28,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from prometheus_client import CollectorRegistry
 from pydantic import Field
 
+from gateway.adapters.ingest import DRAIN_TIMEOUT, WHOLE, Ingest
 from gateway.config.types import Section
 from gateway.reading import Command, CommandResult, Reading
 
@@ -92,6 +96,8 @@ class AdapterContext:
     metrics: CollectorRegistry
     devices: DeviceDirectory = field(default_factory=_NullDirectory)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("gateway.adapter"))
+    #: how long stop() may wait for readings being accepted (below the supervisor's limit)
+    drain_timeout: float = DRAIN_TIMEOUT
 
 
 class Adapter(abc.ABC):
@@ -114,6 +120,18 @@ class Adapter(abc.ABC):
         self.log = ctx.log
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failed: asyncio.Future[BaseException] | None = None
+        #: the one path readings take into the core
+        self.ingest = Ingest(ctx.sink, ctx.drain_timeout)
+
+    async def accept(self, readings: Sequence[Reading], source: Hashable = WHOLE,
+                     retry_for: float = math.inf) -> bool:
+        """Hand readings to the core; True once durable (acknowledge the device then).
+
+        A refusal is retried (:mod:`gateway.adapters.ingest`) for ``retry_for`` seconds
+        (0: answer the refusal at once), and later batches of the same ``source`` wait
+        behind it. False: refused for good, or stopping.
+        """
+        return await self.ingest.push(readings, source, retry_for)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -124,9 +142,14 @@ class Adapter(abc.ABC):
     async def stop(self) -> None:
         """Finish what was accepted, then release everything ``start`` set up.
 
-        The default cancels tasks started with :meth:`spawn`; override to drain first
-        and call ``await super().stop()`` at the end.
+        The default drains :attr:`ingest` (bounded by the context's ``drain_timeout``)
+        and cancels tasks started with :meth:`spawn`; override to stop taking input
+        first and call ``await super().stop()`` at the end.
         """
+        left = await self.ingest.drain()
+        if left:
+            self.log.warning("%s: %d batch(es) still being accepted at stop; their devices "
+                             "keep them", self.prefix, left)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -30,7 +30,6 @@ _WINDOW = 256
 #: the emitter wakes at most this often
 _TICK = 0.002
 #: how long stop() waits for batches being committed
-DRAIN_TIMEOUT = 5.0  # under the supervisor's stop timeout, so stop() ends on its own
 
 Metric = Literal["temperature", "humidity", "pressure", "illuminance", "power", "battery", "seq"]
 
@@ -76,8 +75,6 @@ class SimulatorAdapter(Adapter):
         self._inflight: set[asyncio.Task[None]] = set()
         # after a refusal, batches are offered again one at a time in the order they were
         # made (the lock is first come, first served), and later ones queue behind them
-        self._line = asyncio.Lock()
-        self._in_line = 0
 
     async def start(self) -> None:
         for device in self._state:
@@ -148,25 +145,16 @@ class SimulatorAdapter(Adapter):
         try:
             # a refusal means the store is full or failing: the devices keep their messages
             # and send them again, as real ones would, and a later one never overtakes
-            if not self._in_line and await self.ctx.sink.accept(readings):
-                return
-            self._in_line += 1
-            try:
-                async with self._line:
-                    while not await self.ctx.sink.accept(readings):
-                        if self._stopping.is_set():
-                            return
-                        await asyncio.sleep(0.5)
-            finally:
-                self._in_line -= 1
+            await self.accept(readings)
         finally:
             window.release()
 
     async def stop(self) -> None:
         """Stop emitting; let batches already handed to the sink finish their commit."""
         self._stopping.set()
+        self.ingest.stop_retrying()
         if self._inflight:
-            await asyncio.wait(list(self._inflight), timeout=DRAIN_TIMEOUT)
+            await asyncio.wait(list(self._inflight), timeout=self.ingest.drain_timeout)
         await super().stop()
 
     async def send(self, command: Command) -> CommandResult:

@@ -22,7 +22,6 @@ from gateway.logs import InputLog
 from gateway.reading import Command, CommandResult
 
 #: seconds ``stop`` waits for requests whose readings are being made durable
-DRAIN_TIMEOUT = 5.0
 
 
 class _Context(Context):  # type: ignore[misc]
@@ -56,9 +55,6 @@ class CoapAdapter(Adapter):
         self._context: _Context | None = None
         self._oscore: OscoreContexts | None = None
         self._stopping = asyncio.Event()
-        self._inflight = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
         self.readings: ReadingsResource | None = None
         self.clients: dict[str, DeviceClient] = {}
         #: where files sent by ``format: file`` commands are taken from
@@ -89,14 +85,8 @@ class CoapAdapter(Adapter):
     async def _accept(self, readings: Any) -> bool:
         if self._stopping.is_set():
             return False  # shutting down: the device retries after Max-Age, elsewhere or later
-        self._inflight += 1
-        self._drained.clear()
-        try:
-            return await self.ctx.sink.accept(readings)
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._drained.set()
+        # a refusal is answered at once (5.03 with Max-Age): the device sends it again
+        return await self.accept(readings, retry_for=0)
 
     async def start(self) -> None:
         """Load OSCORE contexts, bind the UDP server, start observing declared devices."""
@@ -168,11 +158,7 @@ class CoapAdapter(Adapter):
     async def stop(self) -> None:
         """Finish requests whose readings are being stored, then unbind and release."""
         self._stopping.set()
-        try:
-            await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT)
-        except TimeoutError:
-            self.log.warning("coap: %d request(s) still being stored at stop", self._inflight)
-        await super().stop()
+        await super().stop()  # drains what is being stored
         if self._context is not None:
             # answers already rendered go out before the socket closes
             await asyncio.sleep(0)

@@ -11,7 +11,7 @@ import base64
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,6 +175,7 @@ class LorawanAdapter(Adapter):
     async def stop(self) -> None:
         """Stop the source (the event being accepted finishes), save progress, close."""
         self._stopping.set()
+        self.ingest.stop_retrying()
         if self.source is not None:
             await self.source.stop()
         for p in self._pending.values():
@@ -342,7 +343,10 @@ class LorawanAdapter(Adapter):
             # skipped for good (committed below): replaying it would fail the same way
             self.malformed("error", eui, f"{d.kind} event: {type(exc).__name__}: {exc}")
             readings = []
-        if readings and not await self._accept(readings):
+        # refused (queue full, store failing): retried, in order per device, until stop;
+        # the event stays uncommitted meanwhile (ChirpStack's history or the broker
+        # session holds it)
+        if readings and not await self.accept(readings, source=eui):
             return False
         self.state.record(eui, cursor=d.cursor, dedup_id=dedup_id, f_cnt=f_cnt)
         await self.state.save()
@@ -362,22 +366,6 @@ class LorawanAdapter(Adapter):
             self.state.record(eui, cursor=cursor)
             await self.state.save()
         return True
-
-    async def _accept(self, readings: Sequence[Reading]) -> bool:
-        """Push readings until accepted; False only when stopping first."""
-        if await self.ctx.sink.accept(readings):
-            return True
-        backoff = Backoff(0.2, 5.0)  # only now: seeding its random generator costs ~1 ms
-        while True:
-            # refused (queue full, store failing): the event stays uncommitted and we retry,
-            # as a device would; ChirpStack's history / the broker session hold it meanwhile
-            try:
-                await asyncio.wait_for(self._stopping.wait(), backoff.next_delay())
-                return False
-            except TimeoutError:
-                pass
-            if await self.ctx.sink.accept(readings):
-                return True
 
     def _profile(self, eui: str, info: integration.DeviceInfo | None) -> ProfileConfig:
         profiles = self.config.profiles

@@ -30,11 +30,11 @@ from gmqtt.mqtt.constants import MQTTv50, PubRecReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
+from gateway.adapters.ingest import retry_backoff
 from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
 from gateway.adapters.mqtt.held import HeldLine, Message
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.core import gmqtt_patch
-from gateway.core.backoff import Backoff
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.payloads import DecodeError, Format, Source, format_class
@@ -48,17 +48,12 @@ IMPLEMENTATION_ERROR = int(PubRecReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
 
 #: readings per sink call at most (one outbox row each)
 MAX_BATCH = 5000
-#: the held line's head is retried after this (jittered), doubling up to the max; an
-#: accepted retry starts over
-RETRY_INITIAL, RETRY_MAX = 0.05, 2.0
 #: after the last refusal, new messages keep going through the line (one sink call at a
 #: time) this long: batches overlapping at the sink would let a later one be committed
 #: ahead of an earlier one if the store refused again
 IN_LINE_AFTER_REFUSAL = 5.0
 #: zigbee2mqtt's retained device list grows with the network
 BRIDGE_MAX_PAYLOAD = 4 * 1024 * 1024
-#: stop() waits this long for accepted work before disconnecting
-DRAIN_TIMEOUT = 8.0
 _EXCERPT = 80
 
 
@@ -241,7 +236,7 @@ class MqttAdapter(Adapter):
         if not self._busy:
             self._idle.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), DRAIN_TIMEOUT)
+            await asyncio.wait_for(self._idle.wait(), self.ingest.drain_timeout)
         except TimeoutError:
             self.log.warning("mqtt %s: %d message(s) still being accepted at stop; the broker "
                              "will send them again", self.prefix, self._busy)
@@ -536,7 +531,7 @@ class MqttAdapter(Adapter):
         sink call at a time carries them, oldest first. Ends at stop: what is still held
         is left unacknowledged.
         """
-        backoff = Backoff(RETRY_INITIAL, RETRY_MAX)
+        backoff = retry_backoff()
         refused = True
         try:
             while True:
@@ -666,7 +661,8 @@ class MqttAdapter(Adapter):
 
     async def _offer(self, readings: list[Reading]) -> bool:
         try:
-            return await self.ctx.sink.accept(readings)
+            # answered at once: a refused message is held in the line (its PUBACK waits)
+            return await self.accept(readings, retry_for=0)
         except Exception as exc:  # noqa: BLE001 - a sink bug is a refusal, not a lost message
             self.log.error("mqtt %s: sink failed: %s: %s", self.prefix, type(exc).__name__, exc)
             return False

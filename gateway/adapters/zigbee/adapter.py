@@ -48,7 +48,6 @@ from gateway.reading import Command, CommandResult, Reading
 #: bounds on waiting for the radio to come up (bellows' startup is ~130 exchanges)
 STARTUP_TIMEOUT = 60.0
 #: how long stop() waits for readings still queued to reach the pipeline
-DRAIN_TIMEOUT = 5.0
 #: how long stop() waits for zigpy and the radio library to shut down
 RADIO_SHUTDOWN_TIMEOUT = 3.0
 #: most readings handed to the pipeline in one call
@@ -214,7 +213,9 @@ class ZigbeeAdapter(Adapter):
         if self._forwarder is not None and not self._forwarder.done():
             self._wake.set()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._drained()), DRAIN_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(self._drained()),
+                                       self.ingest.drain_timeout)
+        self.ingest.stop_retrying()
         if self._pending:
             self._drop(len(self._pending), "shutdown")
             self._pending.clear()
@@ -233,9 +234,8 @@ class ZigbeeAdapter(Adapter):
                        self.dir / backups.LATEST)
 
     async def _drained(self) -> None:
-        for _ in range(int(DRAIN_TIMEOUT / 0.01) + 1):
-            if not self._pending:
-                return
+        # polled: the forwarder pops a batch once it is accepted; bounded by the caller
+        while self._pending:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     # -- zigpy application listener (called synchronously by zigpy) -----------------------
@@ -485,15 +485,12 @@ class ZigbeeAdapter(Adapter):
             self._wake.clear()
             while self._pending:
                 batch = [self._pending[i] for i in range(min(BATCH, len(self._pending)))]
-                deadline = time.monotonic() + self.config.retry_for
-                delay = 0.05
-                while not await self.ctx.sink.accept(batch):
-                    if time.monotonic() >= deadline:
-                        self._drop(len(batch), "refused")
-                        break
-                    # the store is full or failing: the device will not resend, so hold on
-                    await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                    delay = min(delay * 2, 2.0)
+                # the store is full or failing: the device will not resend, so hold on
+                # for retry_for (the ingest path retries), then count the loss
+                if not await self.accept(batch, retry_for=self.config.retry_for):
+                    if self._stopping:
+                        return  # stop() counts what is still queued
+                    self._drop(len(batch), "refused")
                 for _ in range(len(batch)):
                     self._pending.popleft()
                 self._m.pending.labels(self.prefix).set(len(self._pending))
