@@ -27,6 +27,7 @@ from gateway.core.supervisor import Supervisor
 from gateway.reading import Reading
 from gateway.rules.config import RuleSpec
 from gateway.rules.engine import STATE_FILE, RuleEngine
+from gateway.rules.ports import ports_for
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
 
@@ -46,7 +47,7 @@ class Clock:
 
 @dataclass
 class Host:
-    """What the daemon's Gateway object offers the engine."""
+    """What the daemon's Gateway object offers the engine (its ports are built onto this)."""
 
     outbox: Any
     pipeline: Pipeline
@@ -87,7 +88,7 @@ async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
 
 async def start(host: Host, rules: Sequence[RuleSpec], state_dir: Path | None = None,
                 metrics: CollectorRegistry | None = None) -> RuleEngine:
-    engine = RuleEngine(rules, host, metrics or host.metrics, state_dir=state_dir,
+    engine = RuleEngine(rules, ports_for(host), metrics or host.metrics, state_dir=state_dir,
                         clock=host.clock)
     host.pipeline.observers.append(engine.observe)
     host.engine = engine

@@ -11,6 +11,8 @@
 - State is written to ``rules-state.json`` in the state directory soon after a firing,
   at most every few seconds otherwise, and at stop, so a ``for`` in progress and
   cooldowns survive a restart without firing twice.
+- Everything outside the engine (outbox, adapters, pipeline, device registry) is reached
+  through the typed ports of :mod:`gateway.rules.ports`, which the daemon builds.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from gateway.rules.expr import (
     compile_expr,
     compile_template,
 )
+from gateway.rules.ports import ActionError, RulePorts
 
 log = logging.getLogger("gateway.rules")
 
@@ -251,15 +254,15 @@ _Plan = tuple[_PlanEntry, ...]
 class RuleEngine:
     """Evaluates rules on accepted readings; see the module docstring.
 
-    ``host`` is the running gateway (or anything with ``outbox``, ``supervisor``,
-    ``pipeline`` and ``devices`` attributes); they are looked up when an action runs,
-    because the supervisor starts after the core.
+    ``ports`` carry out actions and answer device facts (:func:`gateway.rules.ports.ports_for`
+    builds them onto the running gateway).
     """
 
-    def __init__(self, rules: Sequence[RuleSpec], host: Any, metrics: CollectorRegistry,
+    def __init__(self, rules: Sequence[RuleSpec], ports: RulePorts, metrics: CollectorRegistry,
                  state_dir: Path | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        self.host = host
+        self.ports = ports
+        self.facts = ports.facts
         self.clock = clock
         self.rules = [_Rule(i, spec) for i, spec in enumerate(rules) if spec.enabled]
         self.state_path = state_dir / STATE_FILE if state_dir is not None else None
@@ -340,11 +343,8 @@ class RuleEngine:
             await asyncio.wait(list(self._tasks), timeout=deadline - time.monotonic())
 
     def _listen(self) -> None:
-        devices = getattr(self.host, "devices", None)
-        if self._listening or devices is None or not hasattr(devices, "add_listener"):
-            return
-        devices.add_listener(self.on_online)
-        self._listening = True
+        if not self._listening:
+            self._listening = self.facts.add_listener(self.on_online)
 
     async def _run(self) -> None:
         while True:
@@ -625,28 +625,20 @@ class RuleEngine:
 
     def is_online(self, device: str) -> Any:
         o = self._online.get(device)
-        if o is not None:
-            return o
-        devices = getattr(self.host, "devices", None)
-        if devices is not None and hasattr(devices, "is_online"):
-            return bool(devices.is_online(device))
-        return ABSENT
+        if o is None:
+            o = self.facts.is_online(device)
+        return ABSENT if o is None else o
 
     def device_info(self, device: str) -> dict[str, Any]:
         now = time.monotonic()
         hit = self._info.get(device)
         if hit is not None and hit[0] > now:
             return hit[1]
-        info: dict[str, Any] = {}
-        devices = getattr(self.host, "devices", None)
-        if devices is not None and hasattr(devices, "get"):
-            try:
-                got = devices.get(device)
-            except Exception as exc:  # noqa: BLE001 - a registry bug must not stop rules
-                log.warning("device registry lookup of %s failed: %s", device, exc)
-                got = None
-            if isinstance(got, dict):
-                info = {k: v for k, v in got.items() if k != "values"}
+        try:
+            info = dict(self.facts.info(device) or {})  # ours: ``adapter`` is added
+        except Exception as exc:  # noqa: BLE001 - a registry bug must not stop rules
+            log.warning("device registry lookup of %s failed: %s", device, exc)
+            info = {}
         if ":" in device:
             info.setdefault("adapter", device.split(":", 1)[0])
         if len(self._info) >= PLAN_MAX:
@@ -680,12 +672,13 @@ class RuleEngine:
         if spec.command is not None:
             device = t["device"].render(env) if "device" in t else env.device
             command = Command(device, spec.command.action, dict(spec.command.params))
-            return lambda: self._command(command)
+            return lambda: self.ports.command(command)
         if spec.publish is not None:
             pub = spec.publish
             topic = t["topic"].render(env)
             payload = t["payload"].render(env) if "payload" in t else json.dumps(event)
-            return lambda: self._publish(pub.adapter, topic, payload, pub.qos, pub.retain)
+            return lambda: self.ports.publish(pub.adapter, topic, payload.encode(), pub.qos,
+                                              pub.retain)
         assert spec.set is not None and action.value is not None
         s = spec.set
         try:
@@ -699,7 +692,7 @@ class RuleEngine:
         if isinstance(derived, float) and derived != derived:
             return lambda: self._fail(f"set {s.metric}: value is not a number")
         reading = Reading(device, s.metric, derived, s.unit, env.ts)
-        return lambda: self._set(reading)
+        return lambda: self.ports.derive(reading)
 
     def _launch(self, rule: _Rule, jobs: list[tuple[str, Job]]) -> None:
         if len(self._tasks) >= MAX_PENDING_ACTIONS:
@@ -734,46 +727,7 @@ class RuleEngine:
         level = {"info": logging.INFO, "warning": logging.WARNING}.get(severity, logging.ERROR)
         log.log(level, "ALERT %s [%s] %s: %s", body["rule"], severity, body["device"],
                 body["message"])
-        outbox = getattr(self.host, "outbox", None)
-        if outbox is None:
-            raise ActionError("no outbox to queue the alert in")
-        if not await outbox.append_event("alert", body):
-            raise ActionError("the outbox refused the alert (full or failing)")
-
-    async def _command(self, command: Command) -> None:
-        supervisor = getattr(self.host, "supervisor", None)
-        if supervisor is None:
-            raise ActionError("adapters are not running yet")
-        result = await supervisor.send(command)
-        if not result.ok:
-            raise ActionError(f"command {command.action} to {command.device}: "
-                              f"{result.status}: {result.detail}")
-
-    async def _publish(self, adapter: str | None, topic: str, payload: str, qos: int,
-                       retain: bool) -> None:
-        supervisor = getattr(self.host, "supervisor", None)
-        running = dict(getattr(supervisor, "adapters", None) or {})
-        if adapter is not None:
-            target = running.get(adapter)
-            if target is None or not callable(getattr(target, "publish", None)):
-                raise ActionError(f"adapter {adapter!r} is not running or cannot publish")
-        else:
-            target = next((a for a in running.values()
-                           if callable(getattr(a, "publish", None))), None)
-            if target is None:
-                raise ActionError("no running adapter can publish (add an mqtt adapter)")
-        result = await target.publish(topic, payload.encode(), qos, retain)
-        if getattr(result, "ok", True) is False:
-            raise ActionError(f"publish to {topic}: {getattr(result, 'status', 'error')}: "
-                              f"{getattr(result, 'detail', '')}")
-
-    async def _set(self, reading: Reading) -> None:
-        pipeline = getattr(self.host, "pipeline", None)
-        if pipeline is None:
-            raise ActionError("no pipeline to feed the derived reading into")
-        if not await pipeline.accept([reading]):
-            raise ActionError(f"derived {reading.metric} of {reading.device} refused "
-                              "(outbox full or failing)")
+        await self.ports.alert(body)
 
     async def _fail(self, detail: str) -> None:
         raise ActionError(detail)
@@ -856,10 +810,6 @@ class RuleEngine:
                     log.warning("rule state: skipping %s/%s: %s", name, device, exc)
                     continue
                 rule.states[device] = st
-
-
-class ActionError(Exception):
-    """An action could not be carried out; logged and counted by the engine."""
 
 
 class _Skipped(Exception):
