@@ -20,7 +20,6 @@ import collections
 import contextlib
 import functools
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from gateway.adapters.zigbee.clusters import (
 )
 from gateway.adapters.zigbee.config import ZigbeeConfig
 from gateway.adapters.zigbee.radios import controller_class
+from gateway.core.files import set_aside, write_json_atomic
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading
@@ -222,15 +222,12 @@ class ZigbeeAdapter(Adapter):
         await super().stop()
 
     def _quarantine_database(self, reason: str) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         db = self.dir / "zigbee.db"
-        for suffix in ("", "-wal", "-shm"):
-            part = db.with_name(db.name + suffix)
-            if part.exists():
-                part.rename(db.with_name(f"{db.name}{suffix}.corrupt-{stamp}"))
-        self.log.error("zigbee: database %s is unusable (%s); moved aside as"
-                       " *.corrupt-%s, starting a new one from %s. Paired devices stay in the"
-                       " network and reappear as they next talk.", db, reason, stamp,
+        # its log and shared memory move with it, under the same name
+        aside = set_aside(db, "corrupt", suffixes=("-wal", "-shm"))
+        self.log.error("zigbee: database %s is unusable (%s); moved aside as %s, starting a"
+                       " new one from %s. Paired devices stay in the network and reappear as"
+                       " they next talk.", db, reason, aside or "nothing (it was gone)",
                        self.dir / backups.LATEST)
 
     async def _drained(self) -> None:
@@ -617,10 +614,9 @@ class ZigbeeAdapter(Adapter):
 
     def _save_configured(self) -> None:
         path = self.dir / "configured.json"
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(sorted(self._configured)), encoding="utf-8")
-            os.replace(tmp, path)
+            # rare (a device configured or removed): written on the loop, fsynced
+            write_json_atomic(path, sorted(self._configured))
         except OSError as exc:
             self.log.warning("zigbee: cannot save %s: %s", path, exc)
 
