@@ -146,3 +146,8 @@ class Format:
     def learn(self, topic: str, payload: bytes) -> int:
         """Read a companion topic's payload; the number of devices learned (DecodeError)."""
         return 0
+
+    def described(self) -> Mapping[str, Mapping[str, str]]:
+        """What the companion topics said of each device: native id → registry fields
+        (``model``, ``manufacturer``, ``description``...), for the device registry."""
+        return {}

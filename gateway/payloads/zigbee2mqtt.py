@@ -141,6 +141,8 @@ class Zigbee2Mqtt(Format):
         self._defaults: dict[str, _Field] = {}
         #: friendly name → property → field, from the last bridge/devices read
         self._devices: dict[str, dict[str, _Field]] = {}
+        #: friendly name → model, manufacturer, description, IEEE address
+        self._info: dict[str, dict[str, str]] = {}
         #: a top-level ``timestamp:`` field is the readings' time, not a reading
         ts_field = self.options.timestamp
         self._ts_key = ts_field if ts_field and "." not in ts_field else None
@@ -167,6 +169,7 @@ class Zigbee2Mqtt(Format):
             raise DecodeError("bad_shape", f"bridge/devices: {len(entries)} devices, more "
                               f"than {MAX_DEVICES}")
         devices: dict[str, dict[str, _Field]] = {}
+        info: dict[str, dict[str, str]] = {}
         for entry in entries:
             if type(entry) is not dict:
                 raise DecodeError("bad_shape", "bridge/devices: each device must be an object")
@@ -175,6 +178,8 @@ class Zigbee2Mqtt(Format):
                 raise DecodeError("bad_shape", "bridge/devices: a device without a "
                                   "friendly_name")
             definition = entry.get("definition")
+            if entry.get("type") != "Coordinator" and "/" not in name:
+                info[name] = _described(entry, definition)
             if definition is None:
                 continue
             if type(definition) is not dict:
@@ -190,7 +195,12 @@ class Zigbee2Mqtt(Format):
             self._walk(exposes, fields, [MAX_EXPOSES], 0, name)
             devices[name] = fields
         self._devices = devices
+        self._info = info
         return len(devices)
+
+    def described(self) -> Mapping[str, Mapping[str, str]]:
+        """Each device of the last ``bridge/devices``: model, vendor, description, IEEE."""
+        return self._info
 
     def _walk(self, exposes: list[Any], fields: dict[str, _Field], budget: list[int],
               depth: int, name: str) -> None:
@@ -398,3 +408,12 @@ class Zigbee2Mqtt(Format):
             return now
         ts = parse_timestamp(raw, unit)
         return now if ts is None else ts
+
+
+def _described(entry: dict[str, Any], definition: Any) -> dict[str, str]:
+    """Registry fields of one ``bridge/devices`` entry (text values only)."""
+    d = definition if type(definition) is dict else {}
+    fields = {"model": d.get("model"),
+              "manufacturer": d.get("vendor") or entry.get("manufacturer"),
+              "description": d.get("description"), "ieee_address": entry.get("ieee_address")}
+    return {k: v[:200] for k, v in fields.items() if isinstance(v, str) and v}

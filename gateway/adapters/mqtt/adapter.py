@@ -52,7 +52,8 @@ MAX_BATCH = 5000
 #: time) this long: batches overlapping at the sink would let a later one be committed
 #: ahead of an earlier one if the store refused again
 IN_LINE_AFTER_REFUSAL = 5.0
-#: zigbee2mqtt's retained device list grows with the network
+#: a companion topic's payload at most (zigbee2mqtt's retained device list grows with
+#: the network)
 BRIDGE_MAX_PAYLOAD = 4 * 1024 * 1024
 _EXCERPT = 80
 
@@ -408,7 +409,11 @@ class MqttAdapter(Adapter):
             fut.set_result(code)
 
     def _companion(self, topic: str, payload: bytes) -> int | None:
-        """A topic a format reads besides its subscription; None if no format wants it."""
+        """A topic a format reads besides its subscription; None if no format wants it.
+
+        The format learns from it (units, say); the devices it describes (model, vendor...)
+        are declared in the registry, so ``gateway devices`` shows them.
+        """
         routes = [r for r in self._routes
                   if any(_filter_matches(c, topic) for c in r.companions)]
         if not routes:
@@ -421,45 +426,20 @@ class MqttAdapter(Adapter):
         code = OK
         for route in routes:
             try:
-                route.format.learn(topic, payload)
+                learned = route.format.learn(topic, payload)
             except DecodeError as exc:
                 self._m_malformed.inc()
                 self._log_once(topic, "mqtt %s: cannot read %s for format %s: %s",
                                self.prefix, topic, route.sub.format, exc)
                 code = PAYLOAD_INVALID
-            if route.sub.format == "zigbee2mqtt" and topic.endswith("/bridge/devices"):
-                code = max(code, self._bridge_devices(topic, payload))
+                continue
+            described = route.format.described()
+            for native, info in described.items():
+                self.ctx.devices.declare(f"{self.prefix}:{native}", **info)
+            self._input_log.log(logging.INFO, topic, "companion", "mqtt %s: %s read for "
+                                "format %s: %d device(s) learned, %d described", self.prefix,
+                                topic, route.sub.format, learned, len(described))
         return code
-
-    def _bridge_devices(self, topic: str, payload: bytes) -> int:
-        """zigbee2mqtt's device list: declare each device's model and vendor."""
-        try:
-            entries = json.loads(payload)
-            if not isinstance(entries, list):
-                raise ValueError("expected a JSON list of devices")
-            declared = 0
-            for entry in entries:
-                if not isinstance(entry, dict) or entry.get("type") == "Coordinator":
-                    continue
-                name = entry.get("friendly_name")
-                if not isinstance(name, str) or not name or "/" in name:
-                    continue
-                definition = entry.get("definition") or {}
-                info = {"model": definition.get("model"),
-                        "manufacturer": definition.get("vendor") or entry.get("manufacturer"),
-                        "description": definition.get("description"),
-                        "ieee_address": entry.get("ieee_address")}
-                self.ctx.devices.declare(f"{self.prefix}:{name}",
-                                         **{k: v for k, v in info.items()
-                                            if isinstance(v, str) and v})
-                declared += 1
-        except (ValueError, AttributeError, RecursionError) as exc:
-            self._m_malformed.inc()
-            self._log_once(topic, "mqtt %s: cannot read %s: %s", self.prefix, topic, exc)
-            return PAYLOAD_INVALID
-        self._input_log.log(logging.INFO, topic, "bridge", "mqtt %s: %d zigbee2mqtt "
-                            "device(s) described by %s", self.prefix, declared, topic)
-        return OK
 
     def _unmatched(self, topic: str) -> int:
         self._m_unmatched.inc()
