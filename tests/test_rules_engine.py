@@ -24,10 +24,10 @@ from gateway.core.config import DeclaredDevice, DevicesSection
 from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
 from gateway.core.registry import DeviceRegistry
 from gateway.core.supervisor import Supervisor
-from gateway.reading import Reading
+from gateway.reading import Command, CommandResult, Reading
 from gateway.rules.config import RuleSpec
 from gateway.rules.engine import STATE_FILE, RuleEngine
-from gateway.rules.ports import ports_for
+from gateway.rules.ports import ActionError, ports_for
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
 
@@ -516,3 +516,101 @@ async def test_min_and_max_windows_follow_values_leaving_the_window(host: Host) 
     await host.feed(host.r("humidity", 30))  # 50 left the window: 30..70
     (alert,) = await host.alerts()
     assert alert["message"] == "30..70"
+
+
+# -- the ports the engine acts through -----------------------------------------------------------
+
+
+@dataclass
+class Parts:
+    """What the daemon offers, each part possibly still missing."""
+
+    outbox: Any = None
+    pipeline: Any = None
+    supervisor: Any = None
+    devices: Any = None
+
+
+class _Publisher:
+    def __init__(self, result: CommandResult) -> None:
+        self.result = result
+        self.sent: list[tuple[str, bytes, int, bool]] = []
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1,
+                      retain: bool = False) -> CommandResult:
+        self.sent.append((topic, payload, qos, retain))
+        return self.result
+
+
+class _Roster:
+    def __init__(self, adapters: dict[str, Any], result: CommandResult | None = None) -> None:
+        self.adapters = adapters
+        self.result = result or CommandResult.delivered()
+
+    async def send(self, command: Command) -> CommandResult:
+        return self.result
+
+
+async def test_ports_say_which_part_is_missing() -> None:
+    ports = ports_for(Parts())
+    cases = [
+        (ports.alert({"rule": "r"}), "no outbox to queue the alert in"),
+        (ports.command(Command("sim:a", "off", {})), "adapters are not running yet"),
+        (ports.publish(None, "t", b"x", 1, False),
+         "no running adapter can publish (add an mqtt adapter)"),
+        (ports.publish("mqtt", "t", b"x", 1, False),
+         "adapter 'mqtt' is not running or cannot publish"),
+        (ports.derive(Reading("sim:a", "dew_point", 1.0, "Cel", T0)),
+         "no pipeline to feed the derived reading into"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ActionError) as err:
+            await call
+        assert str(err.value) == message
+    assert ports.facts.is_online("sim:a") is None
+    assert ports.facts.info("sim:a") is None
+    assert ports.facts.add_listener(lambda d, o: None) is False
+
+
+async def test_ports_look_parts_up_when_used_and_report_refusals() -> None:
+    parts = Parts()
+    ports = ports_for(parts)  # built before the supervisor exists, as in the daemon
+    refused = _Publisher(CommandResult.refused("not connected to the device broker"))
+    ok = _Publisher(CommandResult.sent("published to t"))
+    parts.supervisor = _Roster({"sim": object(), "a": refused, "b": ok},
+                               CommandResult(False, "unknown_device", "no adapter owns it"))
+    await ports.publish("b", "t", b"{}", 0, True)
+    assert ok.sent == [("t", b"{}", 0, True)]
+    with pytest.raises(ActionError) as err:
+        await ports.publish(None, "t", b"{}", 1, False)  # the first that can: "a"
+    assert str(err.value) == "publish to t: refused: not connected to the device broker"
+    with pytest.raises(ActionError) as err:
+        await ports.publish("sim", "t", b"{}", 1, False)
+    assert str(err.value) == "adapter 'sim' is not running or cannot publish"
+    with pytest.raises(ActionError) as err:
+        await ports.command(Command("sim:z", "off", {}))
+    assert str(err.value) == "command off to sim:z: unknown_device: no adapter owns it"
+
+
+async def test_facts_come_from_the_registry_without_values(outbox: Outbox,
+                                                           tmp_path: Path) -> None:
+    registry = DeviceRegistry(DevicesSection(declared=[DeclaredDevice(id="sim:a", name="A")]),
+                              tmp_path / "devices.json", CollectorRegistry())
+    await registry.start()
+    try:
+        pipeline = Pipeline(outbox)
+        pipeline.observers.append(registry.observe)
+        parts = Parts(outbox=outbox, pipeline=pipeline)
+        ports = ports_for(parts)
+        parts.devices = registry  # appears after the ports are built
+        await ports.derive(Reading("sim:a", "temperature", 21.0, "Cel", T0))
+        info = ports.facts.info("sim:a")
+        assert info is not None and info["name"] == "A" and "values" not in info
+        entry = registry.get("sim:a")
+        assert entry is not None and "values" in entry
+        assert ports.facts.is_online("sim:a") is True
+        assert ports.facts.is_online("sim:nope") is False
+        assert ports.facts.info("sim:nope") is None
+        assert ports.facts.add_listener(lambda d, o: None) is True
+    finally:
+        await registry.stop()
