@@ -123,7 +123,7 @@ class Gateway:
         registry = DeviceRegistry(self.config.devices, self.config.state_dir / "devices.json",
                                   self.metrics, events=self.outbox.append_event)
         await registry.start()
-        self.pipeline.observers.append(registry.observe)
+        self.pipeline.add_observer(registry.observe)
         self.pipeline.screen = registry.screen
         self.devices = registry
         try:

@@ -68,6 +68,21 @@ class Pipeline:
         self.observers: list[Observer] = []
         self._on_observer_error = log_observer_error
 
+    def add_filter(self, f: Filter, first: bool = False,
+                   stateful: Stateful | None = None) -> None:
+        """Run ``f`` on every batch (``first``: before the others); ``stateful`` is the
+        object whose durable state commits with the batches ``f`` changed."""
+        if first:
+            self.filters.insert(0, f)
+        else:
+            self.filters.append(f)
+        if stateful is not None:
+            self.stateful.append(stateful)
+
+    def add_observer(self, observe: Observer) -> None:
+        """Show ``observe`` every batch the outbox took (errors in it are logged)."""
+        self.observers.append(observe)
+
     async def accept(self, readings: Sequence[Reading]) -> bool:
         kept = readings
         for f in self.filters:

@@ -84,13 +84,12 @@ async def rules_and_filters(gateway: RulesHost) -> AsyncIterator[tuple[RuleEngin
     # open aggregate windows an earlier run left (durable in the outbox) reopen first
     filters.restore(outbox.state(STATE_PREFIX))
     if filters.filters:
-        pipeline.filters.insert(0, filters.apply)
+        pipeline.add_filter(filters.apply, first=True,
+                            stateful=filters if filters.windows else None)
         if filters.reduces:
-            pipeline.observers.append(filters.confirm)
-        if filters.windows:
-            pipeline.stateful.append(filters)
+            pipeline.add_observer(filters.confirm)
     if engine.rules:
-        pipeline.observers.append(engine.observe)
+        pipeline.add_observer(engine.observe)
     await filters.start()
     await engine.start()
     gateway.components["rules"] = engine
