@@ -273,7 +273,11 @@ def test_arbitrary_device_lists(value: Any) -> None:
     for payload in (json.dumps(value), json.dumps([value]),
                     json.dumps([{"friendly_name": "d", "definition": {"exposes": [value]}}])):
         try:
-            assert f.learn("b", payload.encode()) >= 0
+            learned = f.learn("b", payload.encode())
+            # a device counts only with a definition: never more than the list holds
+            entries = json.loads(payload)
+            assert learned <= (len(entries) if isinstance(entries, list) else 0)
+            assert set(f.described()) <= {e.get("friendly_name") for e in entries}
         except DecodeError as exc:
             assert exc.reason in REASONS
         _only_decode_errors(f, b"{\"voltage\": 3000, \"state\": \"ON\"}")
