@@ -24,10 +24,10 @@ from prometheus_client import CollectorRegistry
 
 from gateway.adapters.base import Adapter, AdapterContext
 from gateway.adapters.registry import adapter_class
+from gateway.adapters.supervisor import Supervisor
 from gateway.config.model import ConfigError, GatewayConfig, load_config
 from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
 from gateway.core.registry import DeviceRegistry
-from gateway.core.supervisor import Supervisor
 from gateway.logs import setup_logging
 from gateway.notify import Notifier
 from gateway.rules.runtime import rules_and_filters

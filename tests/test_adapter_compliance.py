@@ -70,7 +70,7 @@ from gateway.adapters.mqtt import MqttAdapter
 from gateway.adapters.mqtt.config import MqttConfig
 from gateway.adapters.registry import adapter_class, available_types
 from gateway.adapters.simulator import SimulatorAdapter, SimulatorConfig
-from gateway.core.supervisor import STOP_TIMEOUT
+from gateway.adapters.supervisor import STOP_TIMEOUT
 from gateway.reading import Command, CommandResult, Reading
 from tests import coap_helpers
 from tests import zigbee_virtual as zv

@@ -22,10 +22,10 @@ from prometheus_client import CollectorRegistry
 from gateway.adapters.capabilities import Joiner, Publisher, Remover
 from gateway.adapters.mqtt import MqttAdapter
 from gateway.adapters.simulator import SimulatorAdapter
+from gateway.adapters.supervisor import AdapterState
 from gateway.adapters.zigbee import ZigbeeAdapter
 from gateway.api.config import ApiConfig
 from gateway.api.server import ApiServer
-from gateway.core.supervisor import AdapterState
 from gateway.reading import CommandResult
 from gateway.rules.ports import Publishing
 

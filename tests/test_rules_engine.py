@@ -20,10 +20,10 @@ from prometheus_client import CollectorRegistry
 
 from gateway.adapters.base import AdapterContext
 from gateway.adapters.simulator import SimulatorAdapter, SimulatorConfig
+from gateway.adapters.supervisor import Supervisor
 from gateway.core.config import DeclaredDevice, DevicesSection
 from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
 from gateway.core.registry import DeviceRegistry
-from gateway.core.supervisor import Supervisor
 from gateway.reading import Command, CommandResult, Reading
 from gateway.rules.config import RuleSpec
 from gateway.rules.engine import STATE_FILE, RuleEngine

@@ -10,7 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
-from gateway.core.supervisor import Supervisor
+from gateway.adapters.supervisor import Supervisor
 from gateway.reading import Command, CommandResult, Reading
 
 

@@ -351,7 +351,7 @@ async def test_devices_on_two_endpoints_get_distinct_metrics(zb: Harness) -> Non
 
 
 async def test_supervisor_restarts_the_adapter_once_the_stick_is_back(zb: Harness) -> None:
-    from gateway.core.supervisor import Supervisor
+    from gateway.adapters.supervisor import Supervisor
 
     sup = Supervisor({"zigbee": ("zigbee", lambda: zb.adapter())}, zb.metrics,
                      backoff_initial=0.05, backoff_max=0.2)

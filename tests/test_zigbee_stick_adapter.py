@@ -19,10 +19,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.adapters.base import Adapter, AdapterContext
+from gateway.adapters.supervisor import Supervisor
 from gateway.adapters.zigbee import ZigbeeAdapter
 from gateway.adapters.zigbee.config import ZigbeeConfig
 from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
-from gateway.core.supervisor import Supervisor
 from gateway.reading import Command, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
