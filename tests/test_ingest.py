@@ -1,0 +1,94 @@
+"""The adapter base's ingest path (gateway/adapters/ingest.py), checked once here; the
+compliance suite checks each adapter's use of it.
+
+The sink is the compliance suite's GateSink: it refuses or holds on command, as a full
+or slow outbox does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway.adapters.ingest import RETRY_INITIAL, Ingest
+from gateway.reading import Reading
+from tests.compliance import GateSink
+from tests.waiting import eventually
+
+T = 1_800_000_000.0
+
+
+def batch(device: str, seq: int) -> list[Reading]:
+    return [Reading(device, "seq", seq, None, T + seq)]
+
+
+def seqs(sink: GateSink, device: str) -> list[int]:
+    return [int(r.value) for r in sink.accepted if r.device == device]
+
+
+async def test_accepted_at_once_costs_one_sink_call() -> None:
+    sink = GateSink()
+    ingest = Ingest(sink)
+    assert await ingest.push(batch("a:1", 1))
+    assert len(sink.calls) == 1 and ingest.busy == 0 and ingest.refusals == 0
+
+
+async def test_a_refused_batch_is_retried_and_later_ones_of_its_source_wait_behind_it() -> None:
+    sink = GateSink()
+    ingest = Ingest(sink)
+    sink.refusing = True
+    first = asyncio.create_task(ingest.push(batch("a:1", 1), source="a:1"))
+    await eventually(lambda: ingest.held("a:1"), 5, "the source held")
+    later = [asyncio.create_task(ingest.push(batch("a:1", s), source="a:1")) for s in (2, 3)]
+    other = asyncio.create_task(ingest.push(batch("b:1", 1), source="b:1"))
+    await eventually(lambda: len(sink.calls) >= 4, 5, "retries of the held batch")
+    # the later batches of a:1 were never offered while its first one was held
+    assert {int(c[0].value) for c in sink.calls if c[0].device == "a:1"} == {1}
+    sink.refusing = False
+    assert await first and all(await asyncio.gather(*later)) and await other
+    assert seqs(sink, "a:1") == [1, 2, 3]
+    assert not ingest.held("a:1") and ingest.busy == 0
+
+
+async def test_retry_for_bounds_the_retries_and_zero_answers_at_once() -> None:
+    sink = GateSink()
+    ingest = Ingest(sink)
+    sink.refusing = True
+    t0 = time.monotonic()
+    assert not await ingest.push(batch("a:1", 1), retry_for=0)
+    assert len(sink.calls) == 1  # one try: the device sends it again itself
+    assert not await ingest.push(batch("a:1", 2), retry_for=0.3)
+    assert time.monotonic() - t0 >= 0.3 and ingest.given_up == 1
+    assert len(sink.calls) >= 3  # tried, and retried after RETRY_INITIAL and more
+    assert RETRY_INITIAL < 0.3
+
+
+async def test_stop_retrying_releases_held_batches_and_drain_waits_for_the_ones_at_the_sink(
+        ) -> None:
+    sink = GateSink()
+    ingest = Ingest(sink, drain_timeout=5.0)
+    sink.refusing = True
+    held = asyncio.create_task(ingest.push(batch("a:1", 1)))
+    await eventually(lambda: len(sink.calls) >= 2, 5, "a retry")
+    ingest.stop_retrying()
+    assert not await asyncio.wait_for(held, 5)  # the device keeps it
+    # a batch whose accept is under way is waited for, within the deadline
+    sink.refusing = False
+    sink.gate.clear()
+    slow = asyncio.create_task(ingest.push(batch("a:1", 2)))
+    await eventually(lambda: ingest.busy == 1, 5, "the batch at the sink")
+    asyncio.get_running_loop().call_later(0.2, sink.gate.set)
+    assert await ingest.drain() == 0
+    assert await slow and seqs(sink, "a:1") == [2]
+
+
+async def test_drain_gives_up_at_its_deadline_when_accept_never_returns() -> None:
+    sink = GateSink()
+    ingest = Ingest(sink, drain_timeout=0.2)
+    sink.gate.clear()  # the store hangs
+    stuck = asyncio.create_task(ingest.push(batch("a:1", 1)))
+    await eventually(lambda: ingest.busy == 1, 5, "the batch at the sink")
+    t0 = time.monotonic()
+    assert await ingest.drain() == 1
+    assert time.monotonic() - t0 < 2.0
+    stuck.cancel()
