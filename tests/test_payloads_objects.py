@@ -282,3 +282,22 @@ def test_a_payload_unit_outside_senml_and_the_aliases_is_refused_by_name() -> No
         decode(decoder(topic="senml/in", format="senml"), "senml/in",
                '[{"bn": "d1:", "n": "distance", "u": "furlong", "v": 3}]')
     assert err.value.reason == "bad_unit" and "'furlong'" in str(err.value)
+
+
+# -- recorded payloads ---------------------------------------------------------------------
+
+_FIXTURES = Path(__file__).parent / "fixtures" / "payloads" / "json"
+_CASES = json.loads((_FIXTURES / "cases.json").read_text())
+
+
+@pytest.mark.parametrize("case", _CASES, ids=[c["name"] for c in _CASES])
+def test_recorded_json_payloads(case: dict[str, Any]) -> None:
+    dec = decoder(**case["subscription"])
+    got = decode(dec, case["topic"], json.dumps(case["payload"]))
+    want = [Reading(d, m, v, u, NOW if ts == "now" else ts) for d, m, v, u, ts in
+            case["readings"]]
+    assert [(r.device, r.metric, r.unit) for r in got] == [(r.device, r.metric, r.unit)
+                                                          for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.value == pytest.approx(w.value) and type(g.value) is type(w.value)
+        assert g.ts == pytest.approx(w.ts)
