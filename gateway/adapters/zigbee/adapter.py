@@ -450,7 +450,7 @@ class ZigbeeAdapter(Adapter):
                                event.attribute_name, zone_type)
         except Exception as exc:  # noqa: BLE001 - a bad value is counted, never fatal
             self._m.malformed.labels(self.prefix).inc()
-            self._input_log.warning(str(device.ieee), "bad_value",
+            self._input_log.warning(str(device.ieee), getattr(exc, "reason", "bad_value"),
                                     "zigbee: cannot read attribute 0x%04X of cluster 0x%04X "
                                     "from %s: %s: %.200s", event.attribute_id,
                                     cluster.cluster_id, device.ieee, type(exc).__name__, exc)
@@ -597,8 +597,9 @@ class ZigbeeAdapter(Adapter):
                     expect_reply=False))
         except Exception as exc:  # noqa: BLE001
             self._m.malformed.labels(self.prefix).inc()
-            self.log.warning("zigbee: bad IAS zone command 0x%02X from %s: %s", command_id,
-                             device.ieee, exc)
+            self._input_log.warning(str(device.ieee), "bad_zone_command",
+                                    "zigbee: bad IAS zone command 0x%02X from %s: %.200s",
+                                    command_id, device.ieee, exc)
 
     def _load_configured(self) -> set[str]:
         path = self.dir / "configured.json"
