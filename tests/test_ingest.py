@@ -92,3 +92,19 @@ async def test_drain_gives_up_at_its_deadline_when_accept_never_returns() -> Non
     assert await ingest.drain() == 1
     assert time.monotonic() - t0 < 2.0
     stuck.cancel()
+
+
+async def test_the_steps_of_one_stop_share_one_drain_deadline() -> None:
+    sink = GateSink()
+    ingest = Ingest(sink, drain_timeout=0.4)
+    sink.gate.clear()  # the store hangs
+    stuck = asyncio.create_task(ingest.push(batch("a:1", 1)))
+    await eventually(lambda: ingest.busy == 1, 5, "the batch at the sink")
+    t0 = time.monotonic()
+    ingest.stop_retrying()  # the stop begins: its clock starts
+    await asyncio.sleep(0.3)  # an adapter's own step of the stop (its source, its radio)
+    assert 0.0 < ingest.remaining() <= 0.1 + 0.05
+    assert await ingest.drain() == 1
+    assert await ingest.drain() == 1  # a second drain of the same stop waits no more
+    assert time.monotonic() - t0 < 0.4 + 0.3
+    stuck.cancel()

@@ -68,6 +68,8 @@ class Ingest:
         self._idle.set()
         self._stopping = asyncio.Event()
         self._lines: dict[Hashable, _Line] = {}
+        #: when the stop's drain must end (monotonic), from the first begin_stop()
+        self._deadline: float | None = None
         #: batches refused at least once, and batches given up after retry_for
         self.refusals = 0
         self.given_up = 0
@@ -139,8 +141,21 @@ class Ingest:
             if not line.waiting and self._lines.get(source) is line:
                 del self._lines[source]
 
+    def begin_stop(self) -> None:
+        """Start the stop's clock: every wait of the stop ends by one deadline, however
+        many steps the adapter's stop takes (the supervisor's limit covers them all)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.drain_timeout
+
+    def remaining(self) -> float:
+        """Seconds left of the stop's drain deadline (starting it if need be)."""
+        self.begin_stop()
+        assert self._deadline is not None
+        return max(0.0, self._deadline - time.monotonic())
+
     def stop_retrying(self) -> None:
         """Held batches give up now (their devices keep them); new ones are tried once."""
+        self.begin_stop()
         self._stopping.set()
 
     async def drain(self, within: float | None = None) -> int:
@@ -149,11 +164,12 @@ class Ingest:
         Retries go on while waiting (for devices that never send again, the drain is
         their last chance); call :meth:`stop_retrying` first where the device keeps its
         messages. Held batches still waiting at the deadline give up. New pushes after
-        this are tried once, never retried.
+        this are tried once, never retried. The wait ends by the stop's deadline
+        (:meth:`begin_stop`), so several steps of one stop share the drain limit.
         """
+        left = self.remaining() if within is None else within
         try:
-            await asyncio.wait_for(self._idle.wait(),
-                                   self.drain_timeout if within is None else within)
+            await asyncio.wait_for(self._idle.wait(), left)
         except TimeoutError:
             pass
         self._stopping.set()

@@ -175,7 +175,7 @@ class LorawanAdapter(Adapter):
     async def stop(self) -> None:
         """Stop the source (the event being accepted finishes), save progress, close."""
         self._stopping.set()
-        self.ingest.stop_retrying()
+        self.ingest.stop_retrying()  # also starts the drain limit: the source's wait counts
         if self.source is not None:
             await self.source.stop()
         for p in self._pending.values():

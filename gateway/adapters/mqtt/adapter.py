@@ -237,7 +237,7 @@ class MqttAdapter(Adapter):
         if not self._busy:
             self._idle.set()
         try:
-            await asyncio.wait_for(self._idle.wait(), self.ingest.drain_timeout)
+            await asyncio.wait_for(self._idle.wait(), self.ingest.remaining())
         except TimeoutError:
             self.log.warning("mqtt %s: %d message(s) still being accepted at stop; the broker "
                              "will send them again", self.prefix, self._busy)

@@ -213,8 +213,9 @@ class ZigbeeAdapter(Adapter):
         if self._forwarder is not None and not self._forwarder.done():
             self._wake.set()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                # the drain limit counts from here: the radio's shutdown is bounded apart
                 await asyncio.wait_for(asyncio.shield(self._drained()),
-                                       self.ingest.drain_timeout)
+                                       self.ingest.remaining())
         self.ingest.stop_retrying()
         if self._pending:
             self._drop(len(self._pending), "shutdown")
