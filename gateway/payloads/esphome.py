@@ -52,8 +52,7 @@ from typing import Any, NamedTuple
 from gateway.payloads.base import Format, Options, Source
 from gateway.payloads.errors import DecodeError
 from gateway.payloads.names import metric_name
-from gateway.payloads.shelly import parse_number
-from gateway.payloads.values import Units, is_number, load_json
+from gateway.payloads.values import Units, is_number, load_json, parse_number
 from gateway.reading import Reading, Value
 
 #: Home Assistant's default discovery prefix (ESPHome's ``mqtt: discovery_prefix``)

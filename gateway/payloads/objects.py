@@ -26,7 +26,6 @@ of objects (a batch), of field → value::
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -41,6 +40,7 @@ from gateway.payloads.values import (
     load_cbor,
     load_json,
     native_id,
+    parse_number,
     parse_timestamp,
     path_get,
     sig,
@@ -56,7 +56,6 @@ UNITS_KEY = "units"
 _MISSING: Any = object()
 _TRUE = frozenset({"true", "on", "yes"})
 _FALSE = frozenset({"false", "off", "no"})
-_INT = re.compile(r"[-+]?\d{1,18}")
 
 Leaf = tuple[str, str | None, Convert | None] | None
 
@@ -299,10 +298,9 @@ class ValueFormat(Format):
     def _parser(kind: str) -> Callable[[str], Value | None]:
         def number(text: str) -> Value | None:
             try:
-                value: Value = int(text) if _INT.fullmatch(text) else float(text)
-            except ValueError:
+                return parse_number(text)
+            except DecodeError:
                 return None
-            return value if is_number(value) else None
 
         def boolean(text: str) -> Value | None:
             low = text.lower()

@@ -70,7 +70,14 @@ from typing import Any, NamedTuple
 
 from gateway.payloads.base import Format, Options, Source
 from gateway.payloads.errors import DecodeError
-from gateway.payloads.values import Units, is_number, load_json, native_id, parse_timestamp
+from gateway.payloads.values import (
+    Units,
+    is_number,
+    load_json,
+    native_id,
+    parse_number,
+    parse_timestamp,
+)
 from gateway.reading import Reading, Value
 
 #: longest topic suffix read (a Gen1 topic is at most four short segments)
@@ -104,25 +111,6 @@ def _text(payload: bytes) -> str:
         return payload.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise DecodeError("bad_text", "value is not UTF-8 text") from None
-
-
-def parse_number(text: str) -> int | float:
-    """A decimal number as a Shelly or ESPHome publishes it (``37.71``, ``-3``, ``1e3``).
-
-    Python's float() also reads ``1_000``, ``inf``, ``nan`` and non-ASCII digits: refused.
-    """
-    if not text or not text.isascii() or "_" in text:
-        raise DecodeError("bad_value", f"expected a number, got {text!r:.40}")
-    try:
-        if text.lstrip("+-").isdigit():
-            value: int | float = int(text)
-        else:
-            value = float(text)
-    except ValueError:
-        raise DecodeError("bad_value", f"expected a number, got {text!r:.40}") from None
-    if not is_number(value):
-        raise DecodeError("bad_value", f"{text!r:.40} is not a finite number")
-    return value
 
 
 def _choice(text: str, table: Mapping[str, bool], what: str) -> bool:

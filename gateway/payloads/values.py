@@ -79,6 +79,25 @@ def is_number(v: Any) -> bool:
     return isinstance(v, float) and math.isfinite(v)
 
 
+def parse_number(text: str) -> int | float:
+    """A number written as text (``37.71``, ``-3``, ``1e3``): bare values, Shelly, ESPHome.
+
+    Python's float() also reads ``1_000``, ``inf``, ``nan`` and non-ASCII digits: refused.
+    """
+    if not text or not text.isascii() or "_" in text:
+        raise DecodeError("bad_value", f"expected a number, got {text!r:.40}")
+    try:
+        if text.lstrip("+-").isdigit():
+            value: int | float = int(text)
+        else:
+            value = float(text)
+    except ValueError:
+        raise DecodeError("bad_value", f"expected a number, got {text!r:.40}") from None
+    if not is_number(value):
+        raise DecodeError("bad_value", f"{text!r:.40} is not a finite number")
+    return value
+
+
 def sig(x: float) -> float:
     """``x`` to 12 significant digits: conversions leave binary noise (1013.2 × 100)."""
     return float(f"{x:.12g}")
