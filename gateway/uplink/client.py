@@ -213,7 +213,11 @@ class Uplink:
             await asyncio.wait_for(
                 client.connect(cfg.host, cfg.port, ssl=self._ssl_context(),
                                keepalive=int(cfg.keepalive)),
-                timeout=max(10.0, cfg.keepalive / 2))
+                timeout=cfg.connect_timeout)
+        except TimeoutError:
+            self.m_connects.labels("failed").inc()
+            raise ConnectionError(f"no CONNACK within {cfg.connect_timeout:g} s "
+                                  "(uplink.connect_timeout)") from None
         except Exception:
             self.m_connects.labels("failed").inc()
             raise

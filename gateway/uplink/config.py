@@ -42,6 +42,10 @@ class UplinkConfig(Section):
         description="new readings leave at most this often, together in one message")
     max_inflight: int = Field(default=8, gt=0, le=1000)
     keepalive: Duration = Field(default=60.0, ge=5, le=3600)
+    connect_timeout: Duration = Field(
+        default=10.0, gt=0, le=600,
+        description="give a connection attempt up after this (a broker, proxy or load "
+                    "balancer that takes the TCP connection and never answers)")
     ack_timeout: Duration = Field(default=30.0, gt=0, le=3600)
     backoff_initial: Duration = Field(default=1.0, gt=0, le=3600)
     backoff_max: Duration = Field(default=60.0, gt=0, le=86400)
