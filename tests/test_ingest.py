@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from gateway.adapters.ingest import RETRY_INITIAL, Ingest
 from gateway.reading import Reading
@@ -108,3 +109,39 @@ async def test_the_steps_of_one_stop_share_one_drain_deadline() -> None:
     assert await ingest.drain() == 1  # a second drain of the same stop waits no more
     assert time.monotonic() - t0 < 0.4 + 0.3
     stuck.cancel()
+
+
+class LateRefusal:
+    """A sink whose first batch is refused late (a failed commit), while the ones after it
+    are refused at once (the outbox full by then); then everything is accepted."""
+
+    def __init__(self) -> None:
+        self.first_answer = asyncio.Event()
+        self.refusing = True
+        self.calls = 0
+        self.accepted: list[int] = []
+
+    async def accept(self, readings: Sequence[Reading]) -> bool:
+        self.calls += 1
+        if self.calls == 1:
+            await self.first_answer.wait()
+            return False
+        if self.refusing:
+            return False
+        self.accepted.extend(int(r.value) for r in readings)
+        return True
+
+
+async def test_a_later_batch_refused_first_still_waits_for_the_earlier_one() -> None:
+    sink = LateRefusal()
+    ingest = Ingest(sink)
+    first = asyncio.create_task(ingest.push(batch("a:1", 1)))
+    await eventually(lambda: sink.calls == 1, 5, "the first batch at the sink")
+    second = asyncio.create_task(ingest.push(batch("a:1", 2)))
+    await eventually(lambda: ingest.held(), 5, "the second batch refused and held")
+    sink.refusing = False  # room again: the second one must not go ahead of the first
+    await asyncio.sleep(0.3)  # retries of the second would have happened by now
+    assert sink.accepted == []
+    sink.first_answer.set()  # the first one's refusal comes back
+    assert await first and await second
+    assert sink.accepted == [1, 2]

@@ -11,11 +11,13 @@ Every adapter calls :meth:`Ingest.push` (as ``self.accept(...)`` on :class:`Adap
   loss, for devices that do not send again), or until the adapter stops (False: the
   device keeps the message). ``retry_for=0`` answers a refusal at once (CoAP's 5.03:
   the device retries).
-- **In order per source**: a refusal opens a line for its source (a device, a stream,
-  or the whole adapter); every later batch of that source waits behind the held one,
-  so a later batch never overtakes it. The line closes once it is empty.
+- **In order per source**: every batch takes a ticket in arrival order. A refused batch
+  of a source (a device, a stream, or the whole adapter) is retried only once every
+  earlier batch of that source is done, and while one is held, later batches of the
+  source wait their turn behind it: a later batch never overtakes an earlier one, even
+  when the earlier one's refusal comes back after the later one's (a failed commit).
 
-The fast path (no line for the source) is one counter and the sink call.
+The fast path (nothing of the source held) is a ticket, a counter and the sink call.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Hashable, Sequence
 from typing import Protocol
 
@@ -47,14 +50,15 @@ def retry_backoff() -> Backoff:
     return Backoff(RETRY_INITIAL, RETRY_MAX)
 
 
-class _Line:
-    """Batches of one source waiting behind a refused one, in arrival order."""
+class _Source:
+    """The batches of one source in flight, by arrival ticket, and the held ones."""
 
-    __slots__ = ("lock", "waiting")
+    __slots__ = ("tickets", "held", "turn")
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()  # FIFO: waiters are woken in the order they came
-        self.waiting = 0
+        self.tickets: deque[int] = deque()  # in flight, in arrival order
+        self.held = 0  # batches refused and not yet done
+        self.turn: dict[int, asyncio.Future[None]] = {}  # held batches waiting their turn
 
 
 class Ingest:
@@ -67,7 +71,8 @@ class Ingest:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = asyncio.Event()
-        self._lines: dict[Hashable, _Line] = {}
+        self._sources: dict[Hashable, _Source] = {}
+        self._ticket = 0
         #: when the stop's drain must end (monotonic), from the first begin_stop()
         self._deadline: float | None = None
         #: batches refused at least once, and batches given up after retry_for
@@ -85,61 +90,84 @@ class Ingest:
 
     def held(self, source: Hashable = WHOLE) -> bool:
         """Whether ``source`` has batches waiting behind a refusal."""
-        return source in self._lines
+        src = self._sources.get(source)
+        return src is not None and src.held > 0
 
     async def push(self, readings: Sequence[Reading], source: Hashable = WHOLE,
                    retry_for: float = math.inf) -> bool:
         """True once ``readings`` are durable; False if refused for good (see module doc)."""
         self._busy += 1
         self._idle.clear()
+        src = self._sources.get(source)
+        if src is None:
+            src = self._sources[source] = _Source()
+        ticket = self._ticket
+        self._ticket += 1
+        src.tickets.append(ticket)
         try:
-            line = self._lines.get(source)
-            if line is None:
+            if not src.held:
                 if await self._sink.accept(readings):
                     return True
                 self.refusals += 1
                 if retry_for <= 0 or self._stopping.is_set():
                     return False
-                line = self._lines.get(source)
-                if line is None:
-                    line = self._lines[source] = _Line()
-                return await self._in_line(line, source, readings, retry_for, refused=True)
-            return await self._in_line(line, source, readings, retry_for, refused=False)
+                return await self._held(src, ticket, readings, retry_for, tried=True)
+            return await self._held(src, ticket, readings, retry_for, tried=False)
         finally:
+            self._done(src, source, ticket)
             self._busy -= 1
             if not self._busy:
                 self._idle.set()
 
-    async def _in_line(self, line: _Line, source: Hashable, readings: Sequence[Reading],
-                       retry_for: float, refused: bool) -> bool:
+    def _done(self, src: _Source, source: Hashable, ticket: int) -> None:
+        tickets = src.tickets
+        if tickets[0] == ticket:
+            tickets.popleft()
+        else:
+            tickets.remove(ticket)
+        if tickets:
+            waiter = src.turn.get(tickets[0])
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)  # the next held batch's turn
+        else:
+            del self._sources[source]
+
+    async def _held(self, src: _Source, ticket: int, readings: Sequence[Reading],
+                    retry_for: float, tried: bool) -> bool:
         deadline = time.monotonic() + retry_for
-        line.waiting += 1
+        src.held += 1
         try:
-            async with line.lock:
-                # a batch that waited behind the held one tries at once: that one just went
-                if not refused and not self._stopping.is_set():
-                    if await self._sink.accept(readings):
-                        return True
-                    self.refusals += 1
-                backoff = retry_backoff()
-                while not self._stopping.is_set():
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        self.given_up += 1
-                        return False
-                    try:
-                        await asyncio.wait_for(self._stopping.wait(),
-                                               min(backoff.next_delay(), left))
-                        break  # stopping: the device keeps what was not accepted
-                    except TimeoutError:
-                        pass
-                    if await self._sink.accept(readings):
-                        return True
-                return False
+            # every earlier batch of the source first: accepted, or given up
+            while src.tickets[0] != ticket:
+                if self._stopping.is_set():
+                    return False
+                waiter = src.turn[ticket] = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    src.turn.pop(ticket, None)
+            # a batch that waited its turn tries at once: the one before it just went
+            if not tried and not self._stopping.is_set():
+                if await self._sink.accept(readings):
+                    return True
+                self.refusals += 1
+            backoff = retry_backoff()
+            while not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.given_up += 1
+                    return False
+                try:
+                    await asyncio.wait_for(self._stopping.wait(),
+                                           min(backoff.next_delay(), left))
+                    break  # stopping: the device keeps what was not accepted
+                except TimeoutError:
+                    pass
+                if await self._sink.accept(readings):
+                    return True
+            return False
         finally:
-            line.waiting -= 1
-            if not line.waiting and self._lines.get(source) is line:
-                del self._lines[source]
+            src.held -= 1
 
     def begin_stop(self) -> None:
         """Start the stop's clock: every wait of the stop ends by one deadline, however
@@ -157,6 +185,13 @@ class Ingest:
         """Held batches give up now (their devices keep them); new ones are tried once."""
         self.begin_stop()
         self._stopping.set()
+        self._wake_waiting()
+
+    def _wake_waiting(self) -> None:
+        for src in self._sources.values():
+            for waiter in src.turn.values():
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def drain(self, within: float | None = None) -> int:
         """Wait (bounded) for batches being accepted, then stop retrying; how many are left.
@@ -173,6 +208,7 @@ class Ingest:
         except TimeoutError:
             pass
         self._stopping.set()
+        self._wake_waiting()
         if self._busy:
             # held batches see the stop at their next wake-up: give them that turn
             await asyncio.sleep(0)
