@@ -14,11 +14,22 @@ from pathlib import Path
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+#: ports handed out by this process: the kernel may offer a released port again at once,
+#: and two listeners of one broker config must not get the same one
+_HANDED: set[tuple[int, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_STREAM) -> int:
-    """A port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on right now (the kernel picks it), never one this process
+    handed out before."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (kind, port) not in _HANDED:
+            _HANDED.add((kind, port))
+            return port
+    raise RuntimeError("no fresh loopback port in 100 tries")
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:

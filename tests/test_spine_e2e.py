@@ -156,7 +156,9 @@ def test_every_accepted_reading_arrives_after_sigkill(
     accepted = {d: delivered.get(d, set()) | waiting.get(d, set())
                 for d in set(delivered) | set(waiting)}
     assert any(delivered.values())  # the cloud had readings before the kill...
-    assert sum(len(s) for s in waiting.values()) >= 2 * DEVICES  # ...and some still waited
+    # ...and some still waited. Fewer than the look saw is possible: PUBACKs the broker
+    # sent just before it froze can still delete rows between the look and the kill
+    assert sum(len(s) for s in waiting.values()) >= 1
     # restart without the simulator: the backlog alone must drain
     gw2 = gateway_factory(gw_config(state, mosquitto.port, count=0), name="gw2").start()
 
