@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent / "gateway"
 
 ANY = frozenset({"*"})
 FOUNDATION = frozenset({"gateway", "gateway.reading", "gateway.logs", "gateway.metrics",
-                        "gateway.notify", "gateway.config"})
+                        "gateway.notify", "gateway.config", "gateway.plugins"})
 
 #: what each top-level package or module may import besides itself
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -45,6 +45,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "gateway.logs": frozenset(),
     "gateway.metrics": frozenset(),
     "gateway.notify": frozenset(),
+    "gateway.plugins": frozenset(),
     "gateway.config": frozenset({"gateway", "gateway.reading"}),
     "gateway.payloads": FOUNDATION,
     "gateway.core": FOUNDATION | {"gateway.payloads"},

@@ -224,12 +224,12 @@ class NotAFormat:
 @pytest.fixture
 def plugin_formats(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """The installed formats plus acme, a broken one and a class that is not a format."""
-    real = dict(formats._entry_points())
+    real = dict(formats.PLUGINS._entry_points())
     extra = {"acme": group("acme", f"{__name__}:AcmeFormat", formats.GROUP),
              "ghost": group("ghost", "acme_missing_package:Format", formats.GROUP),
              "wrong": group("wrong", f"{__name__}:NotAFormat", formats.GROUP)}
     formats.cache_clear()
-    monkeypatch.setattr(formats, "_entry_points", lambda: {**real, **extra})
+    monkeypatch.setattr(formats.PLUGINS, "_entry_points", lambda: {**real, **extra})
     yield
     monkeypatch.undo()
     formats.cache_clear()

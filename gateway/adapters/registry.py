@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint, entry_points
-
 from gateway.adapters.base import Adapter
+from gateway.plugins import PluginGroup
 
 GROUP = "gateway.adapters"
 
@@ -13,22 +12,20 @@ class UnknownAdapterType(LookupError):
     pass
 
 
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+def _wrong(obj: object) -> str | None:
+    return None if isinstance(obj, type) and issubclass(obj, Adapter) else "an Adapter"
+
+
+#: an adapter that fails to import raises its own error (the daemon reports it)
+PLUGINS: PluginGroup[type[Adapter]] = PluginGroup(GROUP, "adapter type", UnknownAdapterType,
+                                                  _wrong, wrap_load_errors=False)
 
 
 def available_types() -> list[str]:
     """Names of every installed adapter type."""
-    return sorted(_entry_points())
+    return PLUGINS.names()
 
 
 def adapter_class(type_name: str) -> type[Adapter]:
     """The adapter class registered as ``type_name``."""
-    ep = _entry_points().get(type_name)
-    if ep is None:
-        known = ", ".join(available_types()) or "none installed"
-        raise UnknownAdapterType(f"unknown adapter type {type_name!r} (installed: {known})")
-    cls = ep.load()
-    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
-        raise UnknownAdapterType(f"entry point {type_name!r} ({ep.value}) is not an Adapter")
-    return cls
+    return PLUGINS.load(type_name)

@@ -12,10 +12,8 @@ register the same way, in this package's ``pyproject.toml``.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from importlib.metadata import EntryPoint, entry_points
-
 from gateway.payloads.base import Format
+from gateway.plugins import PluginGroup
 
 GROUP = "gateway.decoders"
 
@@ -24,31 +22,21 @@ class UnknownFormat(LookupError):
     """A ``format:`` no installed package provides."""
 
 
-@lru_cache(maxsize=1)
-def _entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+def _wrong(obj: object) -> str | None:
+    return None if isinstance(obj, type) and issubclass(obj, Format) else "a payload Format"
+
+
+PLUGINS: PluginGroup[type[Format]] = PluginGroup(GROUP, "payload format", UnknownFormat, _wrong)
 
 
 def available() -> list[str]:
     """Names of every installed payload format."""
-    return sorted(_entry_points())
+    return PLUGINS.names()
 
 
-@lru_cache(maxsize=64)
 def format_class(name: str) -> type[Format]:
     """The format registered as ``name`` (UnknownFormat if none or not a Format)."""
-    ep = _entry_points().get(name)
-    if ep is None:
-        known = ", ".join(available()) or "none installed"
-        raise UnknownFormat(f"unknown payload format {name!r} (installed: {known})")
-    try:
-        cls = ep.load()
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must name itself, not crash
-        raise UnknownFormat(f"payload format {name!r} ({ep.value}) does not load: "
-                            f"{type(exc).__name__}: {exc}") from exc
-    if not (isinstance(cls, type) and issubclass(cls, Format)):
-        raise UnknownFormat(f"entry point {name!r} ({ep.value}) is not a payload Format")
-    return cls
+    return PLUGINS.load(name)
 
 
 def by_content_format(number: int) -> type[Format] | None:
@@ -68,5 +56,4 @@ def by_content_format(number: int) -> type[Format] | None:
 
 def cache_clear() -> None:
     """Forget the entry points (after installing a plugin in a running interpreter)."""
-    _entry_points.cache_clear()
-    format_class.cache_clear()
+    PLUGINS.cache_clear()

@@ -21,14 +21,12 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway.plugins import PluginGroup
 from gateway.reading import Reading, Value
 
 if TYPE_CHECKING:
-    from importlib.metadata import EntryPoint
-
     from gateway.store.outbox import EventRow, TelemetryRow
 
 GROUP = "gateway.uplink_formats"
@@ -257,35 +255,25 @@ class UnknownUplinkFormat(LookupError):
     """An ``uplink.format`` no installed package provides, or one that does not load."""
 
 
-@lru_cache(maxsize=1)
-def _entry_points() -> dict[str, EntryPoint]:
-    from importlib.metadata import entry_points
+def _wrong(obj: object) -> str | None:
+    missing = [m for m in _METHODS if not callable(getattr(obj, m, None))]
+    if isinstance(obj, type) and not missing:
+        return None
+    return "an uplink format" + (f" (no {', '.join(missing)})" if missing else "")
 
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+PLUGINS: PluginGroup[FormatFactory] = PluginGroup(GROUP, "uplink format",
+                                                  UnknownUplinkFormat, _wrong)
 
 
 def available_formats() -> list[str]:
     """Names of every installed uplink format."""
-    return sorted(_entry_points())
+    return PLUGINS.names()
 
 
-@lru_cache(maxsize=16)
 def format_class(name: str) -> FormatFactory:
     """The format class registered as ``name``; UnknownUplinkFormat names the installed ones."""
-    ep = _entry_points().get(name)
-    if ep is None:
-        known = ", ".join(available_formats()) or "none installed"
-        raise UnknownUplinkFormat(f"unknown uplink format {name!r} (installed: {known})")
-    try:
-        cls = ep.load()
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must name itself, not crash
-        raise UnknownUplinkFormat(f"uplink format {name!r} ({ep.value}) does not load: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-    missing = [m for m in _METHODS if not callable(getattr(cls, m, None))]
-    if not isinstance(cls, type) or missing:
-        raise UnknownUplinkFormat(f"entry point {name!r} ({ep.value}) is not an uplink format"
-                                  + (f" (no {', '.join(missing)})" if missing else ""))
-    return cls
+    return PLUGINS.load(name)
 
 
 def make_format(name: str, gateway_id: str, prefix: str) -> Format:
@@ -295,8 +283,7 @@ def make_format(name: str, gateway_id: str, prefix: str) -> Format:
 
 def cache_clear() -> None:
     """Forget the entry points (after installing a plugin in a running interpreter)."""
-    _entry_points.cache_clear()
-    format_class.cache_clear()
+    PLUGINS.cache_clear()
 
 
 def decode_json_batch(payload: bytes | str) -> list[Reading]:

@@ -22,7 +22,8 @@ from typing import Any
 import cbor2
 
 from gateway.adapters.coap.config import NATIVE_ID
-from gateway.payloads import DecodeError, Format, Options, Source, format_class
+from gateway.payloads import DecodeError, Format, Options, Source
+from gateway.payloads.registry import by_content_format
 from gateway.reading import Reading
 
 TEXT, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 50, 60, 110, 112
@@ -32,9 +33,6 @@ READING_FORMATS = (JSON, CBOR, SENML_JSON, SENML_CBOR)
 SENML_FORMATS = (SENML_JSON, SENML_CBOR)
 FORMAT_NUMBERS = {"text": TEXT, "json": JSON, "cbor": CBOR, "senml+json": SENML_JSON,
                   "senml+cbor": SENML_CBOR}
-#: the payload format of each content format
-FORMAT_NAMES = {TEXT: "value", JSON: "json", CBOR: "cbor", SENML_JSON: "senml",
-                SENML_CBOR: "senml+cbor"}
 #: the object formats read the device's time from this key
 TIME_KEY = "ts"
 
@@ -45,12 +43,13 @@ def _format(content_format: int, metric: str | None = None, unit: str | None = N
     key = (content_format, metric, unit)
     fmt = _formats.get(key)
     if fmt is None:
-        name = FORMAT_NAMES.get(content_format)
-        if name is None:
+        # the format that declares the content format (Format.content_formats)
+        cls = by_content_format(content_format)
+        if cls is None:
             raise DecodeError("bad_format", f"content format {content_format} is not supported")
         options = (Options(metric=metric, unit=unit) if content_format == TEXT
                    else Options(timestamp=TIME_KEY))
-        fmt = format_class(name)(options)
+        fmt = cls(options)
         if len(_formats) < 1024:  # resources are configured: a handful of keys
             _formats[key] = fmt
     return fmt
