@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -11,6 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+def outbox_readings(path: Path) -> list[tuple[str, str, Any]]:
+    """(device, metric, value) of every reading in an outbox file, read with SQLite.
+
+    One read transaction: beside a running daemon (WAL), the series and the rows come from
+    the same commit, so every series a row names is there. Nothing before the file exists.
+    """
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        series = {sid: (d, m) for sid, d, m in db.execute("SELECT id, device, metric FROM series")}
+        blobs = [blob for (blob,) in db.execute("SELECT blob FROM telemetry")]
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    out = []
+    for blob in blobs:
+        flat = json.loads(blob)  # [base_ms, series, value, dt_ms, series, value, ...]
+        for i in range(1, len(flat), 3):
+            out.append((*series[flat[i]], flat[i + 1]))
+    return out
 
 
 class GatewayProcess:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import EventRow, Outbox, TelemetryRow
 from tests.brokers import Mosquitto
-from tests.daemon import GatewayProcess
+from tests.daemon import GatewayProcess, outbox_readings
 from tests.waiting import wait_until
 
 RULES: list[dict[str, Any]] = [
@@ -54,25 +53,9 @@ def read_outbox(path: Path) -> tuple[list[TelemetryRow], list[EventRow]]:
 
 
 def stored(path: Path) -> list[tuple[str, str, Any]]:
-    """(device, metric, value) of every reading in the outbox file, read with SQLite
-    beside the running daemon (one read transaction: the series and rows of one commit).
-    A reading there has been seen by the rules: they observe what the outbox took."""
-    if not path.exists():
-        return []
-    db = sqlite3.connect(path, isolation_level=None)
-    try:
-        db.execute("BEGIN")
-        series = {sid: (d, m) for sid, d, m in db.execute("SELECT id, device, metric FROM series")}
-        blobs = [blob for (blob,) in db.execute("SELECT blob FROM telemetry")]
-        db.execute("COMMIT")
-    finally:
-        db.close()
-    out = []
-    for blob in blobs:
-        flat = json.loads(blob)  # [base_ms, series, value, dt_ms, series, value, ...]
-        for i in range(1, len(flat), 3):
-            out.append((*series[flat[i]], flat[i + 1]))
-    return out
+    """(device, metric, value) of every reading in the outbox file, beside the running
+    daemon. A reading there has been seen by the rules: they observe what the outbox took."""
+    return outbox_readings(path)
 
 
 def dew_points(rows: list[TelemetryRow]) -> int:

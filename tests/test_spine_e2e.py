@@ -18,7 +18,7 @@ from typing import Any
 from gateway.reading import Reading
 from tests.brokers import Mosquitto, free_port
 from tests.cloud_sink import CloudSink
-from tests.daemon import GatewayProcess
+from tests.daemon import GatewayProcess, outbox_readings
 from tests.waiting import wait_until
 
 DEVICES = 4
@@ -57,33 +57,17 @@ def first_occurrences(seqs: list[int]) -> list[int]:
 
 
 def outbox_seqs(db_path: Path) -> dict[str, set[int]]:
-    """The seq readings the outbox file holds, read straight from SQLite.
-
-    One read transaction: beside a running daemon (WAL), both tables come from the same
-    commit, so every series a telemetry row names is there.
-    """
-    db = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        db.execute("BEGIN")
-        series = {sid: (d, m) for sid, d, m in db.execute("SELECT id, device, metric FROM series")}
-        blobs = [blob for (blob,) in db.execute("SELECT blob FROM telemetry")]
-        db.execute("COMMIT")
-    finally:
-        db.close()
+    """The seq readings the outbox file holds, read straight from SQLite (one read
+    transaction, safe beside a running daemon)."""
     out: dict[str, set[int]] = defaultdict(set)
-    for blob in blobs:
-        flat = json.loads(blob)
-        for i in range(1, len(flat), 3):
-            device, metric = series[flat[i]]
-            if metric == "seq":
-                out[device].add(flat[i + 1])
+    for device, metric, value in outbox_readings(db_path):
+        if metric == "seq":
+            out[device].add(value)
     return out
 
 
 def waiting_count(db_path: Path) -> int:
     """How many seq readings wait in the outbox (0 before the file exists)."""
-    if not db_path.exists():
-        return 0
     return sum(len(s) for s in outbox_seqs(db_path).values())
 
 
