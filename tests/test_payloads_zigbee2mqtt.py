@@ -19,6 +19,7 @@ from gateway.payloads.zigbee2mqtt import (
     companion_topic,
     voltage_unit,
 )
+from tests.payload_cases import assert_readings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "payloads" / "zigbee2mqtt"
 BRIDGE = (FIXTURES / "bridge_devices.json").read_bytes()
@@ -49,9 +50,7 @@ def decode(f: Zigbee2Mqtt, native: str, payload: Any, now: float = NOW) -> list[
 def test_recorded_payloads(case: dict[str, Any]) -> None:
     got = decode(fmt(learned=case["learned"]), case["device"], case["payload"])
     want = [(m, v, u, NOW if ts == "now" else ts) for m, v, u, ts in case["readings"]]
-    assert got == want
-    for (_, value, _, _), (_, expected, _, _) in zip(got, want, strict=True):
-        assert type(value) is type(expected)  # True is not 1, 2.0 is not 2
+    assert_readings(got, want)
 
 
 def test_registered_and_checked() -> None:
