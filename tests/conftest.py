@@ -74,3 +74,16 @@ async def cli() -> AsyncIterator[Any]:
         yield c
     finally:
         await c.shutdown()
+
+
+@pytest.fixture
+async def zb(tmp_path: Path) -> AsyncIterator[Any]:
+    """A Zigbee test harness (tests/zigbee_harness.py) with its core started; closed after."""
+    from tests.zigbee_harness import Harness  # zigpy is loaded only by the tests that use it
+
+    h = Harness(tmp_path)
+    await h.start_core()
+    try:
+        yield h
+    finally:
+        await h.close()

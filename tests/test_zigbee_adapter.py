@@ -12,7 +12,6 @@ import json
 import shutil
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,6 @@ from gateway.adapters.zigbee import ZigbeeAdapter
 from gateway.reading import Command
 from tests import zigbee_virtual as zv
 from tests.zigbee_harness import Harness, wait_for
-
-
-@pytest.fixture
-async def zb(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path)
-    await h.start_core()
-    try:
-        yield h
-    finally:
-        await h.close()
 
 
 async def test_sensor_joins_is_interviewed_bound_and_reporting_configured(zb: Harness) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,16 +134,6 @@ def test_reporting_is_configured_for_table_rows_only() -> None:
 
 
 # -- through the adapter: a refused value is counted, an invalid marker is quiet ----------
-
-@pytest.fixture
-async def zb(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path)
-    await h.start_core()
-    try:
-        yield h
-    finally:
-        await h.close()
-
 
 async def test_the_adapter_counts_refused_values_and_skips_invalid_markers(zb: Harness) -> None:
     adapter = await zb.started()

@@ -139,3 +139,4 @@ class Harness:
         if self.outbox is not None:
             await self.outbox.close()
         zv.NETWORKS.pop(self.net_name, None)
+
