@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.adapters.lorawan.config import LayoutField
 from gateway.adapters.lorawan.decode import DecodeError as LoraDecodeError
-from gateway.adapters.lorawan.decode import cayenne_lpp, decode_layout, flatten_object
+from gateway.adapters.lorawan.decode import decode_layout, decode_lpp, flatten_object
 from gateway.adapters.lorawan.events import EVENT_TYPES, MalformedEvent, parse_json
 from gateway.adapters.mqtt.config import SubscriptionConfig
 from gateway.adapters.mqtt.topics import TopicTemplate
@@ -117,7 +117,7 @@ def test_deep_nesting_is_a_decode_error_in_every_format() -> None:
 @given(st.binary(max_size=64))
 def test_cayenne_lpp_takes_any_bytes(data: bytes) -> None:
     try:
-        out = cayenne_lpp(data)
+        out = decode_lpp(data)
     except LoraDecodeError:
         return
     assert all(isinstance(name, str) for name, _, _ in out)

@@ -9,7 +9,6 @@ from gateway.adapters.lorawan.config import LayoutField, LorawanConfig, ProfileC
 from gateway.adapters.lorawan.decode import (
     DecodeError,
     apply_fields,
-    cayenne_lpp,
     decode_layout,
     flatten_object,
 )
@@ -18,21 +17,24 @@ from gateway.payloads.lpp import decode_lpp
 
 def test_cayenne_reference_payloads_decode_to_senml_units() -> None:
     # the examples of the Cayenne LPP specification, with The Things Stack's key names
-    assert cayenne_lpp is decode_lpp  # the profile decoder is the payloads package's
-    assert cayenne_lpp(bytes.fromhex("03670110056700ff")) == [
+    from gateway.adapters.lorawan import decode as lorawan_decode
+
+    # the profile decoder is the payloads package's, not a copy
+    assert lorawan_decode.decode_lpp is decode_lpp
+    assert decode_lpp(bytes.fromhex("03670110056700ff")) == [
         ("temperature_3", 27.2, "Cel"), ("temperature_5", 25.5, "Cel")]
-    assert cayenne_lpp(bytes.fromhex("0167ffd7")) == [("temperature_1", -4.1, "Cel")]
-    assert cayenne_lpp(bytes.fromhex("067104d2fb2e0000")) == [
+    assert decode_lpp(bytes.fromhex("0167ffd7")) == [("temperature_1", -4.1, "Cel")]
+    assert decode_lpp(bytes.fromhex("067104d2fb2e0000")) == [
         ("accelerometer_6_x", round(1.234 * 9.80665, 5), "m/s2"),
         ("accelerometer_6_y", round(-1.234 * 9.80665, 5), "m/s2"),
         ("accelerometer_6_z", 0.0, "m/s2")]
-    assert cayenne_lpp(bytes.fromhex("018806765ff2960a0003e8")) == [
+    assert decode_lpp(bytes.fromhex("018806765ff2960a0003e8")) == [
         ("gps_1_latitude", 42.3519, "lat"), ("gps_1_longitude", -87.9094, "lon"),
         ("gps_1_altitude", 10.0, "m")]
 
 
 def test_cayenne_humidity_pressure_presence_and_illuminance() -> None:
-    got = cayenne_lpp(bytes.fromhex("0268610473279505660106650190"))
+    got = decode_lpp(bytes.fromhex("0268610473279505660106650190"))
     # presence keeps the integer the device sent, as every LPP decoder does
     assert got == [("relative_humidity_2", 48.5, "%RH"), ("barometric_pressure_4", 101330, "Pa"),
                    ("presence_5", 1, None), ("luminosity_6", 400, "lx")]
@@ -41,7 +43,7 @@ def test_cayenne_humidity_pressure_presence_and_illuminance() -> None:
 @pytest.mark.parametrize("payload", ["0367", "036701", "03ff0000", "0688010203"])
 def test_cayenne_truncated_or_unknown_payload_is_an_error(payload: str) -> None:
     with pytest.raises(DecodeError) as err:
-        cayenne_lpp(bytes.fromhex(payload))
+        decode_lpp(bytes.fromhex(payload))
     assert err.value.reason == "bad_frame"
 
 

@@ -20,7 +20,7 @@ from gmqtt import Client as MQTTClient  # noqa: E402
 from gmqtt.mqtt.constants import MQTTv311  # noqa: E402
 from google.protobuf import json_format  # noqa: E402
 
-from gateway.adapters.lorawan.decode import cayenne_lpp  # noqa: E402
+from gateway.adapters.lorawan.decode import decode_lpp  # noqa: E402
 from gateway.adapters.lorawan.events import parse_json  # noqa: E402
 from tests.brokers import Mosquitto  # noqa: E402
 from tests.chirpstack_fake import TENANT, FakeChirpStack  # noqa: E402
@@ -57,7 +57,7 @@ def cpu_per_uplink(tmp: Path, n: int = 20_000) -> None:
     data = bytes.fromhex("0367011005686407732795")
     t0 = time.process_time()
     for _ in range(n):
-        cayenne_lpp(data)
+        decode_lpp(data)
     dt = time.process_time() - t0
     print(f"Cayenne LPP decode (3 values):     {dt / n * 1e6:7.1f} µs CPU per payload")
 

@@ -21,11 +21,8 @@ from gateway.payloads.names import metric_name
 from gateway.payloads.units import normalize
 from gateway.reading import Value
 
-__all__ = ["Candidate", "DecodeError", "apply_fields", "cayenne_lpp", "decode_layout",
-           "decode_lpp", "flatten_object", "struct_to_dict", "struct_value"]
-
-#: the profile's ``decoder: cayenne`` (the payloads package's decoder, under its old name)
-cayenne_lpp = decode_lpp
+__all__ = ["Candidate", "DecodeError", "apply_fields", "decode_layout", "decode_lpp",
+           "flatten_object", "struct_to_dict", "struct_value"]
 
 
 # -- declarative byte layout ----------------------------------------------------------------
