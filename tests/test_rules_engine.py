@@ -452,6 +452,78 @@ async def test_a_firing_is_written_to_the_state_file_without_a_clean_stop(
     await engine.stop()
 
 
+async def test_a_firing_reaches_the_state_file_only_once_its_alert_is_durable(
+        outbox: Outbox, tmp_path: Path) -> None:
+    """A crash between the state write and the alert's commit would lose the alert for
+    good (the restored rule is active and does not fire again): the file keeps the state
+    before the firing until the alert is in the outbox."""
+    clock = Clock()
+    rules = [rule(name="hot", when="temperature > 30")]
+    release = asyncio.Event()
+
+    class SlowOutbox:  # the real outbox, whose commit is held until the test lets it go
+        async def append_event(self, kind: str, body: dict[str, Any]) -> bool:
+            await release.wait()
+            return await outbox.append_event(kind, body)
+
+    h1 = Host(outbox, Pipeline(outbox), CollectorRegistry(), clock=clock)
+    e1 = RuleEngine(rules, ports_for(Host(SlowOutbox(), h1.pipeline, h1.metrics)),
+                    h1.metrics, state_dir=tmp_path, clock=clock)
+    h1.pipeline.observers.append(e1.observe)
+    await e1.start()
+    path = tmp_path / STATE_FILE
+
+    def saved() -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        got = json.loads(path.read_text())["rules"].get("hot", {}).get("devices", {})
+        return got.get("sim:a")
+
+    assert await h1.pipeline.accept([h1.r("temperature", 35)])
+    await e1.save(force=True)  # what a timer write would put there now
+    assert saved() is None or saved()["active"] is False  # type: ignore[index]
+    release.set()
+    await e1.settle(5.0)
+    for _ in range(50):  # bounded: 5 s; the release asks for a prompt write
+        if (s := saved()) is not None and s["active"] is True:
+            break
+        await asyncio.sleep(0.1)
+    assert saved() == {"active": True, "since": None, "fired": T0, "reading": None}
+    assert len(await h1.alerts()) == 1
+    await e1.stop()
+
+
+async def test_a_firing_whose_alert_never_landed_fires_again_after_a_crash(
+        outbox: Outbox, tmp_path: Path) -> None:
+    clock = Clock()
+    rules = [rule(name="hot", when="temperature > 30")]
+
+    class StuckOutbox:  # the commit never finishes before the "crash"
+        async def append_event(self, kind: str, body: dict[str, Any]) -> bool:
+            await asyncio.Event().wait()
+            return False
+
+    h1 = Host(outbox, Pipeline(outbox), CollectorRegistry(), clock=clock)
+    e1 = RuleEngine(rules, ports_for(Host(StuckOutbox(), h1.pipeline, h1.metrics)),
+                    h1.metrics, state_dir=tmp_path, clock=clock)
+    h1.pipeline.observers.append(e1.observe)
+    await e1.start()
+    assert await h1.pipeline.accept([h1.r("temperature", 35)])
+    await e1.save(force=True)
+    # the process dies: nothing more runs, nothing more is written
+    dying = [*e1._tasks, e1._runner]
+    for task in dying:
+        assert task is not None
+        task.cancel()
+    await asyncio.wait(dying, timeout=5)  # type: ignore[arg-type]
+    h2 = Host(outbox, Pipeline(outbox), CollectorRegistry(), clock=clock)
+    e2 = await start(h2, rules, state_dir=tmp_path)
+    clock.advance(5)
+    await h2.feed(h2.r("temperature", 36))
+    assert [a["value"] for a in await h2.alerts()] == [36]
+    await e2.stop()
+
+
 async def test_a_changed_rule_does_not_inherit_old_state(outbox: Outbox, tmp_path: Path) -> None:
     clock = Clock()
     h1 = Host(outbox, Pipeline(outbox), CollectorRegistry(), clock=clock)

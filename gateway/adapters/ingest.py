@@ -30,6 +30,7 @@ from collections.abc import Hashable, Sequence
 from typing import Protocol
 
 from gateway.core.backoff import Backoff
+from gateway.core.tasks import wait_event
 from gateway.reading import Reading
 
 #: a refused batch is offered again after this (jittered), doubling up to the maximum
@@ -157,12 +158,8 @@ class Ingest:
                 if left <= 0:
                     self.given_up += 1
                     return False
-                try:
-                    await asyncio.wait_for(self._stopping.wait(),
-                                           min(backoff.next_delay(), left))
+                if await wait_event(self._stopping, min(backoff.next_delay(), left)):
                     break  # stopping: the device keeps what was not accepted
-                except TimeoutError:
-                    pass
                 if await self._sink.accept(readings):
                     return True
             return False
@@ -203,10 +200,7 @@ class Ingest:
         (:meth:`begin_stop`), so several steps of one stop share the drain limit.
         """
         left = self.remaining() if within is None else within
-        try:
-            await asyncio.wait_for(self._idle.wait(), left)
-        except TimeoutError:
-            pass
+        await wait_event(self._idle, left)
         self._stopping.set()
         self._wake_waiting()
         if self._busy:

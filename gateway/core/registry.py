@@ -30,7 +30,7 @@ from tinydb.storages import Storage
 
 from gateway.core.config import DevicesSection
 from gateway.core.files import set_aside, write_json_atomic
-from gateway.core.tasks import cancel_and_wait
+from gateway.core.tasks import cancel_and_wait, wait_event
 from gateway.logs import InputLog
 from gateway.reading import Reading
 
@@ -477,8 +477,7 @@ class DeviceRegistry:
         while True:
             timeout = check_every if soon is None else max(0.0, min(check_every,
                                                                     soon - loop.time()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._soon.wait(), timeout)
+            await wait_event(self._soon, timeout)
             if self._soon.is_set():
                 self._soon.clear()
                 # gather a burst of new devices (a fresh install, a pairing) into one write

@@ -14,3 +14,19 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def wait_event(event: asyncio.Event, within: float) -> bool:
+    """Wait up to ``within`` seconds for ``event``; whether it is set.
+
+    Use this rather than ``asyncio.wait_for(event.wait(), timeout)`` in a loop that is
+    stopped by cancelling it: on Python 3.11, ``wait_for`` swallows a cancellation that
+    arrives just as the event is set (gh-86296), and the loop then never stops.
+    ``asyncio.timeout`` passes it on.
+    """
+    if event.is_set():
+        return True
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, within)):
+            await event.wait()
+    return event.is_set()

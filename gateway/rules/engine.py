@@ -10,7 +10,10 @@
   own task. A failing action is logged and counted; nothing else notices.
 - State is written to ``rules-state.json`` in the state directory soon after a firing,
   at most every few seconds otherwise, and at stop, so a ``for`` in progress and
-  cooldowns survive a restart without firing twice.
+  cooldowns survive a restart without firing twice. A transition is written only once
+  its actions have finished (an alert is durable in the outbox): until then the file
+  keeps the state before it, so a crash in between fires again after the restart
+  rather than losing the alert (at least once, never zero times).
 - Everything outside the engine (outbox, adapters, pipeline, device registry) is reached
   through the typed ports of :mod:`gateway.rules.ports`, which the daemon builds.
 """
@@ -32,7 +35,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.core.files import write_json_atomic
-from gateway.core.tasks import cancel_and_wait
+from gateway.core.tasks import cancel_and_wait, wait_event
 from gateway.reading import Command, Reading
 from gateway.rules.config import ActionSpec, RuleSpec
 from gateway.rules.expr import (
@@ -230,17 +233,36 @@ class _Rule:
         return metric in self.triggers or self.any_metric
 
 
+#: what the state file keeps of a (rule, device): active, since, fired, reading
+_Saved = tuple[bool, float | None, float | None, Reading | None]
+
+
 class _State:
-    __slots__ = ("active", "since", "fired", "reading")
+    __slots__ = ("active", "since", "fired", "reading", "running", "before")
 
     def __init__(self) -> None:
         self.active = False
         self.since: float | None = None  # condition true since (waiting out ``for``)
         self.fired: float | None = None
         self.reading: Reading | None = None  # what the pending condition last saw
+        self.running = 0  # transitions whose actions have not finished
+        self.before: _Saved | None = None  # the state saved while they run
+
+    def saved(self) -> _Saved:
+        """What the state file should hold: the state before any transition whose
+        actions still run."""
+        if self.before is not None:
+            return self.before
+        return (self.active, self.since, self.fired, self.reading)
+
+    def hold(self) -> None:
+        """A transition's actions start: keep the state before it for the file."""
+        if self.running == 0:
+            self.before = (self.active, self.since, self.fired, self.reading)
+        self.running += 1
 
     def idle(self, cooldown: float, now: float) -> bool:
-        return not self.active and self.since is None and (
+        return not self.active and self.since is None and not self.running and (
             self.fired is None or now - self.fired >= cooldown)
 
 
@@ -348,8 +370,7 @@ class RuleEngine:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent.wait(), TICK)
+            await wait_event(self._urgent, TICK)
             try:
                 self._listen()  # the registry may appear after the core started
                 self.tick()
@@ -577,6 +598,7 @@ class RuleEngine:
             self.m_suppressed.labels(rule.name).inc()
             log.debug("rule %s on %s: in cooldown, not firing", rule.name, env.device)
             return
+        held = self._hold(rule.actions, st)
         st.active = True
         st.fired = now
         self._dirty = True
@@ -585,9 +607,10 @@ class RuleEngine:
         log.info("rule %s fired on %s (%s=%r)", rule.name, env.device, env.metric or "-",
                  env.value if env.value is not ABSENT else None)
         self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "firing"))
-                           for a in rule.actions])
+                           for a in rule.actions], held)
 
     def _clear(self, rule: _Rule, st: _State, env: _Env) -> None:
+        held = self._hold(rule.on_clear, st)
         st.active = False
         st.since = None
         st.reading = None
@@ -596,7 +619,7 @@ class RuleEngine:
         log.info("rule %s cleared on %s", rule.name, env.device)
         if rule.on_clear:
             self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "cleared"))
-                               for a in rule.on_clear])
+                               for a in rule.on_clear], held)
 
     def tick(self, now: float | None = None) -> None:
         """Fire rules whose ``for`` ran out without a new reading; drop idle states."""
@@ -694,7 +717,16 @@ class RuleEngine:
         reading = Reading(device, s.metric, derived, s.unit, env.ts)
         return lambda: self.ports.derive(reading)
 
-    def _launch(self, rule: _Rule, jobs: list[tuple[str, Job]]) -> None:
+    def _hold(self, actions: Sequence[Any], st: _State) -> _State | None:
+        """Before a transition with actions that will run: keep the state file at the
+        state before it until they finish. The state to release then, or None."""
+        if not actions or len(self._tasks) >= MAX_PENDING_ACTIONS:
+            return None
+        st.hold()
+        return st
+
+    def _launch(self, rule: _Rule, jobs: list[tuple[str, Job]],
+                held: _State | None = None) -> None:
         if len(self._tasks) >= MAX_PENDING_ACTIONS:
             self.m_dropped.inc()
             log.error("rule %s: %d firings still running their actions; dropping this one",
@@ -704,6 +736,16 @@ class RuleEngine:
         task = asyncio.get_running_loop().create_task(self._run_jobs(rule, jobs, origin))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if held is not None:
+            task.add_done_callback(lambda _t: self._release(held))
+
+    def _release(self, st: _State) -> None:
+        """A transition's actions finished (done or failed): the file may show it now."""
+        st.running -= 1
+        if st.running == 0:
+            st.before = None
+            self._dirty = True
+            self._urgent.set()
 
     async def _run_jobs(self, rule: _Rule, jobs: list[tuple[str, Job]],
                         origin: frozenset[str]) -> None:
@@ -744,12 +786,13 @@ class RuleEngine:
         out: dict[str, Any] = {}
         for rule in self.rules:
             for device, st in rule.states.items():
-                if st.idle(rule.cooldown, now):
-                    continue
+                active, since, fired, r = st.saved()
+                if not active and since is None and (
+                        fired is None or now - fired >= rule.cooldown):
+                    continue  # idle as far as the file goes
                 entry = out.setdefault(rule.name, {"fp": rule.fingerprint, "devices": {}})
-                r = st.reading
                 entry["devices"][device] = {
-                    "active": st.active, "since": st.since, "fired": st.fired,
+                    "active": active, "since": since, "fired": fired,
                     "reading": [r.metric, r.value, r.unit, r.ts] if r is not None else None,
                 }
         return {"version": STATE_VERSION, "saved": now, "rules": out}

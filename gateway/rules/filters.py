@@ -30,7 +30,6 @@ filters only thin what is uploaded.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import json
 import logging
@@ -42,7 +41,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from gateway.core.tasks import cancel_and_wait
+from gateway.core.tasks import cancel_and_wait, wait_event
 from gateway.reading import Reading
 from gateway.rules.config import FilterSpec
 
@@ -410,8 +409,7 @@ class FilterSet:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK)
+            await wait_event(self._wake, TICK)
             self._wake.clear()
             self.close_windows()
             await self._drain(retry=False)

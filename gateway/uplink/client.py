@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.core import gmqtt_patch
 from gateway.core.backoff import Backoff
+from gateway.core.tasks import wait_event
 from gateway.reading import Command, CommandResult
 from gateway.store.outbox import Outbox
 from gateway.uplink.config import UplinkConfig
@@ -189,10 +190,7 @@ class Uplink:
                 self._backoff.reset()
             delay = self._backoff.next_delay()
             log.info("uplink: reconnecting in %.1f s", delay)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._stopping, delay)
 
     async def _connect(self) -> None:
         cfg = self.config

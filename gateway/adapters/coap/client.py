@@ -28,6 +28,7 @@ from gateway.adapters.coap import codec
 from gateway.adapters.coap.config import DeviceSpec, ResourceSpec
 from gateway.adapters.coap.metrics import CoapMetrics
 from gateway.core.backoff import Backoff
+from gateway.core.tasks import wait_event
 from gateway.logs import InputLog
 from gateway.payloads import DecodeError
 from gateway.reading import Command, CommandResult, Reading
@@ -93,9 +94,7 @@ class DeviceClient:
         # the device will not send this state again: hold it until the outbox takes it
         while not await self._accept(readings):
             self._m.notifications.labels(self.adapter, "refused").inc()
-            try:
-                await asyncio.wait_for(stopping.wait(), REFUSED_RETRY)
-            except TimeoutError:
+            if not await wait_event(stopping, REFUSED_RETRY):
                 continue
             # stopping with the outbox still refusing: the device will not resend this
             # state, so say what is lost rather than drop it quietly
@@ -123,10 +122,7 @@ class DeviceClient:
                 delay = backoff.next_delay()
                 self._log.warning("coap: %s%s unreachable (%s: %s); trying again in %.1f s",
                                   self.spec.address, res.path, type(exc).__name__, exc, delay)
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(stopping, delay)
 
     async def _poll_once(self, res: ResourceSpec, stopping: asyncio.Event) -> None:
         req = self._context.request(self._request(Code.GET, res.path))

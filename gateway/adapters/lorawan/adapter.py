@@ -38,6 +38,7 @@ from gateway.adapters.lorawan.events import Delivery
 from gateway.adapters.lorawan.sources import GrpcStreamSource, MqttIntegrationSource, UplinkSource
 from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.core.backoff import Backoff
+from gateway.core.tasks import wait_event
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.payloads import chirpstack
@@ -258,11 +259,8 @@ class LorawanAdapter(Adapter):
         delay = self.config.discovery_interval if self.discovered.is_set() else 0.0
         while not self._stopping.is_set():
             if delay:
-                try:
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if await wait_event(self._stopping, delay):
                     return
-                except TimeoutError:
-                    pass
             try:
                 await self._discover()
             except ChirpStackUnavailable as exc:

@@ -36,6 +36,7 @@ from gateway.adapters.lorawan.events import (
 )
 from gateway.adapters.lorawan.state import DeviceStateStore
 from gateway.core.backoff import Backoff
+from gateway.core.tasks import wait_event
 
 #: a stream that delivered events or stayed up this long counts as healthy: backoff restarts
 STREAM_HEALTHY_AFTER = 30.0
@@ -327,8 +328,7 @@ class MqttIntegrationSource:
         self._stopping = True
         if self._inflight:
             # handlers still accepting finish (and PUBACK); withheld ones leave the set
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), 5.0)
+            await wait_event(self._idle, 5.0)
         await asyncio.sleep(0)  # let gmqtt write the PUBACKs of the last accepted messages
         if self._client is not None:
             with contextlib.suppress(Exception):

@@ -35,6 +35,7 @@ from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
 from gateway.adapters.mqtt.held import HeldLine, Message
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.core import gmqtt_patch
+from gateway.core.tasks import wait_event
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.payloads import DecodeError, Format, Source, format_class
@@ -236,9 +237,7 @@ class MqttAdapter(Adapter):
         self._flush_batch()
         if not self._busy:
             self._idle.set()
-        try:
-            await asyncio.wait_for(self._idle.wait(), self.ingest.remaining())
-        except TimeoutError:
+        if not await wait_event(self._idle, self.ingest.remaining()):
             self.log.warning("mqtt %s: %d message(s) still being accepted at stop; the broker "
                              "will send them again", self.prefix, self._busy)
         # a finished message's PUBACK is queued by gmqtt's done-callback a loop turn or two
@@ -551,19 +550,13 @@ class MqttAdapter(Adapter):
 
     async def _pause(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or until stop."""
-        try:
-            await asyncio.wait_for(self._stop_wake.wait(), delay)
-        except TimeoutError:
-            pass
+        await wait_event(self._stop_wake, delay)
 
     async def _wait_for_arrival(self, within: float) -> None:
         self._line_wake.clear()
         if self._line or self._stopping:
             return
-        try:
-            await asyncio.wait_for(self._line_wake.wait(), within)
-        except TimeoutError:
-            pass
+        await wait_event(self._line_wake, within)
 
     async def _withhold(self) -> int:
         """Never acknowledge: wait until disconnected (the broker sends it again later)."""
