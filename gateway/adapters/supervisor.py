@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -29,6 +30,8 @@ class AdapterState:
     restarts: int = 0
     last_error: str | None = None
     since: float = 0.0
+    #: UNIX times of the latest restarts, oldest first (health rules count them)
+    restart_times: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class Supervisor:
@@ -86,6 +89,7 @@ class Supervisor:
                     backoff.reset()
                 delay = backoff.next_delay()
                 st.restarts += 1
+                st.restart_times.append(time.time())
                 self._restarts.labels(name).inc()
                 st.state, st.since = "backoff", time.time()
                 log.error("adapter %s (%s) failed: %s; restarting in %.1f s (restart %d)",

@@ -27,7 +27,7 @@ from gateway.config.types import (
 )
 from gateway.config.yamlmarks import Loc, Marks, YamlError, dotted, load_yaml
 from gateway.core.config import DevicesSection, GatewaySection, ReadingsSection
-from gateway.rules.config import FilterSpec, RuleSpec, cross_check
+from gateway.rules.config import FilterSpec, HealthSection, RuleSpec, cross_check
 from gateway.store.config import StoreConfig
 from gateway.uplink.config import UplinkConfig
 
@@ -52,6 +52,7 @@ class _FileModel(Section):
     adapters: list[dict[str, Any]] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(default_factory=list)
     filters: list[FilterSpec] = Field(default_factory=list)
+    health: HealthSection = Field(default_factory=HealthSection)
 
 
 class GatewayConfig(BaseModel):
@@ -67,6 +68,7 @@ class GatewayConfig(BaseModel):
     adapters: list[AdapterConfig]
     rules: list[RuleSpec]
     filters: list[FilterSpec]
+    health: HealthSection = Field(default_factory=HealthSection)
 
     @property
     def state_dir(self) -> Path:
@@ -335,4 +337,5 @@ def _load_config(path: str | Path, env: Mapping[str, str] | None) -> GatewayConf
         adapters=adapters,
         rules=top.rules,
         filters=top.filters,
+        health=top.health,
     )

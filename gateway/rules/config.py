@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
@@ -125,25 +126,88 @@ class SetAction(Section):
         return None if v is None else check_template(v, info)
 
 
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+
+
+class WebhookAction(Section):
+    """POST the event as JSON to an HTTP(S) endpoint, with bounded retries."""
+
+    url: str = Field(description="http:// or https:// URL")
+    headers: dict[str, str] = Field(default_factory=dict,
+                                    description="extra request headers (secrets: ${ENV_VAR})")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    message: str | None = Field(default=None, description="template; default: what fired, "
+                                                          "where, and the value")
+    timeout: Duration = Field(default=5.0, gt=0, le=60, description="per attempt")
+    retries: int = Field(default=3, ge=0, le=10, description="further attempts after a "
+                                                           "failed one")
+    backoff: Duration = Field(default=1.0, ge=0, le=60,
+                              description="first delay between attempts; doubles, jittered")
+    backoff_max: Duration = Field(default=10.0, ge=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if any(c.isspace() for c in v):
+            raise ValueError("expected an http:// or https:// URL without spaces")
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"expected an http:// or https:// URL ({exc})") from None
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("expected an http:// or https:// URL (got scheme "
+                             f"{parts.scheme or 'none'!r})")
+        if not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL with a host, e.g. "
+                             "https://hooks.example.com/gateway")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"header {name!r}: a value cannot hold a line break")
+        return v
+
+    @field_validator("message")
+    @classmethod
+    def _message(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else check_template(v, info)
+
+    @property
+    def bound(self) -> float:
+        """The longest the action can take: every attempt timing out, every delay at most."""
+        delays = sum(min(self.backoff_max, self.backoff * 2.0 ** i) for i in range(self.retries))
+        return float(self.timeout * (self.retries + 1) + delays)
+
+
+_KINDS = ("alert", "command", "publish", "set", "webhook")
+
+
 class ActionSpec(Section):
-    """One action: exactly one of ``alert``, ``command``, ``publish``, ``set``."""
+    """One action: exactly one of ``alert``, ``command``, ``publish``, ``set``, ``webhook``."""
 
     alert: AlertAction | None = None
     command: CommandAction | None = None
     publish: PublishAction | None = None
     set: SetAction | None = None
+    webhook: WebhookAction | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ActionSpec:
-        given = [k for k in ("alert", "command", "publish", "set") if getattr(self, k) is not None]
+        given = [k for k in _KINDS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("each action is exactly one of alert, command, publish or set"
-                             + (f" (got {', '.join(given)})" if given else ""))
+            raise ValueError("each action is exactly one of alert, command, publish, set or "
+                             "webhook" + (f" (got {', '.join(given)})" if given else ""))
         return self
 
     @property
     def kind(self) -> str:
-        for k in ("alert", "command", "publish", "set"):
+        for k in _KINDS:
             if getattr(self, k) is not None:
                 return k
         raise AssertionError("validated action without a kind")  # pragma: no cover
@@ -179,6 +243,43 @@ class RuleSpec(Section):
     @classmethod
     def _condition(cls, v: str | None, info: ValidationInfo) -> str | None:
         return None if v is None else check_condition(v, info)
+
+    @model_validator(mode="after")
+    def _health(self) -> RuleSpec:
+        conds = [compile_expr(self.when)] + ([compile_expr(self.clear)] if self.clear else [])
+        if not any(p.gateway for p in conds):
+            return self
+        # a health rule: evaluated for the gateway itself, once a second
+        where = f"rule {self.name!r}: "
+        metrics = sorted({m for p in conds for m in p.metrics})
+        if metrics:
+            raise ValueError(f"{where}a condition on gateway.* facts is evaluated for the "
+                             "gateway itself once a second, which has no device metrics "
+                             f"({', '.join(metrics)}); write two rules")
+        if self.metric is not None or self.device != ["*"]:
+            raise ValueError(f"{where}a condition on gateway.* facts is evaluated for the "
+                             "gateway itself: remove device: and metric:")
+        return self
+
+
+class HealthSection(Section):
+    """Where the gateway's own health facts (``gateway.*`` in rules) are read from."""
+
+    disk_path: str | None = Field(default=None, description="directory whose file system "
+                                  "gateway.free_bytes/free_percent measure; default: "
+                                  "gateway.state_dir")
+    thermal_path: str = Field(default="/sys/class/thermal/thermal_zone0/temp",
+                              description="millidegrees Celsius (gateway.cpu_temp)")
+    throttled_path: str = Field(default="/sys/devices/platform/soc/soc:firmware/get_throttled",
+                                description="the firmware's get_throttled flags, hex "
+                                "(gateway.undervoltage, gateway.throttled...)")
+
+    @field_validator("disk_path", "thermal_path", "throttled_path")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "\0" in v):
+            raise ValueError("expected a file system path")
+        return v
 
 
 def _deadband(value: Any) -> Any:

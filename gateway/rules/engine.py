@@ -16,6 +16,9 @@
   rather than losing the alert (at least once, never zero times).
 - Everything outside the engine (outbox, adapters, pipeline, device registry) is reached
   through the typed ports of :mod:`gateway.rules.ports`, which the daemon builds.
+- Health rules (conditions on ``gateway.*`` facts) are evaluated on the 1 s timer for the
+  gateway's pseudo-device, from one sample per tick of only the facts some rule reads
+  (:mod:`gateway.rules.health`); they share the state machine above.
 """
 
 from __future__ import annotations
@@ -24,20 +27,22 @@ import asyncio
 import contextlib
 import fnmatch
 import hashlib
+import importlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.core.files import write_json_atomic
 from gateway.core.tasks import cancel_and_wait, wait_event
 from gateway.reading import Command, Reading
-from gateway.rules.config import ActionSpec, RuleSpec
+from gateway.rules.config import ActionSpec, RuleSpec, WebhookAction
 from gateway.rules.expr import (
     ABSENT,
     Compiled,
@@ -47,8 +52,13 @@ from gateway.rules.expr import (
     Window,
     compile_expr,
     compile_template,
+    show_value,
 )
+from gateway.rules.health import unit_of
 from gateway.rules.ports import ActionError, RulePorts
+
+if TYPE_CHECKING:
+    from gateway.rules.webhook import WebhookClient
 
 log = logging.getLogger("gateway.rules")
 
@@ -83,6 +93,10 @@ class _Env:
 
     __slots__ = ("device", "metric", "value", "unit", "ts", "now", "values", "windows", "engine",
                  "_info")
+
+    @property
+    def gateway(self) -> dict[str, Any]:
+        return self.engine.health_values
 
     def __init__(self, engine: RuleEngine) -> None:
         self.engine = engine
@@ -167,7 +181,12 @@ class _Action:
         self.kind = spec.kind
         self.templates: dict[str, Template] = {}
         self.value: Program | None = None
-        if spec.alert is not None:
+        self.timeout = ACTION_TIMEOUT
+        if spec.webhook is not None:
+            self.timeout = max(ACTION_TIMEOUT, spec.webhook.bound + 1.0)
+            if spec.webhook.message is not None:
+                self.templates["message"] = compile_template(spec.webhook.message)
+        elif spec.alert is not None:
             self.templates["message"] = compile_template(spec.alert.message)
         elif spec.command is not None:
             if spec.command.device is not None:
@@ -191,7 +210,7 @@ class _Action:
 class _Rule:
     __slots__ = ("index", "name", "spec", "when", "clear", "for_", "cooldown", "level",
                  "devices", "metrics", "triggers", "any_metric", "uses_online", "actions",
-                 "on_clear", "fingerprint", "programs", "states", "guard")
+                 "on_clear", "fingerprint", "programs", "states", "guard", "health", "facts")
 
     def __init__(self, index: int, spec: RuleSpec) -> None:
         self.index = index
@@ -214,6 +233,14 @@ class _Rule:
         # a condition that names no metric but reads the reading's value runs on every metric
         self.any_metric = not self.triggers and any(p.reading_fields for p in conds)
         self.uses_online = any("online" in p.device_fields for p in conds)
+        #: gateway.* facts the conditions read, in order: a health rule (evaluated on the
+        #: timer for the gateway itself), reporting the first as its metric and value
+        self.facts = list(dict.fromkeys(k for p in conds for k in p.gateway))
+        self.health = bool(self.facts)
+        if self.health:
+            self.any_metric = False
+            self.triggers = set()
+            self.uses_online = False
         self.actions = [_Action(a) for a in spec.actions]
         self.on_clear = [_Action(a) for a in spec.on_clear]
         self.programs: list[Program] = conds + [p for a in self.actions + self.on_clear
@@ -304,6 +331,19 @@ class RuleEngine:
         self.window_spans: dict[str, tuple[float, ...]] = {}
         #: metric → ((metric, span), span) for each window kept of it
         self._online_rules = [r for r in self.rules if r.uses_online]
+        self._health_rules = [r for r in self.rules if r.health]
+        #: gateway.* facts any condition or template reads: sampled once per tick
+        self._health_keys: set[str] = set()
+        self._health_restarts: dict[str, tuple[str | None, float]] = {}
+        for rule in self.rules:
+            for p in rule.programs:
+                self._health_keys |= p.gateway.keys() - p.restarts.keys()
+                self._health_restarts.update(p.restarts)
+        self.health_values: dict[str, Any] = {}
+        self._sampled_at = -math.inf
+        self._health_errors: dict[str, int] = {}
+        self._webhooks: WebhookClient | None = None
+        self._failure_logged: dict[tuple[str, str], tuple[float, int]] = {}
         for rule in self.rules:
             for p in rule.programs:
                 self.referenced |= p.metrics
@@ -334,6 +374,9 @@ class RuleEngine:
                                  registry=metrics)
         self.m_state_errors = Counter("gateway_rule_state_write_errors",
                                       "Failed writes of the rule state file", registry=metrics)
+        self.m_health_errors = Counter("gateway_rule_health_errors",
+                                       "Health fact samples that failed (the facts are absent)",
+                                       ["source"], registry=metrics)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -344,6 +387,10 @@ class RuleEngine:
         self._listen()
         if not self.rules:
             return
+        if any(a.spec.webhook is not None for r in self.rules for a in r.actions + r.on_clear):
+            # aiohttp takes a while to import: a thread does it, off the event loop
+            module = await asyncio.to_thread(importlib.import_module, "gateway.rules.webhook")
+            self._webhooks = module.WebhookClient()
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="rules")
         if self.rules:
             log.info("rules: %d rule(s) loaded, %d state(s) restored", len(self.rules),
@@ -355,6 +402,8 @@ class RuleEngine:
         self._runner = None
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=ACTION_TIMEOUT)
+        if self._webhooks is not None:
+            await self._webhooks.close()
         if self.rules:
             await self.save(force=True)
 
@@ -498,7 +547,8 @@ class RuleEngine:
         if len(d.plan) >= PLAN_PER_DEVICE:
             d.plan.clear()
         device = d.id
-        chosen = [r for r in self.rules if r.triggered_by(metric) and r.matches_device(device)]
+        chosen = [r for r in self.rules if not r.health and r.triggered_by(metric)
+                  and r.matches_device(device)]
         shared: dict[str, int] = {}
         for r in chosen:
             if r.guard is not None and r.guard.metric != metric:
@@ -606,7 +656,7 @@ class RuleEngine:
         self.m_fired.labels(rule.name).inc()
         log.info("rule %s fired on %s (%s=%r)", rule.name, env.device, env.metric or "-",
                  env.value if env.value is not ABSENT else None)
-        self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "firing"))
+        self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "firing"), a.timeout)
                            for a in rule.actions], held)
 
     def _clear(self, rule: _Rule, st: _State, env: _Env) -> None:
@@ -618,20 +668,58 @@ class RuleEngine:
         self.m_cleared.labels(rule.name).inc()
         log.info("rule %s cleared on %s", rule.name, env.device)
         if rule.on_clear:
-            self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "cleared"))
-                               for a in rule.on_clear], held)
+            self._launch(rule, [(a.kind, self._prepare_safely(rule, a, env, "cleared"),
+                                 a.timeout) for a in rule.on_clear], held)
 
     def tick(self, now: float | None = None) -> None:
-        """Fire rules whose ``for`` ran out without a new reading; drop idle states."""
+        """Evaluate health rules on a fresh sample; fire rules whose ``for`` ran out without
+        a new reading; drop idle states."""
         now = self.clock() if now is None else now
+        if self._health_keys or self._health_restarts:
+            self._sample_health(now)
+            for rule in self._health_rules:
+                self._evaluate(rule, self._health_env(rule, now), None)
         for rule in self.rules:
             for device, st in list(rule.states.items()):
-                if not st.active and st.since is not None and now - st.since >= rule.for_:
+                if not st.active and st.since is not None and now - st.since >= rule.for_ \
+                        and not rule.health:
                     env = _Env(self).load(device, st.reading, now)
                     self._fire(rule, st, env)
                 elif st.idle(rule.cooldown, now):
                     del rule.states[device]
                     self._dirty = True
+
+    # -- health rules -------------------------------------------------------------------------
+
+    def _sample_health(self, now: float) -> None:
+        """One sample per tick (a firing wakes the timer early: the sample is reused)."""
+        if 0 <= now - self._sampled_at < TICK * 0.9:
+            return
+        self._sampled_at = now
+        health = self.ports.health
+        if health is None:
+            self.health_values = {}
+            return
+        try:
+            self.health_values = health.sample(now, self._health_keys, self._health_restarts)
+        except Exception as exc:  # noqa: BLE001 - facts absent this tick; rules go on
+            self.health_values = {}
+            health.errors["sampler"] = health.errors.get("sampler", 0) + 1
+            log.error("health facts: sampling failed: %s: %s", type(exc).__name__, exc)
+        for source, n in health.errors.items():
+            seen = self._health_errors.get(source, 0)
+            if n > seen:
+                self.m_health_errors.labels(source).inc(n - seen)
+                self._health_errors[source] = n
+
+    def _health_env(self, rule: _Rule, now: float) -> _Env:
+        """The gateway's pseudo-device, with the rule's first fact as metric and value."""
+        health = self.ports.health
+        device = health.device if health is not None else "gateway:gateway"
+        env = _Env(self).load(device, None, now)
+        key = rule.facts[0]
+        env.metric, env.value, env.unit = key, self.health_values.get(key, ABSENT), unit_of(key)
+        return env
 
     def on_online(self, device: str, online: bool) -> None:
         """Device registry listener: re-evaluate rules that read ``device.online``."""
@@ -686,8 +774,21 @@ class RuleEngine:
             "metric": env.metric or None, "value": value, "unit": env.unit,
             "ts": env.ts,
         }
+        if rule.health:
+            event["condition"] = rule.spec.when if state == "firing" else \
+                rule.spec.clear or f"not ({rule.spec.when})"
+            event["facts"] = {k: self.health_values.get(k) for k in rule.facts}
         t = action.templates
         spec = action.spec
+        if spec.webhook is not None:
+            hook = spec.webhook
+            if "message" in t:
+                message = t["message"].render(env)
+            else:
+                shown = f" ({env.metric}={show_value(value)})" if env.metric else ""
+                message = f"rule {rule.name} {state} on {env.device}{shown}"
+            post = {**event, "severity": hook.severity, "message": message}
+            return lambda: self._webhook(hook, post)
         if spec.alert is not None:
             severity = spec.alert.severity
             body = {**event, "severity": severity, "message": t["message"].render(env)}
@@ -725,7 +826,7 @@ class RuleEngine:
         st.hold()
         return st
 
-    def _launch(self, rule: _Rule, jobs: list[tuple[str, Job]],
+    def _launch(self, rule: _Rule, jobs: list[tuple[str, Job, float]],
                 held: _State | None = None) -> None:
         if len(self._tasks) >= MAX_PENDING_ACTIONS:
             self.m_dropped.inc()
@@ -747,21 +848,37 @@ class RuleEngine:
             self._dirty = True
             self._urgent.set()
 
-    async def _run_jobs(self, rule: _Rule, jobs: list[tuple[str, Job]],
+    async def _run_jobs(self, rule: _Rule, jobs: list[tuple[str, Job, float]],
                         origin: frozenset[str]) -> None:
         _ORIGIN.set(origin)
-        for kind, job in jobs:
+        for kind, job, timeout in jobs:
             try:
-                await asyncio.wait_for(job(), ACTION_TIMEOUT)
+                await asyncio.wait_for(job(), timeout)
             except _Skipped:
                 continue
             except Exception as exc:  # noqa: BLE001 - a failing action is counted, not fatal
                 self.m_action_failures.labels(rule.name, kind).inc()
                 detail = "timed out" if isinstance(exc, TimeoutError) else str(exc) or \
                     type(exc).__name__
-                log.error("rule %s: %s action failed: %s", rule.name, kind, detail)
+                self._log_failure(rule.name, kind, detail)
                 continue
             self.m_actions.labels(rule.name, kind).inc()
+
+    def _log_failure(self, rule: str, kind: str, detail: str) -> None:
+        """At most one line a minute per (rule, action kind), with the number suppressed."""
+        now = time.monotonic()
+        last, suppressed = self._failure_logged.get((rule, kind), (-math.inf, 0))
+        if now - last < ERROR_LOG_EVERY:
+            self._failure_logged[(rule, kind)] = (last, suppressed + 1)
+            return
+        self._failure_logged[(rule, kind)] = (now, 0)
+        more = f" ({suppressed} more failure(s) not logged since the last)" if suppressed else ""
+        log.error("rule %s: %s action failed: %s%s", rule, kind, detail, more)
+
+    async def _webhook(self, spec: WebhookAction, body: dict[str, Any]) -> None:
+        if self._webhooks is None:
+            raise ActionError("webhooks are not started (the engine is not running)")
+        await self._webhooks.post(spec, body)
 
     async def _alert(self, body: dict[str, Any]) -> None:
         severity = body["severity"]

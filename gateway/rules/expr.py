@@ -12,7 +12,8 @@ first)::
     sum     := term (("+"|"-") term)*
     term    := unary (("*"|"/"|"%") unary)*
     unary   := "-" unary | postfix
-    postfix := primary ("." NAME)*                  (only ``device.<field>``)
+    postfix := primary ("." NAME)*                  (``device.<field>``)
+             | "gateway" "." NAME ["(" args ")"]    (``gateway.<fact>``, health rules)
     primary := NUMBER | DURATION | STRING | true | false | NAME | NAME "(" args ")"
              | "(" expr ")" | "[" [expr ("," expr)*] "]"
 
@@ -20,7 +21,8 @@ A bare name is the current value of that metric of the device (the reading's own
 for the reading's metric); ``value``, ``metric``, ``unit``, ``ts`` and ``device`` are
 the reading's fields. A metric the device never sent is *absent*: absence propagates
 through arithmetic and comparisons, ``and``/``or`` follow three-valued logic, and a rule
-whose condition is absent neither fires nor clears.
+whose condition is absent neither fires nor clears. ``gateway.<fact>`` reads the gateway's
+own health (:mod:`gateway.rules.health`), sampled by the engine once a second.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.config.types import parse_duration
+from gateway.rules.health import FACTS, fact_key, restarts_key
+from gateway.rules.health import FUNCTIONS as HEALTH_FUNCTIONS
 
 
 class _Absent:
@@ -85,6 +89,11 @@ class Env(Protocol):
         ...
 
     def info(self, key: str) -> Any: ...
+
+    @property
+    def gateway(self) -> Mapping[str, Any]:
+        """The gateway's health facts sampled on the last tick, by key."""
+        ...
 
 
 Compiled = Callable[[Env], Any]
@@ -143,7 +152,7 @@ def tokenize(text: str) -> list[Token]:
 
 @dataclass(frozen=True)
 class Node:
-    kind: str  # lit name attr call unary binop cmp and or not list
+    kind: str  # lit name attr call unary binop cmp and or not list gw gwcall
     pos: int
     value: Any = None
     args: tuple[Node, ...] = ()
@@ -268,11 +277,38 @@ class _Parser:
             tok = self.take()
             if tok.kind != "name":
                 raise self.error("expected a field name after '.'", tok)
+            if node.kind == "name" and node.value == "gateway":
+                node = self.gateway_fact(node, tok)
+                continue
             if node.kind != "name" or node.value != "device":
-                raise self.error("only device.<field> has fields (device.name, device.type, "
-                                 "device.tags, device.location, device.online...)", dot)
+                raise self.error("only device.<field> and gateway.<fact> have fields "
+                                 "(device.name, device.tags, device.online, "
+                                 "gateway.outbox_depth...)", dot)
             node = Node("attr", node.pos, tok.text)
         return node
+
+    def gateway_fact(self, node: Node, tok: Token) -> Node:
+        """``gateway.<fact>`` or ``gateway.<function>(args)``, checked against the
+        catalogue of :mod:`gateway.rules.health`."""
+        name = tok.text
+        if self.at("op", "("):
+            if name not in HEALTH_FUNCTIONS:
+                raise self.error(f"unknown function gateway.{name}() (known: "
+                                 f"{', '.join(sorted(HEALTH_FUNCTIONS))})", tok)
+            self.take()
+            args: list[Node] = []
+            if not self.at("op", ")"):
+                args.append(self.or_())
+                while self.at("op", ","):
+                    self.take()
+                    args.append(self.or_())
+            self.expect(")")
+            return Node("gwcall", node.pos, name, tuple(args))
+        if name not in FACTS:
+            hint = f"; call it: {HEALTH_FUNCTIONS[name]}" if name in HEALTH_FUNCTIONS else ""
+            raise self.error(f"unknown gateway fact gateway.{name} (known: "
+                             f"{', '.join(sorted(FACTS))}){hint}", tok)
+        return Node("gw", node.pos, name)
 
     def primary(self) -> Node:
         tok = self.take()
@@ -525,6 +561,11 @@ class Program:
     reading_fields: bool = False  # reads value/metric/unit/ts
     device_fields: set[str] = field(default_factory=set)  # device.<field> it reads
     guard: Guard | None = None
+    #: gateway.* facts it reads, by key, in the order written (the first is the one an
+    #: alert reports as its metric and value)
+    gateway: dict[str, None] = field(default_factory=dict)
+    #: of which ``gateway.adapter_restarts(...)``: key → (adapter or None for all, seconds)
+    restarts: dict[str, tuple[str | None, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -721,6 +762,12 @@ class _Compiler:
             return or_
         if k == "call":
             return self.call(node)
+        if k == "gw":
+            key = fact_key(node.value)
+            self.program.gateway[key] = None
+            return lambda env: env.gateway.get(key, ABSENT)
+        if k == "gwcall":
+            return self.gateway_call(node)
         raise self.error(f"cannot compile {k}", node)  # pragma: no cover - parser guards
 
     def name(self, node: Node) -> Compiled:
@@ -741,6 +788,33 @@ class _Compiler:
         def metric_value(env: Env) -> Any:
             return env.value if env.metric == name else env.values.get(name, ABSENT)
         return metric_value
+
+    def gateway_call(self, node: Node) -> Compiled:
+        """``gateway.adapter_restarts(mqtt, 1h)``: restarts of one adapter (a name or a
+        string) or of all (``(1h)``) within the window."""
+        args = node.args
+        usage = HEALTH_FUNCTIONS[node.value]
+        if not 1 <= len(args) <= 2:
+            raise self.error(f"takes an adapter and a window: {usage}", node)
+        adapter: str | None = None
+        if len(args) == 2:
+            a = args[0]
+            if a.kind == "name" and a.value not in READING_FIELDS:
+                adapter = str(a.value)
+            elif a.kind == "lit" and isinstance(a.value, str) and a.value:
+                adapter = a.value
+            else:
+                raise self.error(f"the first argument is an adapter name: {usage}", a)
+            if adapter == "*":
+                adapter = None
+        win = args[-1]
+        if win.kind != "lit" or not _is_number(win.value) or win.value <= 0:
+            raise self.error(f"needs a window such as 10m or 1h: {usage}", win)
+        seconds = float(win.value)
+        key = restarts_key(adapter, seconds)
+        self.program.gateway[key] = None
+        self.program.restarts[key] = (adapter, seconds)
+        return lambda env: env.gateway.get(key, ABSENT)
 
     def metric_arg(self, node: Node, fn: str) -> str:
         if node.kind != "name" or node.value in READING_FIELDS:
@@ -862,7 +936,7 @@ class Template:
                 v = part(env)
             except EvalError:
                 v = ABSENT
-            out.append("n/a" if v is ABSENT else _show(v))
+            out.append("n/a" if v is ABSENT else show_value(v))
         return "".join(out)
 
     @property
@@ -870,7 +944,8 @@ class Template:
         return all(isinstance(p, str) for p in self.parts)
 
 
-def _show(v: Any) -> str:
+def show_value(v: Any) -> str:
+    """A value as templates render it."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):

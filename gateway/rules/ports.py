@@ -10,6 +10,8 @@ of the gateway only through a :class:`RulePorts`:
   :class:`ActionError` saying why; the engine logs and counts it.
 - facts: :class:`Facts` (whether a device is online, its registry entry, online/offline
   transitions).
+- health: :class:`~gateway.rules.health.GatewayHealth`, the sampler of the gateway's own
+  ``gateway.*`` facts (outbox, uplink, adapter restarts, disk, Pi temperature/throttling).
 
 :func:`ports_for` builds them from what the daemon offers (:class:`RuleParts`). The parts
 are read when a port is used, not when it is built: the supervisor starts after the core
@@ -23,10 +25,17 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.reading import Command, CommandResult, Reading
+from gateway.rules.health import (
+    AdapterRecord,
+    GatewayHealth,
+    HealthOutbox,
+    HealthSettings,
+    UplinkState,
+)
 
 __all__ = ["ActionError", "AdapterRoster", "DeviceLookup", "EventQueue", "Facts",
-           "OnlineListener", "Publishing", "ReadingSink", "RuleParts", "RulePorts",
-           "find_publisher", "ports_for"]
+           "GatewayOutbox", "OnlineListener", "Publishing", "ReadingSink", "RuleParts",
+           "RulePorts", "find_publisher", "ports_for"]
 
 #: called with (device, online) on each online/offline transition
 OnlineListener = Callable[[str, bool], None]
@@ -69,6 +78,8 @@ class RulePorts:
     #: accept a derived reading as if an adapter had sent it
     derive: Callable[[Reading], Awaitable[None]]
     facts: Facts
+    #: the gateway's own health facts; None where nothing offers them
+    health: GatewayHealth | None = None
 
 
 # -- what the daemon offers -------------------------------------------------------------------
@@ -80,6 +91,10 @@ class EventQueue(Protocol):
     def append_event(self, kind: str, body: dict[str, Any]) -> Awaitable[bool]:
         """Queue an event; True once it is durable, False if refused."""
         ...
+
+
+class GatewayOutbox(EventQueue, HealthOutbox, Protocol):
+    """The outbox: alerts go in, its depth and oldest reading are health facts."""
 
 
 class ReadingSink(Protocol):
@@ -100,6 +115,11 @@ class AdapterRoster(Protocol):
 
     def send(self, command: Command) -> Awaitable[CommandResult]:
         """Route ``command`` to the adapter owning its device."""
+        ...
+
+    @property
+    def states(self) -> Mapping[str, AdapterRecord]:
+        """Each configured adapter's record (restart times), by name."""
         ...
 
 
@@ -123,7 +143,7 @@ class RuleParts(Protocol):
     """What the daemon offers rules; any part may still be missing (None) when asked."""
 
     @property
-    def outbox(self) -> EventQueue | None: ...
+    def outbox(self) -> GatewayOutbox | None: ...
 
     @property
     def pipeline(self) -> ReadingSink | None: ...
@@ -133,6 +153,12 @@ class RuleParts(Protocol):
 
     @property
     def devices(self) -> DeviceLookup | None: ...
+
+    @property
+    def uplink(self) -> UplinkState | None: ...
+
+    @property
+    def config(self) -> HealthSettings: ...
 
 
 @runtime_checkable
@@ -225,4 +251,4 @@ def ports_for(parts: RuleParts) -> RulePorts:
                               "(outbox full or failing)")
 
     return RulePorts(alert=alert, command=command, publish=publish, derive=derive,
-                     facts=_RegistryFacts(parts))
+                     facts=_RegistryFacts(parts), health=GatewayHealth(parts))

@@ -14,10 +14,11 @@ from gateway.reading import Reading
 from gateway.rules.config import FilterSpec, RuleSpec
 from gateway.rules.engine import RuleEngine
 from gateway.rules.filters import STATE_PREFIX, FilterSet
-from gateway.rules.ports import EventQueue, RuleParts, ports_for
+from gateway.rules.health import HealthSettings
+from gateway.rules.ports import GatewayOutbox, RuleParts, ports_for
 
 
-class RulesConfig(Protocol):
+class RulesConfig(HealthSettings, Protocol):
     """The parts of the gateway's configuration rules and filters read."""
 
     @property
@@ -30,7 +31,7 @@ class RulesConfig(Protocol):
     def state_dir(self) -> Path: ...
 
 
-class RulesOutbox(EventQueue, Protocol):
+class RulesOutbox(GatewayOutbox, Protocol):
     """The outbox, as rules and filters use it."""
 
     def append(self, readings: Sequence[Reading],

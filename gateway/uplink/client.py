@@ -119,6 +119,8 @@ class Uplink:
         self._last_sent = 0.0  # when a batch last left (monotonic): new ones wait batch_linger
         self.last_error: str | None = None
         self.connected_since: float | None = None
+        #: when the connection was lost (or the uplink made); None while connected
+        self.disconnected_since: float | None = time.time()
         reg = metrics or CollectorRegistry()
         self.m_connected = Gauge("gateway_uplink_connected", "1 while connected to the cloud",
                                  registry=reg)
@@ -223,6 +225,7 @@ class Uplink:
         self._window = asyncio.Semaphore(min(cfg.max_inflight, client.receive_maximum))
         self.connected = True
         self.connected_since = time.time()
+        self.disconnected_since = None
         self.m_connected.set(1)
         self.last_error = None
         log.info("uplink connected to %s:%d as %s", cfg.host, cfg.port,
@@ -237,6 +240,8 @@ class Uplink:
         was_connected = self.connected
         self.connected = False
         self.connected_since = None
+        if self.disconnected_since is None:
+            self.disconnected_since = time.time()
         self.m_connected.set(0)
         self._inflight.clear()
         self._batches.clear()
