@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from gateway.adapters.base import AdapterConfig
-from gateway.adapters.zigbee.radios import BUILTIN, ENTRY_POINT_GROUP
+from gateway.adapters.zigbee.radios import BUILTIN, DEFAULT_FLOW_CONTROL, ENTRY_POINT_GROUP
 from gateway.config.types import Duration
 
 
@@ -23,9 +23,12 @@ def _hex_bytes(value: str, size: int, what: str) -> str:
 class ZigbeeConfig(AdapterConfig):
     """A Zigbee coordinator stick driven by zigpy."""
 
-    radio_type: str = Field(default="ezsp", description="ezsp (bellows) or module:Class")
+    radio_type: str = Field(default="ezsp",
+                            description="ezsp (bellows), znp (zigpy-znp), deconz (zigpy-deconz)"
+                            " or module:Class")
     port: str = Field(description="serial path (/dev/serial/by-id/...) or socket://host:port")
     baudrate: int = Field(default=115200, gt=0, le=4_000_000)
+    #: default: the radio type's (software for ezsp, none for znp and deconz)
     flow_control: Literal["software", "hardware", "none"] = "software"
     channel: int | None = Field(default=None, ge=11, le=26,
                                 description="None: pick the quietest of `channels`")
@@ -62,6 +65,13 @@ class ZigbeeConfig(AdapterConfig):
             return v
         raise ValueError(f"unknown radio type (expected one of {', '.join(sorted(BUILTIN))},"
                          " a zigpy radio library's name, or module:Class)")
+
+    @model_validator(mode="after")
+    def _radio_flow_control(self) -> ZigbeeConfig:
+        if "flow_control" not in self.model_fields_set:
+            default = DEFAULT_FLOW_CONTROL.get(self.radio_type, "software")
+            object.__setattr__(self, "flow_control", default)
+        return self
 
     @field_validator("channels")
     @classmethod

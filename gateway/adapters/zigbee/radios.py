@@ -1,8 +1,10 @@
 """Radio types: which zigpy ``ControllerApplication`` drives which kind of stick.
 
 The one place that maps the ``radio_type`` users write to a radio library. ``ezsp``
-(bellows, Silicon Labs sticks) ships with the gateway; radio libraries that advertise
-themselves in zigpy's ``zigpy.radio`` entry-point group are found too, and
+(bellows, Silicon Labs sticks), ``znp`` (zigpy-znp, Texas Instruments Z-Stack sticks) and
+``deconz`` (zigpy-deconz, dresden elektronik ConBee/RaspBee) ship with the gateway; radio
+libraries that advertise themselves in zigpy's ``zigpy.radio`` entry-point group are found
+too, and
 ``module:Class`` names any other ``ControllerApplication`` subclass.
 """
 
@@ -15,12 +17,21 @@ from typing import Any
 #: radio type → "module:attribute" of its ControllerApplication
 BUILTIN: dict[str, str] = {
     "ezsp": "bellows.zigbee.application:ControllerApplication",
+    "znp": "zigpy_znp.zigbee.application:ControllerApplication",
+    "deconz": "zigpy_deconz.zigbee.application:ControllerApplication",
 }
 
 #: what each built-in radio type is for (shown by ``gateway hardware``)
 DESCRIPTIONS: dict[str, str] = {
     "ezsp": "Silicon Labs EmberZNet (EZSP) sticks: Sonoff ZBDongle-E, SkyConnect/ZBT-1...",
+    "znp": "Texas Instruments Z-Stack 3.x (ZNP) sticks: Sonoff ZBDongle-P, SLZB-06, CC2652...",
+    "deconz": "dresden elektronik deCONZ sticks: ConBee II/III, RaspBee II",
 }
+
+#: serial flow control each radio type's sticks use when the config does not say:
+#: Z-Stack and deCONZ frames are binary with no XON/XOFF escaping, so software flow
+#: control would eat their 0x11/0x13 bytes
+DEFAULT_FLOW_CONTROL: dict[str, str] = {"ezsp": "software", "znp": "none", "deconz": "none"}
 
 ENTRY_POINT_GROUP = "zigpy.radio"
 
