@@ -44,13 +44,37 @@ def test_shared_usb_bridge_is_told_apart_by_product_string() -> None:
     unknown = identify(0x10C4, 0xEA60, "CP2102N USB to UART Bridge Controller")
     assert sky is not None and sky.radio_type == "ezsp" and sky.flow_control == "hardware"
     assert plus_p is not None and plus_p.radio_type == "znp"
-    assert unknown is not None and "guess" in unknown.note
+    assert unknown is not None and "could be ZNP or EZSP" in unknown.note
 
 
-def test_unsupported_radio_types_are_flagged_and_other_serial_ports_ignored() -> None:
+def test_deconz_sticks_are_supported_and_other_serial_ports_ignored() -> None:
     found = detect([_port("/dev/ttyACM0", 0x1CF1, 0x0030, "ConBee II"),
                     _port("/dev/ttyAMA0", None, None),  # type: ignore[arg-type]
-                    _port("/dev/ttyUSB1", 0x0403, 0x6001, "FT232R USB UART")], links={})
+                    _port("/dev/ttyUSB1", 0x0403, 0x6001, "FT232R USB UART"),
+                    _port("/dev/ttyUSB2", 0x0403, 0x6015, "FT230X Basic UART")], links={})
     assert [(f.name, f.radio_type, f.supported) for f in found] == [
-        ("dresden elektronik ConBee II", "deconz", False)]
+        ("dresden elektronik ConBee II", "deconz", True)]
     assert found[0].port == "/dev/ttyACM0"
+    conbee3 = identify(0x0403, 0x6015, "ConBee III")
+    assert conbee3 is not None and conbee3.radio_type == "deconz"
+
+
+def test_ti_sticks_are_znp_with_no_flow_control() -> None:
+    found = detect([_port("/dev/ttyUSB0", 0x10C4, 0xEA60, "Sonoff Zigbee 3.0 USB Dongle Plus"),
+                    _port("/dev/ttyUSB1", 0x1A86, 0x55D4, "SLZB-06P7"),
+                    _port("/dev/ttyACM0", 0x0451, 0xBEF3, "XDS110 (03.00.00.13) Embed")],
+                   links={})
+    assert [(f.radio_type, f.flow_control, f.supported) for f in found] == [
+        ("znp", "none", True)] * 3
+    snippet = found[0].config_snippet()
+    assert "radio_type: znp" in snippet and "flow_control: none" in snippet
+
+
+def test_shared_bridge_ids_say_the_family_is_unknown() -> None:
+    for vid, pid in ((0x10C4, 0xEA60), (0x1A86, 0x55D4)):
+        stick = identify(vid, pid, "USB Single Serial")
+        assert stick is not None and "could be ZNP or EZSP" in stick.note
+    efr = identify(0x1A86, 0x55D4, "SLZB-06M")
+    e = identify(0x1A86, 0x55D4, "SONOFF Zigbee 3.0 USB Dongle Plus V2")
+    assert efr is not None and efr.radio_type == "ezsp"
+    assert e is not None and e.radio_type == "ezsp" and e.flow_control == "software"
