@@ -41,8 +41,9 @@ class UnknownRadioType(LookupError):
 
 
 def known_radio_types() -> list[str]:
-    """Built-in radio types and those advertised by installed radio libraries."""
-    return sorted({*BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
+    """Built-in radio types (the default first) and those advertised by radio libraries."""
+    advertised = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)} - set(BUILTIN))
+    return [*BUILTIN, *advertised]
 
 
 def _target(radio_type: str) -> str:
