@@ -166,6 +166,14 @@ class Gateway:
             await self.supervisor.stop()
 
     @contextlib.asynccontextmanager
+    async def _homeassistant(self) -> AsyncIterator[None]:
+        from gateway.homeassistant import homeassistant
+
+        async with homeassistant(self) as bridge:
+            self.components["homeassistant"] = bridge
+            yield
+
+    @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[None]:
         if not self.config.api.enabled:
             log.info("control API disabled in config: gateway status/devices/pair will not work")
@@ -192,6 +200,7 @@ class Gateway:
         try:
             for name, component in (("store", self._store), ("uplink", self._uplink),
                                     ("core", self._core), ("adapters", self._adapters),
+                                    ("homeassistant", self._homeassistant),
                                     ("api", self._api)):
                 await self._stack.enter_async_context(component())
                 log.debug("%s started", name)

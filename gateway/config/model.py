@@ -27,6 +27,7 @@ from gateway.config.types import (
 )
 from gateway.config.yamlmarks import Loc, Marks, YamlError, dotted, load_yaml
 from gateway.core.config import DevicesSection, GatewaySection, ReadingsSection
+from gateway.homeassistant.config import HomeAssistantConfig, resolve_broker
 from gateway.rules.config import FilterSpec, HealthSection, RuleSpec, cross_check
 from gateway.store.config import StoreConfig
 from gateway.uplink.config import UplinkConfig
@@ -52,6 +53,7 @@ class _FileModel(Section):
     adapters: list[dict[str, Any]] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(default_factory=list)
     filters: list[FilterSpec] = Field(default_factory=list)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     health: HealthSection = Field(default_factory=HealthSection)
 
 
@@ -69,6 +71,7 @@ class GatewayConfig(BaseModel):
     rules: list[RuleSpec]
     filters: list[FilterSpec]
     health: HealthSection = Field(default_factory=HealthSection)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -324,6 +327,10 @@ def _load_config(path: str | Path, env: Mapping[str, str] | None) -> GatewayConf
         names[cfg.name] = i
         adapters.append(cfg)
 
+    if top is not None and top.homeassistant.enabled:
+        broker = resolve_broker(top.homeassistant, adapters)
+        if isinstance(broker, str):
+            problems.append(f"{_where(marks, ('homeassistant',))}: {broker}")
     if problems or top is None:
         raise ConfigError(problems)
     return GatewayConfig(
@@ -338,4 +345,5 @@ def _load_config(path: str | Path, env: Mapping[str, str] | None) -> GatewayConf
         rules=top.rules,
         filters=top.filters,
         health=top.health,
+        homeassistant=top.homeassistant,
     )
