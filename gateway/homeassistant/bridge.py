@@ -155,9 +155,9 @@ class HomeAssistantBridge:
         self._wake.set()
         if self._commands:
             await asyncio.wait(list(self._commands), timeout=self.config.command_timeout)
+        await self._close(graceful=True)  # before the task's own close, which has no will
         await cancel_and_wait(self._task)
         self._task = None
-        await self._close(graceful=True)
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -180,6 +180,8 @@ class HomeAssistantBridge:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: back off and reconnect
+                if self._stopping.is_set():
+                    return
                 log.warning("homeassistant: broker %s:%d: %s", self.broker.host,
                             self.broker.port, str(exc) or type(exc).__name__)
             finally:
