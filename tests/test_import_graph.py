@@ -56,6 +56,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "gateway.homeassistant": FOUNDATION | {"gateway.core"},
     "gateway.api": ANY,
     "gateway.daemon": ANY,
+    "gateway.reload": ANY,
     "gateway.cli": ANY,
     "gateway.__main__": ANY,
 }

@@ -59,6 +59,36 @@ class Supervisor:
         if self._first_start:
             await asyncio.wait(list(self._first_start.values()), timeout=wait)
 
+    async def add(self, name: str, type_name: str, factory: Callable[[], Adapter],
+                  wait: float = 5.0) -> None:
+        """Start one more adapter (a reload added it); wait up to ``wait`` s for its
+        first start to settle. A name already running is replaced."""
+        if name in self._loops:
+            await self.remove(name)
+        self._factories[name] = (type_name, factory)
+        self.states[name] = AdapterState(name, type_name)
+        first = self._first_start[name] = asyncio.get_running_loop().create_future()
+        self._loops[name] = asyncio.get_running_loop().create_task(self._run(name),
+                                                                    name=f"adapter:{name}")
+        await asyncio.wait([first], timeout=wait)
+
+    async def remove(self, name: str) -> None:
+        """Stop one adapter, letting it drain what it accepted, and forget it."""
+        task = self._loops.pop(name, None)
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        adapter = self.adapters.pop(name, None)
+        if adapter is not None:
+            await self._stop_quietly(name, adapter)
+        log.info("adapter %s stopped", name)
+        self._factories.pop(name, None)
+        self._first_start.pop(name, None)
+        self.states.pop(name, None)
+
     async def _run(self, name: str) -> None:
         type_name, factory = self._factories[name]
         st = self.states[name]

@@ -1,6 +1,6 @@
 """CLI subcommands that talk to a running daemon through its control API.
 
-``gateway status | devices | outbox | send | pair | rename | forget``: the ``api`` group of
+``gateway status | devices | outbox | send | pair | rename | forget | reload``: the ``api`` group of
 the ``gateway.commands`` entry points (see :mod:`gateway.cli` for the contract). Tables for
 people, ``--json`` for scripts. Exit codes: 0 done, 1 the daemon answered but refused or is
 unhealthy, 2 bad usage, 3 the daemon cannot be reached (``gateway.cli.main`` turns the
@@ -487,6 +487,25 @@ def _forget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("device", help="device id, e.g. mqtt:old-sensor")
 
 
+# -- gateway reload -----------------------------------------------------------------------
+
+def reload(args: argparse.Namespace, cli: Cli) -> int:
+    """Make the daemon read its config file again; exit 1 if the file is refused."""
+    from gateway.api.client import ApiError
+
+    code, result = cli.client(args).request("POST", "/api/reload")
+    if not isinstance(result, dict) or "summary" not in result:
+        message = result.get("error") if isinstance(result, dict) else result
+        raise ApiError(code, str(message or f"HTTP {code}"))
+    if args.json:
+        _print_json(result)
+    else:
+        for line in result.get("problems") or []:
+            print(f"config: {line}", file=sys.stderr)
+        print(result["summary"], file=sys.stdout if result.get("ok") else sys.stderr)
+    return 0 if result.get("ok") else EXIT_FAILED
+
+
 # -- the group ----------------------------------------------------------------------------
 
 def register(cli: Cli) -> None:
@@ -508,3 +527,6 @@ def register(cli: Cli) -> None:
     _rename_args(add("rename", "give a device a display name", rename))
     # a Zigbee device is asked to leave first
     _forget_args(add("forget", "remove a device from the registry", forget, timeout=45.0))
+    # adapters that restart drain first (up to the supervisor's stop timeout)
+    add("reload", "read the config file again and apply what changed, without a restart",
+        reload, timeout=60.0)

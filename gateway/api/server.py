@@ -145,6 +145,7 @@ class ApiServer:
         app.router.add_get("/api/outbox", self.outbox)
         app.router.add_get("/api/outbox/dead-letters", self.dead_letters)
         app.router.add_post("/api/permit-join", self.permit_join)
+        app.router.add_post("/api/reload", self.reload)
         # adapters' own routes (POST /api/zigbee/backup...) come through entry points
         self._mount_plugin_routes(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
@@ -472,6 +473,19 @@ class ApiServer:
         self.m_commands.labels(result.status).inc()
         log.info("command %s %s %s: %s %s", device, action, params, result.status, result.detail)
         return json_response(result._asdict(), _COMMAND_HTTP.get(result.status, 500))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        """Read the config file again and apply what changed (as SIGHUP does). 200 with what
+        changed; 422 with the file's problems (nothing changed); 500 if a part failed."""
+        result = await self.gw.reload()
+        body = result.as_dict()
+        if result.problems:
+            body["error"] = result.summary()
+            return json_response(body, 422)
+        if result.failed:
+            body["error"] = result.summary()
+            return json_response(body, 500)
+        return json_response(body)
 
     async def permit_join(self, request: web.Request) -> web.Response:
         """``{"seconds": N}``: open every joining-capable adapter for N s (0 closes)."""

@@ -13,9 +13,10 @@ then fails has been seen, and may be seen again when the device resends it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -67,6 +68,7 @@ class Pipeline:
         self.stateful: list[Stateful] = []
         self.observers: list[Observer] = []
         self._on_observer_error = log_observer_error
+        self._gate: asyncio.Event | None = None
 
     def add_filter(self, f: Filter, first: bool = False,
                    stateful: Stateful | None = None) -> None:
@@ -83,7 +85,51 @@ class Pipeline:
         """Show ``observe`` every batch the outbox took (errors in it are logged)."""
         self.observers.append(observe)
 
+    def replace_filter(self, old: Filter | None, new: Filter | None,
+                       old_stateful: Stateful | None = None,
+                       new_stateful: Stateful | None = None) -> None:
+        """Swap filter ``old`` for ``new`` in its place (a reload); either may be None
+        (``new`` alone goes first, as rules' filters do)."""
+        if old is not None and old in self.filters:
+            i = self.filters.index(old)
+            if new is None:
+                del self.filters[i]
+            else:
+                self.filters[i] = new
+        elif new is not None:
+            self.filters.insert(0, new)
+        if old_stateful is not None and old_stateful in self.stateful:
+            self.stateful.remove(old_stateful)
+        if new_stateful is not None:
+            self.stateful.append(new_stateful)
+
+    def replace_observer(self, old: Observer | None, new: Observer | None) -> None:
+        """Swap observer ``old`` for ``new`` in its place; either may be None."""
+        if old is not None and old in self.observers:
+            i = self.observers.index(old)
+            if new is None:
+                del self.observers[i]
+            else:
+                self.observers[i] = new
+        elif new is not None:
+            self.observers.append(new)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Batches arriving meanwhile wait at the door (not refused) until the block ends:
+        a reload swaps filters whose state must be complete first."""
+        gate = self._gate = asyncio.Event()
+        try:
+            yield
+        finally:
+            self._gate = None
+            gate.set()
+
     async def accept(self, readings: Sequence[Reading]) -> bool:
+        gate = self._gate
+        while gate is not None:
+            await gate.wait()
+            gate = self._gate
         kept = readings
         for f in self.filters:
             kept = f(kept)

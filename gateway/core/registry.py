@@ -368,6 +368,24 @@ class DeviceRegistry:
         """Call ``fn(device, online)`` on each online/offline transition."""
         self._listeners.append(fn)
 
+    def remove_listener(self, fn: Listener) -> None:
+        """Stop calling ``fn`` (a rule engine replaced by a reload)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(fn)
+
+    def reconfigure(self, config: DevicesSection) -> None:
+        """Apply a reloaded ``devices:`` section in place: bounds, silence timeouts and
+        declared devices. Devices no longer declared stay known (they may still send)."""
+        self.config = config
+        self._declared_timeouts = {d.id: d.offline_after for d in config.declared
+                                   if d.offline_after}
+        for dev in config.declared:
+            info = dev.model_dump(exclude={"id", "offline_after"}, exclude_none=True)
+            self.declare(dev.id, **info)
+        for d in self._devices.values():
+            d.timeout = self._timeout_for(d)
+        self._soon.set()  # the silence check picks up the new timeouts now
+
     def rename(self, device: str, name: str) -> bool:
         """Give ``device`` a display name; False if the device is unknown."""
         dev = self._devices.get(device)
@@ -471,10 +489,10 @@ class DeviceRegistry:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        check_every = self._check_interval()
         next_flush = loop.time() + self.config.flush_interval
         soon: float | None = None  # when a burst of changes gets written
         while True:
+            check_every = self._check_interval()  # timeouts change on a reload
             timeout = check_every if soon is None else max(0.0, min(check_every,
                                                                     soon - loop.time()))
             await wait_event(self._soon, timeout)

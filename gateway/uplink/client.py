@@ -96,6 +96,12 @@ class _Client(Client):  # type: ignore[misc]
         return gmqtt_patch.receive_maximum(self)
 
 
+#: ``uplink:`` options a reload applies to the running connection; any other change
+#: reconnects (with the new options)
+IN_PLACE = frozenset({"batch_max_readings", "batch_linger", "ack_timeout", "backoff_initial",
+                      "backoff_max"})
+
+
 class Uplink:
     """Keeps the outbox flowing to the cloud broker while the daemon runs."""
 
@@ -109,6 +115,9 @@ class Uplink:
         self.on_command: CommandHandler | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        #: set by stop() and by a reconfigure() that reconnects: ends a backoff wait
+        self._kick = asyncio.Event()
+        self._reconnecting = False
         self._client: _Client | None = None
         self._inflight: dict[int, _Batch] = {}
         self._batches: list[_Batch] = []
@@ -143,11 +152,13 @@ class Uplink:
 
     async def start(self) -> None:
         """Start connecting in the background; readings queue in the outbox meanwhile."""
+        self._stopping.clear()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="uplink")
 
     async def stop(self, drain: float = 5.0) -> None:
         """Wait briefly for publishes in flight, send offline status, disconnect."""
         self._stopping.set()
+        self._kick.set()
         deadline = time.monotonic() + drain
         while self._inflight and self.connected and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
@@ -185,14 +196,44 @@ class Uplink:
                     log.warning("uplink to %s:%d: %s", self.config.host, self.config.port,
                                 self.last_error)
             finally:
-                await self._close_client(graceful=False)
+                # a reconnect for new options says goodbye like a stop (offline status)
+                await self._close_client(graceful=self._reconnecting)
             if self._stopping.is_set():
                 return
+            if self._reconnecting:
+                self._reconnecting = False
+                self._kick.clear()
+                log.info("uplink: reconnecting with the reloaded options")
+                continue
             if time.monotonic() - started > 60:
                 self._backoff.reset()
             delay = self._backoff.next_delay()
             log.info("uplink: reconnecting in %.1f s", delay)
-            await wait_event(self._stopping, delay)
+            await wait_event(self._kick, delay)
+            if self._kick.is_set() and not self._stopping.is_set():
+                self._kick.clear()
+                self._reconnecting = False
+
+    def reconfigure(self, config: UplinkConfig) -> bool:
+        """Apply a reloaded ``uplink:`` section; True if it reconnects for it.
+
+        Batching, acknowledgement and backoff options (:data:`IN_PLACE`) apply to the
+        running connection; anything else closes it (publishes in flight are resent from
+        the outbox) and connects again at once with the new options.
+        """
+        same = config.model_copy(update={k: getattr(self.config, k) for k in IN_PLACE})
+        reconnect = same != self.config
+        if (config.backoff_initial, config.backoff_max) != (self.config.backoff_initial,
+                                                            self.config.backoff_max):
+            self._backoff = Backoff(config.backoff_initial, config.backoff_max)
+        self.config = config
+        if reconnect:
+            self.format = make_format(config.format, self.gateway_id, config.topic_prefix)
+            self._reconnecting = True
+            self._kick.set()
+            if self._client is not None:
+                self._client.lost.set()  # the session ends; _run connects again
+        return reconnect
 
     async def _connect(self) -> None:
         cfg = self.config
