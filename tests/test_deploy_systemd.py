@@ -82,7 +82,7 @@ def test_unit_runs_as_notify_service_with_watchdog_restart_and_state() -> None:
     assert s["Type"] == ["notify"]
     assert s["NotifyAccess"] == ["main"]
     assert re.fullmatch(r"\d+s", s["WatchdogSec"][0])
-    assert s["Restart"] == ["on-failure"]
+    assert s["Restart"] == ["always"]
     assert s["StateDirectory"] == ["gateway"]
     assert s["User"] == ["gateway"] and s["SupplementaryGroups"] == ["dialout"]
     assert s["EnvironmentFile"] == ["-/etc/gateway/gateway.env"]
@@ -121,3 +121,33 @@ def test_unit_keeps_serial_sticks_network_and_unprivileged_ports_reachable() -> 
     # ports >= 1024 need no capability: none is granted
     assert s["CapabilityBoundingSet"] == [""] and s["AmbientCapabilities"] == [""]
     assert s["ProtectSystem"] == ["strict"]
+
+
+def test_unit_restarts_after_any_unasked_death_but_not_a_config_error() -> None:
+    s = settings(UNIT)
+    # systemd counts death by SIGHUP/SIGINT/SIGTERM/SIGPIPE as clean: only "always"
+    # restarts after them (on-failure and on-abnormal would leave the gateway down)
+    assert s["Restart"] == ["always"]
+    assert re.fullmatch(r"[1-9]\d*s", s["RestartSec"][0])
+    # exit 2 is `gateway run`'s config error: retrying cannot fix it
+    assert s["RestartPreventExitStatus"] == ["2"]
+    # a daemon dying at once, again and again, stops being restarted after a bound
+    assert int(s["StartLimitBurst"][0]) >= 3
+    assert int(s["StartLimitIntervalSec"][0]) >= int(s["StartLimitBurst"][0]) * int(
+        s["RestartSec"][0].rstrip("s"))
+    unit = UNIT.read_text()
+    assert unit.index("StartLimitBurst") < unit.index("[Service]")  # a [Unit] setting
+
+
+def test_unit_reload_sends_sighup_to_the_main_process() -> None:
+    s = settings(UNIT)
+    # the daemon takes SIGHUP as a reload (tests/test_reload_daemon.py sends it)
+    assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+def test_unit_keeps_its_hardening() -> None:
+    s = settings(UNIT)
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "ProtectKernelTunables",
+                "RestrictNamespaces", "LockPersonality", "MemoryDenyWriteExecute"):
+        assert s[key] == ["yes"], key
+    assert s["ProtectSystem"] == ["strict"] and s["DevicePolicy"] == ["closed"]
