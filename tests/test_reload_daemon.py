@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -178,4 +179,77 @@ def test_an_invalid_file_changes_nothing_through_sighup_and_the_cli(
     assert rc == 0 and answer["restart_needed"] == ["gateway.id"], answer
     assert answer["changed"] == ["readings"], answer
     assert "needs a restart" in gw.log_text()
+    assert gw.stop() == 0
+
+
+def window_counts(path: Path) -> dict[str, int]:
+    """Readings absorbed by each open aggregate window, from the outbox's durable state."""
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT key, value FROM state WHERE key LIKE 'window:%'").fetchall()
+    finally:
+        db.close()
+    return {key.split("\x1f")[-1]: int(json.loads(value)[3]) for key, value in rows}
+
+
+def test_open_aggregate_windows_survive_a_reload_that_changes_the_filters(
+        tmp_path: Path, gateway_factory: Callable[..., GatewayProcess]) -> None:
+    state = tmp_path / "state"
+    count = 60
+    config: dict[str, Any] = {
+        "gateway": {"id": "gw-reload", "state_dir": str(state)},
+        "store": {"commit_interval": "5ms"},
+        "uplink": {"enabled": False},
+        "api": {"enabled": False},
+        "adapters": [{"type": "simulator", "name": "sim", "devices": 1, "interval": 0.03,
+                      "metrics": ["temperature", "humidity"], "count": count}],
+        # a day-long window stays open for the whole test
+        "filters": [{"metric": "temperature", "aggregate": {"window": "1d",
+                                                            "functions": ["count"]}}],
+    }
+    gw = gateway_factory(config).start()
+    wait_until(lambda: sum(1 for _, m, _ in outbox_readings(state / "outbox.db")
+                           if m == "humidity") >= 10, 20, what="readings flowing")
+    config["filters"].append({"metric": "pressure", "drop": True})
+    write(gw, config)
+    line = reload_via_sighup(gw, 1)
+    assert "changed: filters" in line, line
+    gw.wait_for_log("messages per device sent", timeout=30)
+    assert gw.stop() == 0
+    # the window opened before the reload kept counting after it: no reading was lost
+    assert window_counts(state / "outbox.db") == {"temperature": count}
+    humidity = [v for _, m, v in outbox_readings(state / "outbox.db") if m == "humidity"]
+    assert len(humidity) == count
+
+
+def test_uplink_options_apply_in_place_and_other_changes_reconnect(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    cloud = mosquitto_factory(name="cloud")
+    state = tmp_path / "state"
+    config: dict[str, Any] = {
+        "gateway": {"id": "gw-reload", "state_dir": str(state)},
+        "store": {"commit_interval": "5ms"},
+        "uplink": {"host": cloud.host, "port": cloud.port, "client_id": "gw-reload-up",
+                   "batch_linger": "10ms"},
+        "api": {"enabled": True},
+    }
+    gw = gateway_factory(config).start()
+    wait_until(lambda: connections(cloud, "gw-reload-up") == 1, 10, what="uplink connected")
+    api = ApiClient(state / "gateway.sock", timeout=30)
+
+    config["uplink"]["batch_linger"] = "50ms"
+    write(gw, config)
+    answer = api.call("POST", "/api/reload")
+    assert answer["changed"] == ["uplink options (in place)"], answer
+
+    config["uplink"]["topic_prefix"] = "site7"
+    write(gw, config)
+    answer = api.call("POST", "/api/reload")
+    assert answer["changed"] == ["uplink reconnects"], answer
+    wait_until(lambda: connections(cloud, "gw-reload-up") >= 2, 10, what="uplink reconnected")
+    # exactly one reconnect: the in-place change before it did not reconnect
+    assert connections(cloud, "gw-reload-up") == 2
+    wait_until(lambda: api.call("GET", "/healthz")["uplink"]["connected"], 10,
+               what="uplink connected again")
     assert gw.stop() == 0
