@@ -92,17 +92,21 @@ class DeviceClient:
                                     exc)
             return
         # the device will not send this state again: hold it until the outbox takes it
-        while not await self._accept(readings):
-            self._m.notifications.labels(self.adapter, "refused").inc()
-            if not await wait_event(stopping, REFUSED_RETRY):
-                continue
-            # stopping with the outbox still refusing: the device will not resend this
-            # state, so say what is lost rather than drop it quietly
-            self._m.notifications.labels(self.adapter, "dropped").inc()
-            self._log.warning("coap: stopping while the outbox refuses: %d reading(s) "
-                              "observed from %s%s dropped", len(readings), self.spec.address,
-                              res.path)
-            return
+        refused = accepted = False
+        try:
+            while not (accepted := await self._accept(readings)):
+                refused = True
+                self._m.notifications.labels(self.adapter, "refused").inc()
+                if await wait_event(stopping, REFUSED_RETRY):
+                    return
+        finally:
+            if refused and not accepted:
+                # stopping (or cancelled at stop) with the outbox still refusing: the device
+                # will not resend this state, so say what is lost rather than drop it quietly
+                self._m.notifications.labels(self.adapter, "dropped").inc()
+                self._log.warning("coap: stopping while the outbox refuses: %d reading(s) "
+                                  "observed from %s%s dropped", len(readings),
+                                  self.spec.address, res.path)
         self._m.notifications.labels(self.adapter, "accepted").inc()
 
     async def watch(self, res: ResourceSpec, stopping: asyncio.Event) -> None:
