@@ -27,7 +27,7 @@ from gateway.store.outbox import EventRow, TelemetryRow
 from gateway.uplink import formats
 
 BUILT_IN_COMMANDS = ["run", "check", "status", "devices", "outbox", "send", "pair", "rename",
-                     "forget", "hardware", "zigbee"]
+                     "forget", "reload", "hardware", "zigbee"]
 
 
 def group(name: str, value: str, kind: str = cli.GROUP) -> EntryPoint:
