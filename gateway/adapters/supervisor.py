@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway.adapters.base import Adapter
 from gateway.core.backoff import Backoff
+from gateway.core.tasks import cancel_and_wait
 from gateway.reading import Command, CommandResult
 
 log = logging.getLogger("gateway.supervisor")
@@ -74,16 +75,7 @@ class Supervisor:
 
     async def remove(self, name: str) -> None:
         """Stop one adapter, letting it drain what it accepted, and forget it."""
-        task = self._loops.pop(name, None)
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        adapter = self.adapters.pop(name, None)
-        if adapter is not None:
-            await self._stop_quietly(name, adapter)
+        await self._halt(name, self._loops.pop(name, None))
         log.info("adapter %s stopped", name)
         self._factories.pop(name, None)
         self._first_start.pop(name, None)
@@ -135,18 +127,17 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001
             log.warning("adapter %s did not stop cleanly: %s", name, exc)
 
+    async def _halt(self, name: str, loop: asyncio.Task[None] | None) -> None:
+        """End adapter ``name``'s restart loop, then stop the instance it runs (drained)."""
+        await cancel_and_wait(loop)
+        adapter = self.adapters.pop(name, None)
+        if adapter is not None:
+            await self._stop_quietly(name, adapter)
+
     async def stop(self) -> None:
         """Stop every adapter (reverse order), letting each drain what it accepted."""
         for name in reversed(list(self._loops)):
-            task = self._loops[name]
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            adapter = self.adapters.pop(name, None)
-            if adapter is not None:
-                await self._stop_quietly(name, adapter)
+            await self._halt(name, self._loops[name])
             self.states[name].state = "stopped"
         self._loops.clear()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 _NUMBER = r"([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)"
 _DURATION = re.compile(r"^\s*" + _NUMBER + r"\s*(ms|s|m|min|h|d|w)?\s*$")
@@ -103,3 +104,31 @@ class Section(BaseModel):
 
     # inf and nan are never a sensible setting; a float field that says 1e400 is inf
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class TlsConfig(Section):
+    """TLS to an MQTT broker (the cloud's or the local one); ``enabled: false`` keeps the
+    block but connects in the clear."""
+
+    enabled: bool = True
+    ca_file: str | None = Field(default=None, description="default: the system CA store")
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+    @staticmethod
+    def context(tls: TlsConfig | None) -> ssl.SSLContext | bool:
+        """What gmqtt's ``connect(ssl=...)`` takes: a client context, or False for none."""
+        if tls is None or not tls.enabled:
+            return False
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file and tls.key_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        ctx.check_hostname = tls.verify_hostname
+        return ctx

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 from gmqtt import Client, Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gateway.config.types import TlsConfig
 from gateway.core import gmqtt_patch  # noqa: F401 - checks the gmqtt version before use
 from gateway.core.backoff import Backoff
 from gateway.core.tasks import cancel_and_wait, wait_event
@@ -161,16 +161,6 @@ class HomeAssistantBridge:
 
     # -- connection ---------------------------------------------------------------------------
 
-    def _ssl(self) -> ssl.SSLContext | bool:
-        tls = self.config.tls
-        if tls is None:
-            return False
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file and tls.key_file:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        ctx.check_hostname = tls.verify_hostname
-        return ctx
-
     async def _run(self) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
@@ -204,8 +194,9 @@ class HomeAssistantBridge:
             client.set_auth_credentials(self.broker.username, self.broker.password)
         self._client = client
         try:
-            await asyncio.wait_for(client.connect(self.broker.host, self.broker.port,
-                                                  ssl=self._ssl(), keepalive=cfg.keepalive),
+            tls = TlsConfig.context(cfg.tls)
+            await asyncio.wait_for(client.connect(self.broker.host, self.broker.port, ssl=tls,
+                                                  keepalive=cfg.keepalive),
                                    timeout=cfg.connect_timeout)
         except TimeoutError:
             raise ConnectionError(f"no CONNACK within {cfg.connect_timeout:g} s") from None

@@ -7,27 +7,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
-from gateway.config.types import Duration, Section
+from gateway.config.types import Duration, Section, TlsConfig
 
 #: what a discovery prefix or a state topic prefix may hold (MQTT topic levels, no wildcards)
 _TOPIC = re.compile(r"^[^#+\s]+(/[^#+\s]+)*$")
-
-
-class BrokerTls(Section):
-    """TLS to the local broker (off unless this block is given)."""
-
-    ca_file: str | None = Field(default=None, description="default: the system CA store")
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify_hostname: bool = True
-
-    @model_validator(mode="after")
-    def _cert_and_key(self) -> BrokerTls:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: set both or neither")
-        return self
 
 
 def _topic(value: str) -> str:
@@ -48,7 +33,7 @@ class HomeAssistantConfig(Section):
     username: str | None = None
     password: SecretStr | None = None
     client_id: str | None = Field(default=None, description="default: <gateway id>-homeassistant")
-    tls: BrokerTls | None = None
+    tls: TlsConfig | None = None
     keepalive: int = Field(default=30, ge=5, le=65535)
     discovery_prefix: str = "homeassistant"
     birth_topic: str = Field(default="homeassistant/status",
@@ -122,7 +107,7 @@ def resolve_broker(cfg: HomeAssistantConfig, adapters: Sequence[Any]) -> Broker 
                 "take the broker from); give the local broker's host")
     port = cfg.port or (first.port if first is not None and cfg.host is None else None)
     if port is None:
-        port = 8883 if cfg.tls is not None else 1883
+        port = 8883 if cfg.tls is not None and cfg.tls.enabled else 1883
     username = cfg.username if cfg.username is not None else (
         first.username if first is not None and cfg.host is None else None)
     password: str | None = cfg.password.get_secret_value() if cfg.password else None

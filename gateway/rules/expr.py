@@ -295,20 +295,24 @@ class _Parser:
             if name not in HEALTH_FUNCTIONS:
                 raise self.error(f"unknown function gateway.{name}() (known: "
                                  f"{', '.join(sorted(HEALTH_FUNCTIONS))})", tok)
-            self.take()
-            args: list[Node] = []
-            if not self.at("op", ")"):
-                args.append(self.or_())
-                while self.at("op", ","):
-                    self.take()
-                    args.append(self.or_())
-            self.expect(")")
-            return Node("gwcall", node.pos, name, tuple(args))
+            return Node("gwcall", node.pos, name, self.call_args())
         if name not in FACTS:
             hint = f"; call it: {HEALTH_FUNCTIONS[name]}" if name in HEALTH_FUNCTIONS else ""
             raise self.error(f"unknown gateway fact gateway.{name} (known: "
                              f"{', '.join(sorted(FACTS))}){hint}", tok)
         return Node("gw", node.pos, name)
+
+    def call_args(self) -> tuple[Node, ...]:
+        """``( [expr {, expr}] )`` after a function's name, the opening parenthesis next."""
+        self.expect("(")
+        args: list[Node] = []
+        if not self.at("op", ")"):
+            args.append(self.or_())
+            while self.at("op", ","):
+                self.take()
+                args.append(self.or_())
+        self.expect(")")
+        return tuple(args)
 
     def primary(self) -> Node:
         tok = self.take()
@@ -328,15 +332,7 @@ class _Parser:
             if tok.text in KEYWORDS:
                 raise self.error(f"unexpected {tok.text!r}", tok)
             if self.at("op", "("):
-                self.take()
-                args: list[Node] = []
-                if not self.at("op", ")"):
-                    args.append(self.or_())
-                    while self.at("op", ","):
-                        self.take()
-                        args.append(self.or_())
-                self.expect(")")
-                return Node("call", tok.pos, tok.text, tuple(args))
+                return Node("call", tok.pos, tok.text, self.call_args())
             return Node("name", tok.pos, tok.text)
         if tok.kind == "op" and tok.text == "(":
             node = self.or_()

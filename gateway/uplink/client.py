@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from typing import Any
 from gmqtt import Client, Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.config.types import TlsConfig
 from gateway.core import gmqtt_patch
 from gateway.core.backoff import Backoff
 from gateway.core.tasks import wait_event
@@ -172,16 +172,6 @@ class Uplink:
 
     # -- connection loop ------------------------------------------------------------------
 
-    def _ssl_context(self) -> ssl.SSLContext | bool:
-        tls = self.config.tls
-        if tls is None or not tls.enabled:
-            return False
-        ctx = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file and tls.key_file:
-            ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        ctx.check_hostname = tls.verify_hostname
-        return ctx
-
     async def _run(self) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
@@ -252,7 +242,7 @@ class Uplink:
         self._client = client
         try:
             await asyncio.wait_for(
-                client.connect(cfg.host, cfg.port, ssl=self._ssl_context(),
+                client.connect(cfg.host, cfg.port, ssl=TlsConfig.context(self.config.tls),
                                keepalive=int(cfg.keepalive)),
                 timeout=cfg.connect_timeout)
         except TimeoutError:

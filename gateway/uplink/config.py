@@ -4,23 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator
 
-from gateway.config.types import Duration, Section
-
-
-class TlsConfig(Section):
-    enabled: bool = True
-    ca_file: str | None = Field(default=None, description="default: the system CA store")
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify_hostname: bool = True
-
-    @model_validator(mode="after")
-    def _cert_and_key(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: set both or neither")
-        return self
+from gateway.config.types import Duration, Section, TlsConfig
 
 
 class UplinkConfig(Section):
