@@ -13,10 +13,8 @@ host did not ask for (a firmware crash), which is how the reconnect path is prov
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import bellows.types as bt
@@ -25,23 +23,25 @@ import zigpy.types as zt
 from tests.ezsp_stick.ash import AshNcp
 from tests.ezsp_stick.device import Endpoint, VirtualDevice, VirtualNode
 from tests.ezsp_stick.ezsp import Ncp, NvState
+from tests.socket_stick import SocketStick
 
 __all__ = ["EzspStick", "Endpoint", "VirtualDevice", "VirtualNode"]
 
 log = logging.getLogger("tests.ezsp_stick")
 
 
-class EzspStick:
+class EzspStick(SocketStick[AshNcp]):
     """An EZSP NCP listening on a loopback TCP port; one host connection at a time.
 
     NVRAM (:attr:`nv`: formed network, keys, joined devices) survives resets and
     reconnects, as on a real stick, so a host that reconnects finds its network again.
     """
 
+    KIND = "ezsp"
+
     def __init__(self, eui64: str = "00:12:4b:00:1c:a1:b2:c3", host: str = "127.0.0.1",
                  port: int = 0, announce_boot: float | None = 0.2) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         #: seconds after a connection before the stick announces its boot (RSTACK), as a
         #: network-attached stick does; None: stay silent until the host resets it, as a
         #: USB stick does (bellows then waits 2 s for an announcement before resetting)
@@ -49,55 +49,13 @@ class EzspStick:
         self.nv = NvState(eui64=zt.EUI64.convert(eui64))
         self.devices: dict[int, VirtualDevice] = {}
         self.ncp = Ncp(self.nv, self.devices, self._emit)
-        self.link: AshNcp | None = None
-        self._links: list[AshNcp] = []  # every connection so far, closed at stop()
-        self.connections = 0
         self.resets = 0
-        self._server: asyncio.Server | None = None
-        self._changed = asyncio.Event()
 
     # -- life ---------------------------------------------------------------------------------
 
-    async def start(self) -> EzspStick:
-        """Listen; ``port`` 0 lets the kernel pick a free one."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("ezsp stick listening on %s", self.url)
-        return self
-
-    async def stop(self) -> None:
-        """Close the link and stop listening."""
-        self.drop_link()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for link in self._links:
-            link.close()
-            await link.wait_closed()
-        self._links.clear()
-
-    async def __aenter__(self) -> EzspStick:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        """The device path bellows opens: ``socket://host:port``."""
-        return f"socket://{self.host}:{self.port}"
-
     def _protocol(self) -> AshNcp:
-        if self.link is not None:
-            # Only one host can own a stick: the newcomer wins, as after a replug
-            log.warning("ezsp stick: new connection replaces the current one")
-            self.link.close()
-        link = AshNcp(self._host_reset, self._frame, self._lost, self.announce_boot)
-        self.link = link
-        self._links.append(link)
-        self.connections += 1
+        link = self._attach(AshNcp(self._host_reset, self._frame, self._lost,
+                                   self.announce_boot))
         # A fresh connection meets a stick whose stack is not running yet
         self.ncp.reset()
         self._notify()
@@ -125,23 +83,8 @@ class EzspStick:
             return
         self.link.send(frame)
 
-    def _notify(self) -> None:
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], within: float = 10.0,
-                       what: str = "condition") -> None:
-        """Wait until ``predicate()`` holds (checked whenever the host talks to the stick)."""
-        deadline = time.monotonic() + within
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"ezsp stick: {what} not reached within {within} s "
-                                   f"(commands so far: {dict(self.ncp.commands)})")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
-            except TimeoutError:
-                pass
+    def commands(self) -> Mapping[str, int]:
+        return self.ncp.commands
 
     def preform(self, channel: int = 15, pan_id: int = 0x1A62,
                 extended_pan_id: str = "dd:dd:dd:dd:dd:dd:dd:dd",
@@ -162,12 +105,6 @@ class EzspStick:
         self.nv.hashed_tclk = True
 
     # -- faults ------------------------------------------------------------------------------
-
-    def drop_link(self) -> None:
-        """Close the TCP connection, as when the stick is unplugged."""
-        if self.link is not None:
-            log.info("ezsp stick: dropping the link")
-            self.link.close()
 
     def unsolicited_reset(self, code: bt.NcpResetCode = bt.NcpResetCode.RESET_SOFTWARE) -> None:
         """Reboot the NCP on its own and say so with RSTACK, as after a crash."""

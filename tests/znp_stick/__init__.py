@@ -13,16 +13,15 @@ Beyond the happy path it can drop the link (a stick unplugged) and reboot on its
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import zigpy_znp.types as t
 from zigpy_znp.frames import GeneralFrame
 
 from tests.ezsp_stick.device import Endpoint, VirtualDevice, VirtualNode
+from tests.socket_stick import SocketStick
 from tests.znp_stick.mt import MtLink, parse
 from tests.znp_stick.zstack import NvState, ZStack, preform
 
@@ -31,67 +30,26 @@ __all__ = ["Endpoint", "VirtualDevice", "VirtualNode", "ZnpStick"]
 log = logging.getLogger("tests.znp_stick")
 
 
-class ZnpStick:
+class ZnpStick(SocketStick[MtLink]):
     """A Z-Stack coordinator listening on a loopback TCP port; one host at a time.
 
     NVRAM (:attr:`nv`) survives resets and reconnects, as on a real stick, so a host that
     reconnects finds its network again.
     """
 
+    KIND = "znp"
+
     def __init__(self, ieee: str = "00:12:4b:00:29:b1:c2:d3", host: str = "127.0.0.1",
                  port: int = 0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.nv = NvState(t.EUI64.convert(ieee))
         self.devices: dict[int, VirtualDevice] = {}
         self.zstack = ZStack(self.nv, self.devices, self._emit)
-        self.link: MtLink | None = None
-        self._links: list[MtLink] = []
-        self.connections = 0
-        self._server: asyncio.Server | None = None
-        self._changed = asyncio.Event()
 
     # -- life ---------------------------------------------------------------------------
 
-    async def start(self) -> ZnpStick:
-        """Listen; ``port`` 0 lets the kernel pick a free one."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("znp stick listening on %s", self.url)
-        return self
-
-    async def stop(self) -> None:
-        """Close the link and stop listening."""
-        self.drop_link()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for link in self._links:
-            link.close()
-            await link.wait_closed()
-        self._links.clear()
-
-    async def __aenter__(self) -> ZnpStick:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        """The device path zigpy-znp opens: ``socket://host:port``."""
-        return f"socket://{self.host}:{self.port}"
-
     def _protocol(self) -> MtLink:
-        if self.link is not None:
-            log.warning("znp stick: new connection replaces the current one")
-            self.link.close()
-        link = MtLink(self._frame, self._lost)
-        self.link = link
-        self._links.append(link)
-        self.connections += 1
+        link = self._attach(MtLink(self._frame, self._lost))
         # A network-attached stick keeps running across TCP connections; a USB one is
         # reset by the host through RTS/DTR. Either way zigpy-znp resets it soon after.
         self._notify()
@@ -124,23 +82,8 @@ class ZnpStick:
             return
         self.link.send(command)
 
-    def _notify(self) -> None:
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[], bool], within: float = 10.0,
-                       what: str = "condition") -> None:
-        """Wait until ``predicate()`` holds (checked whenever the host talks to the stick)."""
-        deadline = time.monotonic() + within
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"znp stick: {what} not reached within {within} s "
-                                   f"(commands so far: {dict(self.zstack.commands)})")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.2))
-            except TimeoutError:
-                pass
+    def commands(self) -> Mapping[str, int]:
+        return self.zstack.commands
 
     def preform(self, channel: int = 15, pan_id: int = 0x1A62,
                 extended_pan_id: str = "dd:dd:dd:dd:dd:dd:dd:dd",
@@ -150,12 +93,6 @@ class ZnpStick:
                 network_key=network_key)
 
     # -- faults ------------------------------------------------------------------------
-
-    def drop_link(self) -> None:
-        """Close the TCP connection, as when the stick is unplugged."""
-        if self.link is not None:
-            log.info("znp stick: dropping the link")
-            self.link.close()
 
     def unsolicited_reset(self) -> None:
         """Reboot on its own (a watchdog reset) and say so with SYS.ResetInd."""
