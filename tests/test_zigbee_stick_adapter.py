@@ -27,6 +27,7 @@ from gateway.reading import Command, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
 from tests.ezsp_stick import Endpoint, EzspStick, VirtualDevice
+from tests.znp_stick import ZnpStick
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -118,14 +119,24 @@ async def stick() -> AsyncIterator[EzspStick]:
         yield s
 
 
+#: the simulated sticks, each behind its radio library
+Stick = EzspStick | ZnpStick
+
+
 @pytest.fixture
 async def gateway(stick: EzspStick, tmp_path: Path) -> AsyncIterator[Gateway]:
+    config = ZigbeeConfig(type="zigbee", name="zigbee", radio_type="ezsp", port=stick.url,
+                          channel=20)
+    async for gw in run_gateway(config, tmp_path):
+        yield gw
+
+
+async def run_gateway(config: ZigbeeConfig, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """The adapter on ``config``'s stick under the real supervisor, pipeline and outbox."""
     metrics = CollectorRegistry()
     outbox = await Outbox.open(tmp_path / "outbox.db", StoreConfig(), metrics=metrics)
     pipeline = Pipeline(outbox)
     directory = Directory()
-    config = ZigbeeConfig(type="zigbee", name="zigbee", radio_type="ezsp", port=stick.url,
-                          channel=20)
     ctx = AdapterContext(name="zigbee", sink=AdapterSink(pipeline, "zigbee",
                                                          SinkCounters(metrics)),
                          state_dir=tmp_path / "state", metrics=metrics, devices=directory)
@@ -140,7 +151,7 @@ async def gateway(stick: EzspStick, tmp_path: Path) -> AsyncIterator[Gateway]:
         await outbox.close()
 
 
-async def pair_sensor(stick: EzspStick, gw: Gateway) -> VirtualDevice:
+async def pair_sensor(stick: Stick, gw: Gateway) -> VirtualDevice:
     adapter = gw.adapter
     assert isinstance(adapter, ZigbeeAdapter)
     sensor = VirtualDevice(SENSOR_IEEE, 0x4A1B, model="TH01", manufacturer="Acme Sensors",

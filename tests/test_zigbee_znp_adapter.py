@@ -13,44 +13,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from gateway.adapters.base import AdapterContext
-from gateway.adapters.supervisor import Supervisor
 from gateway.adapters.zigbee import ZigbeeAdapter
 from gateway.adapters.zigbee.config import ZigbeeConfig
-from gateway.core.pipeline import AdapterSink, Pipeline, SinkCounters
-from gateway.store.config import StoreConfig
-from gateway.store.outbox import Outbox
-from tests.test_zigbee_stick_adapter import Directory, Gateway, until
-from tests.znp_stick import VirtualDevice, ZnpStick
+from tests.test_zigbee_stick_adapter import (
+    SENSOR_ID,
+    Gateway,
+    pair_sensor,
+    run_gateway,
+)
+from tests.znp_stick import ZnpStick
 
 pytestmark = pytest.mark.timeout(60)
 
-POWER, TEMPERATURE, HUMIDITY = 0x0001, 0x0402, 0x0405
-SENSOR_IEEE = "00:0d:6f:00:0a:bc:de:f1"
-SENSOR_ID = f"zigbee:{SENSOR_IEEE}"
+TEMPERATURE, HUMIDITY = 0x0402, 0x0405
 
 
 async def _gateway(stick: ZnpStick, tmp_path: Path) -> AsyncIterator[Gateway]:
-    metrics = CollectorRegistry()
-    outbox = await Outbox.open(tmp_path / "outbox.db", StoreConfig(), metrics=metrics)
-    pipeline = Pipeline(outbox)
-    directory = Directory()
     config = ZigbeeConfig(type="zigbee", name="zigbee", radio_type="znp", port=stick.url,
                           channel=20)
     assert config.flow_control == "none"  # the znp default: MT frames are binary
-    ctx = AdapterContext(name="zigbee", sink=AdapterSink(pipeline, "zigbee",
-                                                         SinkCounters(metrics)),
-                         state_dir=tmp_path / "state", metrics=metrics, devices=directory)
-    supervisor = Supervisor({"zigbee": ("zigbee", lambda: ZigbeeAdapter(config, ctx))},
-                            metrics, backoff_initial=0.2, backoff_max=1.0)
-    await supervisor.start(wait=20.0)
-    try:
-        yield Gateway(outbox, supervisor, directory)
-    finally:
-        await supervisor.stop()
-        await outbox.close()
+    async for gw in run_gateway(config, tmp_path):
+        yield gw
 
 
 @pytest.fixture
@@ -64,23 +48,6 @@ async def stick() -> AsyncIterator[ZnpStick]:
 async def gateway(stick: ZnpStick, tmp_path: Path) -> AsyncIterator[Gateway]:
     async for gw in _gateway(stick, tmp_path):
         yield gw
-
-
-async def pair_sensor(stick: ZnpStick, gw: Gateway) -> VirtualDevice:
-    adapter = gw.adapter
-    assert isinstance(adapter, ZigbeeAdapter)
-    sensor = VirtualDevice(SENSOR_IEEE, 0x4A1B, model="TH01", manufacturer="Acme Sensors",
-                           attributes={(1, TEMPERATURE): {0x0000: 2150},
-                                       (1, HUMIDITY): {0x0000: 4500},
-                                       (1, POWER): {0x0020: 30, 0x0021: 180}})
-    await adapter.permit_join(60)
-    await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
-    stick.join(sensor)
-    await until(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting
-                and (1, HUMIDITY, 0x0000) in sensor.reporting, 20, "reporting configured")
-    await until(lambda: gw.directory.info.get(SENSOR_ID, {}).get("interview") == "configured",
-                10, "device marked configured")
-    return sensor
 
 
 async def test_join_interview_and_reports_become_durable_readings_over_znp(
