@@ -22,6 +22,7 @@ import pytest
 from tests.brokers import Mosquitto
 from tests.daemon import GatewayProcess
 from tests.ezsp_stick import EzspStick, VirtualDevice
+from tests.znp_stick import ZnpStick
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -40,12 +41,13 @@ async def until(predicate: Callable[[], bool], within: float, what: str) -> None
         await asyncio.sleep(0.05)
 
 
-def gateway_config(state: Path, stick: EzspStick, cloud: Mosquitto) -> dict[str, Any]:
+def gateway_config(state: Path, stick: EzspStick | ZnpStick, cloud: Mosquitto,
+                   radio_type: str = "ezsp") -> dict[str, Any]:
     return {
-        "gateway": {"id": "gw-zigbee", "state_dir": str(state)},
+        "gateway": {"id": f"gw-{radio_type}", "state_dir": str(state)},
         "uplink": {"host": cloud.host, "port": cloud.port, "batch_linger": "10ms"},
         "store": {"commit_interval": "20ms"},
-        "adapters": [{"type": "zigbee", "name": "zigbee", "radio_type": "ezsp",
+        "adapters": [{"type": "zigbee", "name": "zigbee", "radio_type": radio_type,
                       "port": stick.url, "channel": 20}],
     }
 
@@ -56,6 +58,24 @@ async def permit_join(socket: Path, seconds: int) -> dict[str, Any]:
             body: dict[str, Any] = await rsp.json()
             assert rsp.status == 200, body
             return body
+
+
+async def pair_sensor(stick: EzspStick | ZnpStick, state: Path, ieee: str) -> VirtualDevice:
+    """Open joining through the daemon's control API; a temperature and humidity sensor
+    joins and the daemon configures its reporting."""
+    await permit_join(state / "gateway.sock", 60)
+    await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
+    sensor = VirtualDevice(ieee, 0x5C2D, attributes={
+        (1, TEMPERATURE): {0x0000: 1990}, (1, HUMIDITY): {0x0000: 6000}})
+    stick.join(sensor)
+    await until(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting, 20,
+                "reporting configured by the daemon")
+    return sensor
+
+
+def values_of(cloud: Any, device: str, metric: str) -> list[Any]:
+    """The values of ``device``'s ``metric`` the cloud subscriber has received."""
+    return [r.value for r in cloud.readings() if r.device == device and r.metric == metric]
 
 
 async def test_stick_reading_reaches_the_cloud_across_link_drop_and_stick_reset(
@@ -72,17 +92,10 @@ async def test_stick_reading_reaches_the_cloud_across_link_drop_and_stick_reset(
         await asyncio.to_thread(gw.start)
         await until(lambda: RADIO_UP in gw.log_text(), 20, "zigbee radio up")
 
-        await permit_join(state / "gateway.sock", 60)
-        await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
-        sensor = VirtualDevice(SENSOR_IEEE, 0x5C2D, attributes={
-            (1, TEMPERATURE): {0x0000: 1990}, (1, HUMIDITY): {0x0000: 6000}})
-        stick.join(sensor)
-        await until(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting, 20,
-                    "reporting configured by the daemon")
+        sensor = await pair_sensor(stick, state, SENSOR_IEEE)
 
         def cloud_values(metric: str) -> list[Any]:
-            return [r.value for r in cloud.readings()
-                    if r.device == SENSOR_ID and r.metric == metric]
+            return values_of(cloud, SENSOR_ID, metric)
 
         stick.report(sensor, 1, TEMPERATURE, {0x0000: 2345})
         await until(lambda: 23.45 in cloud_values("temperature"), 20,

@@ -18,8 +18,14 @@ import pytest
 
 from tests.brokers import Mosquitto
 from tests.daemon import GatewayProcess
-from tests.test_zigbee_stick_daemon import RADIO_UP, permit_join, until
-from tests.znp_stick import VirtualDevice, ZnpStick
+from tests.test_zigbee_stick_daemon import (
+    RADIO_UP,
+    gateway_config,
+    pair_sensor,
+    until,
+    values_of,
+)
+from tests.znp_stick import ZnpStick
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,29 +43,15 @@ async def test_znp_stick_reading_reaches_the_cloud_across_a_link_drop(
     async with ZnpStick() as stick:
         stick.preform(channel=20, pan_id=0x2B73)
         state = tmp_path / "state"
-        gw = gateway_factory({
-            "gateway": {"id": "gw-znp", "state_dir": str(state)},
-            "uplink": {"host": cloud_broker.host, "port": cloud_broker.port,
-                       "batch_linger": "10ms"},
-            "store": {"commit_interval": "20ms"},
-            "adapters": [{"type": "zigbee", "name": "zigbee", "radio_type": "znp",
-                          "port": stick.url, "channel": 20}],
-        })
+        gw = gateway_factory(gateway_config(state, stick, cloud_broker, "znp"))
         await asyncio.to_thread(gw.start)
         await until(lambda: RADIO_UP in gw.log_text(), 20, "zigbee radio up")
         assert "znp radio on socket://" in gw.log_text()
 
-        await permit_join(state / "gateway.sock", 60)
-        await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
-        sensor = VirtualDevice(SENSOR_IEEE, 0x5C2D, attributes={
-            (1, TEMPERATURE): {0x0000: 1990}, (1, HUMIDITY): {0x0000: 6000}})
-        stick.join(sensor)
-        await until(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting, 20,
-                    "reporting configured by the daemon")
+        sensor = await pair_sensor(stick, state, SENSOR_IEEE)
 
         def cloud_values(metric: str) -> list[Any]:
-            return [r.value for r in cloud.readings()
-                    if r.device == SENSOR_ID and r.metric == metric]
+            return values_of(cloud, SENSOR_ID, metric)
 
         stick.report(sensor, 1, TEMPERATURE, {0x0000: 2345})
         await until(lambda: 23.45 in cloud_values("temperature"), 20,
