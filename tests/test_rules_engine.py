@@ -67,10 +67,20 @@ class Host:
         return Reading(device, metric, value, unit, self.clock() if ts is None else ts)
 
     async def alerts(self) -> list[dict[str, Any]]:
-        return [e.body for e in await self.outbox.read_events(0, 1000) if e.kind == "alert"]
+        return await alerts_in(self.outbox)
 
     def count(self, name: str, **labels: str) -> float:
-        return self.metrics.get_sample_value(name, labels) or 0.0
+        return sample(self.metrics, name, **labels)
+
+
+async def alerts_in(outbox: Any) -> list[dict[str, Any]]:
+    """The bodies of the alert events in ``outbox``, oldest first."""
+    return [e.body for e in await outbox.read_events(0, 1000) if e.kind == "alert"]
+
+
+def sample(metrics: CollectorRegistry, name: str, **labels: str) -> float:
+    """A metric's value (0 when it has not been counted yet)."""
+    return metrics.get_sample_value(name, labels) or 0.0
 
 
 def rule(**kw: Any) -> RuleSpec:

@@ -30,7 +30,7 @@ from gateway.rules.health import parse_throttled
 from gateway.rules.ports import ports_for
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
-from tests.test_rules_engine import T0, Clock
+from tests.test_rules_engine import T0, Clock, alerts_in, sample
 from tests.waiting import eventually
 
 
@@ -77,10 +77,10 @@ class Parts:
         await self.engine.settle(5.0)
 
     async def alerts(self) -> list[dict[str, Any]]:
-        return [e.body for e in await self.outbox.read_events(0, 1000) if e.kind == "alert"]
+        return await alerts_in(self.outbox)
 
     def count(self, name: str, **labels: str) -> float:
-        return self.metrics.get_sample_value(name, labels) or 0.0
+        return sample(self.metrics, name, **labels)
 
 
 def rule(**kw: Any) -> RuleSpec:
