@@ -299,20 +299,29 @@ def parse_params(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _answer(code: int, result: Any, key: str) -> dict[str, Any]:
+    """An answer that carries ``key`` (an outcome, even a failed one, with its HTTP status
+    beside it); anything else is the API's error, raised."""
+    from gateway.api.client import ApiError
+
+    if not isinstance(result, dict) or key not in result:
+        message = result.get("error") if isinstance(result, dict) else result
+        raise ApiError(code, str(message or f"HTTP {code}"))
+    return result
+
+
 def send(args: argparse.Namespace, cli: Cli) -> int:
     """Send a command to a device; exit 1 unless it was sent or delivered."""
-    from gateway.api.client import ApiError, device_path
+    from gateway.api.client import device_path
 
     try:
         params = parse_params(args.params)
     except ValueError as exc:
         print(f"gateway send: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    code, result = cli.client(args).request(
-        "POST", device_path(args.device, "/commands"), {"action": args.action, "params": params})
-    if not isinstance(result, dict) or "status" not in result:
-        message = result.get("error") if isinstance(result, dict) else result
-        raise ApiError(code, str(message or f"HTTP {code}"))
+    result = _answer(*cli.client(args).request(
+        "POST", device_path(args.device, "/commands"), {"action": args.action, "params": params}),
+        "status")
     if args.json:
         _print_json(result)
     else:
@@ -491,12 +500,7 @@ def _forget_args(p: argparse.ArgumentParser) -> None:
 
 def reload(args: argparse.Namespace, cli: Cli) -> int:
     """Make the daemon read its config file again; exit 1 if the file is refused."""
-    from gateway.api.client import ApiError
-
-    code, result = cli.client(args).request("POST", "/api/reload")
-    if not isinstance(result, dict) or "summary" not in result:
-        message = result.get("error") if isinstance(result, dict) else result
-        raise ApiError(code, str(message or f"HTTP {code}"))
+    result = _answer(*cli.client(args).request("POST", "/api/reload"), "summary")
     if args.json:
         _print_json(result)
     else:

@@ -18,16 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.test_zigbee_znp_adapter import TEMPERATURE, _gateway, pair_sensor
+from tests.bench.bench_zigbee import rss_mb
+from tests.test_zigbee_stick_adapter import pair_sensor
+from tests.test_zigbee_znp_adapter import TEMPERATURE, _gateway
 from tests.znp_stick import ZnpStick
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def main(reports: int) -> None:
