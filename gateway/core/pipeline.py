@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -34,6 +34,7 @@ Screen = Callable[[Sequence[Reading]], list[tuple[int, str]]]
 
 #: durable state that must commit with a batch: key → text, None deletes
 State = Mapping[str, str | None]
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -90,29 +91,16 @@ class Pipeline:
                        new_stateful: Stateful | None = None) -> None:
         """Swap filter ``old`` for ``new`` in its place (a reload); either may be None
         (``new`` alone goes first, as rules' filters do)."""
-        if old is not None and old in self.filters:
-            i = self.filters.index(old)
-            if new is None:
-                del self.filters[i]
-            else:
-                self.filters[i] = new
-        elif new is not None:
-            self.filters.insert(0, new)
+        _swap(self.filters, old, new, first=True)
         if old_stateful is not None and old_stateful in self.stateful:
             self.stateful.remove(old_stateful)
         if new_stateful is not None:
             self.stateful.append(new_stateful)
 
     def replace_observer(self, old: Observer | None, new: Observer | None) -> None:
-        """Swap observer ``old`` for ``new`` in its place; either may be None."""
-        if old is not None and old in self.observers:
-            i = self.observers.index(old)
-            if new is None:
-                del self.observers[i]
-            else:
-                self.observers[i] = new
-        elif new is not None:
-            self.observers.append(new)
+        """Swap observer ``old`` for ``new`` in its place; either may be None (``new``
+        alone goes last)."""
+        _swap(self.observers, old, new, first=False)
 
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
@@ -158,6 +146,19 @@ class Pipeline:
                 if self._on_observer_error is not None:
                     self._on_observer_error(getattr(observe, "__qualname__", repr(observe)), exc)
         return durable is None or await durable
+
+
+def _swap(items: list[T], old: T | None, new: T | None, first: bool) -> None:
+    """Put ``new`` where ``old`` is in ``items`` (or drop ``old`` if ``new`` is None); with
+    no ``old`` there, ``new`` goes first or last."""
+    if old is not None and old in items:
+        i = items.index(old)
+        if new is None:
+            del items[i]
+        else:
+            items[i] = new
+    elif new is not None:
+        items.insert(0 if first else len(items), new)
 
 
 class AdapterSink:
