@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from gateway.core.files import write_json_atomic
 from gateway.core.tasks import cancel_and_wait, wait_event
+from gateway.logs import InputLog
 from gateway.reading import Command, Reading
 from gateway.rules.config import ActionSpec, RuleSpec, WebhookAction
 from gateway.rules.expr import (
@@ -343,7 +344,7 @@ class RuleEngine:
         self._sampled_at = -math.inf
         self._health_errors: dict[str, int] = {}
         self._webhooks: WebhookClient | None = None
-        self._failure_logged: dict[tuple[str, str], tuple[float, int]] = {}
+        self._failure_log = InputLog(log, ERROR_LOG_EVERY)
         for rule in self.rules:
             for p in rule.programs:
                 self.referenced |= p.metrics
@@ -866,14 +867,8 @@ class RuleEngine:
 
     def _log_failure(self, rule: str, kind: str, detail: str) -> None:
         """At most one line a minute per (rule, action kind), with the number suppressed."""
-        now = time.monotonic()
-        last, suppressed = self._failure_logged.get((rule, kind), (-math.inf, 0))
-        if now - last < ERROR_LOG_EVERY:
-            self._failure_logged[(rule, kind)] = (last, suppressed + 1)
-            return
-        self._failure_logged[(rule, kind)] = (now, 0)
-        more = f" ({suppressed} more failure(s) not logged since the last)" if suppressed else ""
-        log.error("rule %s: %s action failed: %s%s", rule, kind, detail, more)
+        self._failure_log.log(logging.ERROR, rule, kind, "rule %s: %s action failed: %s",
+                              rule, kind, detail)
 
     async def _webhook(self, spec: WebhookAction, body: dict[str, Any]) -> None:
         if self._webhooks is None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.config.types import format_seconds
+from gateway.logs import InputLog
 
 log = logging.getLogger("gateway.rules")
 
@@ -243,7 +243,7 @@ class GatewayHealth:
 
     def __init__(self, parts: HealthParts) -> None:
         self._parts = parts
-        self._logged: dict[str, tuple[float, int]] = {}
+        self._log = InputLog(log, ERROR_LOG_EVERY)
         #: failures per source since start (the engine exports them as a metric)
         self.errors: dict[str, int] = {}
 
@@ -276,15 +276,9 @@ class GatewayHealth:
 
     def _failed(self, source: str, exc: Exception) -> None:
         self.errors[source] = self.errors.get(source, 0) + 1
-        now = time.monotonic()
-        last, suppressed = self._logged.get(source, (-math.inf, 0))
-        if now - last < ERROR_LOG_EVERY:
-            self._logged[source] = (last, suppressed + 1)
-            return
-        self._logged[source] = (now, 0)
-        more = f" ({suppressed} more since the last message)" if suppressed else ""
-        log.warning("health facts: cannot read the %s: %s: %s; its gateway.* facts are absent"
-                    " (logged once a minute)%s", source, type(exc).__name__, exc, more)
+        self._log.warning(source, "unreadable", "health facts: cannot read the %s: %s: %s; its "
+                          "gateway.* facts are absent (logged once a minute)", source,
+                          type(exc).__name__, exc)
 
     def _outbox(self, now: float, out: dict[str, Any]) -> None:
         outbox = self._parts.outbox
