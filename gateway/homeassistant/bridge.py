@@ -288,7 +288,7 @@ class HomeAssistantBridge:
     def _resync(self, force: bool) -> None:
         """Announce every device of the registry (again, with ``force``), publish states."""
         if force:
-            self._publish_entity(d.gateway_entity(self.topics, self.version), force=True)
+            self._publish_entity(d.gateway_entity(self.topics, self.version))
             for known in self._known.values():
                 self._entities -= len(known.configs)
                 known.configs.clear()
@@ -404,7 +404,7 @@ class HomeAssistantBridge:
         known.configs[topic] = payload
         self._publish(topic, payload, retain=self.config.retain, kind="config")
 
-    def _publish_entity(self, entity: d.Entity, force: bool) -> None:
+    def _publish_entity(self, entity: d.Entity) -> None:
         self._publish(entity.topic(self.topics), entity.payload(), retain=self.config.retain,
                       kind="config")
 
