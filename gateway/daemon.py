@@ -351,15 +351,12 @@ class Gateway:
             sup = self.supervisor
             adapter_sections = {a.name: a for a in cfg.adapters}
 
-            async def remove(name: str) -> None:
-                await sup.remove(name)
-
             async def start(name: str) -> None:
                 await sup.add(name, *self._adapter_factory(adapter_sections[name]))
 
             # only adapters whose own section changed restart; the others are not touched
             for name in p.adapters_removed:
-                await step(f"adapter {name} removed", functools.partial(remove, name))
+                await step(f"adapter {name} removed", functools.partial(sup.remove, name))
             for name in p.adapters_changed:
                 await step(f"adapter {name} restarted", functools.partial(start, name))
             for name in p.adapters_added:
