@@ -14,8 +14,9 @@ Three of its behaviours do not fit a gateway, and its public API offers no way a
   together (:class:`PubackBatcher`).
 
 Besides: :func:`publish_qos1` returns the packet id gmqtt's ``publish`` does not,
-:func:`receive_maximum` reads the broker's CONNACK property, and :class:`MidRecorder`
-remembers the packet id of the last publish through gmqtt's in-flight store.
+:func:`receive_maximum` reads the broker's CONNACK property, :class:`MidRecorder`
+remembers the packet id of the last publish through gmqtt's in-flight store, and
+:class:`OwnReconnectClient` turns gmqtt's own reconnect and replay into an event.
 
 Importing this module checks that the installed gmqtt is the version these patches were
 written for, and that the internals they replace exist: any other version fails loudly
@@ -191,3 +192,20 @@ class MidRecorder(PersistentStorage):  # type: ignore[misc]
     def push_message(self, mid: int, raw_package: bytes) -> None:
         self.last_mid = mid
         super().push_message(mid, raw_package)
+
+
+class OwnReconnectClient(gmqtt.Client):  # type: ignore[misc]
+    """gmqtt client whose reconnects are its owner's business.
+
+    gmqtt would reconnect (and replay its in-flight store) on its own after a lost
+    connection; here a lost connection or a disconnect only sets :attr:`lost`, and the
+    owner connects again with its own backoff and its own idea of what to resend.
+    """
+
+    def __init__(self, client_id: str, **kwargs: Any) -> None:
+        super().__init__(client_id, **kwargs)
+        self.lost = asyncio.Event()
+        self.on_disconnect = lambda *a: self.lost.set()
+
+    async def reconnect(self, delay: bool = False) -> None:
+        self.lost.set()

@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gmqtt import Client, Message
+from gmqtt import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.config.types import TlsConfig
-from gateway.core import gmqtt_patch  # noqa: F401 - checks the gmqtt version before use
 from gateway.core.backoff import Backoff
+from gateway.core.gmqtt_patch import OwnReconnectClient as _Client
 from gateway.core.tasks import cancel_and_wait, wait_event
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.config import Broker, HomeAssistantConfig
@@ -70,17 +70,6 @@ class _Known:
     level: float | None = None
     control_state: bytes | None = None
     published_at: float = -1e9  # monotonic
-
-
-class _Client(Client):  # type: ignore[misc]
-    """gmqtt client whose reconnects are the bridge's business."""
-
-    def __init__(self, client_id: str, **kwargs: Any) -> None:
-        super().__init__(client_id, **kwargs)
-        self.lost = asyncio.Event()
-
-    async def reconnect(self, delay: bool = False) -> None:
-        self.lost.set()
 
 
 class HomeAssistantBridge:
@@ -189,7 +178,6 @@ class HomeAssistantBridge:
                          will_message=Message(self.topics.status, b"offline", qos=1,
                                               retain=True))
         client.on_message = self._on_message
-        client.on_disconnect = lambda *a: client.lost.set()
         if self.broker.username:
             client.set_auth_credentials(self.broker.username, self.broker.password)
         self._client = client

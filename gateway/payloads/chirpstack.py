@@ -353,8 +353,8 @@ def value_readings(values: Iterable[Candidate], device: str, ts: float) -> list[
     for metric, value, unit in values:
         if not metric:
             continue
-        cls = value.__class__
-        if cls is bool or (cls is str and len(value) <= MAX_TEXT) or is_number(value):  # type: ignore[arg-type]
+        if (isinstance(value, bool) or (isinstance(value, str) and len(value) <= MAX_TEXT)
+                or is_number(value)):
             out.append(Reading(device, metric, value, unit, ts))
     return out
 

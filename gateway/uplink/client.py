@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gmqtt import Client, Message
+from gmqtt import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.config.types import TlsConfig
@@ -73,19 +73,15 @@ class _Batch:
     sent_at: float = 0.0
 
 
-class _Client(Client):  # type: ignore[misc]
-    """gmqtt client whose reconnects, resends and PUBACKs are the uplink's business."""
+class _Client(gmqtt_patch.OwnReconnectClient):
+    """gmqtt client whose reconnects, resends and PUBACKs are the uplink's business
+    (it resends from the outbox)."""
 
     def __init__(self, client_id: str, on_puback: Callable[[int, int], None],
                  **kwargs: Any) -> None:
         super().__init__(client_id, **kwargs)
-        self.lost = asyncio.Event()
         # gmqtt's PUBACK handler drops the MQTT 5 reason code, and would replay on its own
         gmqtt_patch.on_puback(self, on_puback, replace=True)
-
-    async def reconnect(self, delay: bool = False) -> None:
-        # gmqtt would reconnect and replay on its own; the uplink does both from the outbox
-        self.lost.set()
 
     def publish_qos1(self, topic: str, payload: bytes, retain: bool = False) -> int:
         """Send a QoS 1 PUBLISH and return its packet id (not kept for gmqtt's replay)."""
@@ -235,7 +231,6 @@ class Uplink:
             session_expiry_interval=0,
         )
         client.on_message = self._on_message
-        client.on_disconnect = lambda *a: client.lost.set()
         if cfg.username:
             client.set_auth_credentials(
                 cfg.username, cfg.password.get_secret_value() if cfg.password else None)
