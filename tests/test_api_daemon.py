@@ -310,6 +310,12 @@ def test_cli_send_exit_code_follows_the_result(daemon: GatewayProcess,
     rc, _, err = run_cli(capsys, "send", "--socket", sock(daemon), "sim:sim-2", "dim",
                          "level=50", "fast=true")
     assert rc == 1 and err.startswith("unsupported:")
+    rc, out, _ = run_cli(capsys, "send", "--socket", sock(daemon), "sim:sim-2", "level",
+                         "level=40")
+    assert rc == 0 and out.startswith("delivered: level 40 %")
+    rc, _, err = run_cli(capsys, "send", "--socket", sock(daemon), "sim:sim-2", "level",
+                         "level=150")
+    assert rc == 1 and err.startswith("refused: level: expected a percentage")
     rc, _, err = run_cli(capsys, "send", "--socket", sock(daemon), "sim:sim-2", "dim", "level")
     assert rc == 2 and "key=value" in err
     rc, out, _ = run_cli(capsys, "send", "--socket", sock(daemon), "--json", "nobody:1", "on")

@@ -162,5 +162,13 @@ class SimulatorAdapter(Adapter):
         if command.action in ("on", "off", "toggle"):
             dev.on = {"on": True, "off": False}.get(command.action, not dev.on)
             return CommandResult.delivered(f"power {'on' if dev.on else 'off'}")
+        if command.action == "level":
+            level = command.params.get("level")
+            if not isinstance(level, (int, float)) or isinstance(level, bool) \
+                    or not 0 <= level <= 100:
+                return CommandResult.refused("level: expected a percentage from 0 to 100")
+            dev.on = level > 0
+            return CommandResult.delivered(f"level {level:g} %")
         return CommandResult.unsupported(
-            f"simulated devices understand on, off and toggle, not {command.action!r}")
+            "simulated devices understand on, off, toggle and level, "
+            f"not {command.action!r}")
