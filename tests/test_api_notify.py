@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import os
 import re
@@ -17,6 +16,7 @@ import pytest
 
 from gateway.notify import Notifier
 from tests.daemon import GatewayProcess
+from tests.waiting import eventually, wait_until
 
 
 class NotifyListener:
@@ -91,10 +91,13 @@ def test_daemon_sends_ready_then_watchdog_pings_then_stopping(
         # READY means ready: the control API, started last, already answers
         assert healthz(state / "gateway.sock") == 200
         ready_at = listener.wait_for("READY=1")
-        time.sleep(1.0)
-        pings = [t for t in listener.times("WATCHDOG=1") if t > ready_at]
-        # every 0.1 s (half of WATCHDOG_USEC): about 10 in the second; allow a slow machine
-        assert len(pings) >= 4, listener.messages
+
+        def pings_since_ready() -> list[float]:
+            return [t for t in listener.times("WATCHDOG=1") if t > ready_at]
+
+        # every 0.1 s (half of WATCHDOG_USEC)
+        wait_until(lambda: len(pings_since_ready()) >= 5, 10, "five watchdog pings after READY")
+        pings = pings_since_ready()
         # a busy test machine may delay the loop a little, never by many intervals
         assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 0.8
         assert not listener.times("STOPPING=1")
@@ -130,11 +133,13 @@ async def test_watchdog_pings_stop_while_the_event_loop_is_stalled(
     assert notifier.watchdog_interval == pytest.approx(0.05)
     notifier.start_watchdog()
     try:
-        await asyncio.sleep(0.5)
+        await eventually(lambda: len(listener.times("WATCHDOG=1")) >= 3, 10,
+                         "pings before the stall")
         stall_start = time.monotonic()
         time.sleep(0.6)  # noqa: ASYNC251 - block the loop on purpose: no pinger can run
         stall_end = time.monotonic()
-        await asyncio.sleep(0.5)
+        await eventually(lambda: len([t for t in listener.times("WATCHDOG=1")
+                                      if t > stall_end]) >= 3, 10, "pings after the stall")
     finally:
         await notifier.close()
     pings = listener.times("WATCHDOG=1")

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
 from gateway.adapters.supervisor import Supervisor
 from gateway.reading import Command, CommandResult, Reading
+from tests.waiting import eventually
 
 
 class RecordingSink:
@@ -72,10 +73,16 @@ async def test_a_crashing_adapter_is_restarted_with_backoff_while_others_run(
                            factory(Crasher, "crasher", sink, reg, tmp_path)]), reg,
                      backoff_initial=0.05, backoff_max=0.2)
     await sup.start()
-    await asyncio.sleep(1.0)
-    restarts = reg.get_sample_value("gateway_adapter_restarts_total", {"adapter": "crasher"})
-    assert restarts is not None and restarts >= 3
-    assert Crasher.starts >= 3
+
+    def restarts() -> float:
+        return reg.get_sample_value("gateway_adapter_restarts_total",
+                                    {"adapter": "crasher"}) or 0.0
+
+    # backoff 0.05 s doubling to 0.2 s and a crash 0.05 s after each start: three restarts
+    # take about half a second; the ticker keeps sending meanwhile
+    await eventually(lambda: restarts() >= 3 and Crasher.starts >= 3, 10,
+                     "three restarts of the crashing adapter")
+    await eventually(lambda: len(sink.readings) > 50, 10, "the ticker's readings")
     assert sup.states["crasher"].last_error == "RuntimeError: radio went away"
     assert sup.states["ticker"].state == "running" and sup.states["ticker"].restarts == 0
     seqs = [r.value for r in sink.readings if r.device == "ticker:t"]
