@@ -4,7 +4,6 @@ simulator and MQTT adapters (real local mosquitto), rules, uplink (real cloud mo
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.api.client import ApiClient
 from tests.brokers import Mosquitto
 from tests.daemon import GatewayProcess
+from tests.waiting import wait_until
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -55,15 +55,16 @@ def test_metrics_worth_alerting_on_are_all_exposed_and_move(
         subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(local.port), "-q", "1",
                         "-t", "sensors/kitchen", "-m", payload], check=True, timeout=10)
     api = ApiClient(state / "gateway.sock")
-    deadline = time.monotonic() + 15
-    while True:
+
+    def scraped() -> tuple[set[str], Samples] | None:
         names, samples = families(api.call("GET", "/metrics"))
-        if (value(samples, "gateway_readings_accepted_total", adapter="mqtt") >= 1
+        done = (value(samples, "gateway_readings_accepted_total", adapter="mqtt") >= 1
                 and value(samples, "gateway_mqtt_messages_total", result="malformed") >= 1
-                and value(samples, "gateway_uplink_ack_seconds_count") >= 1) \
-                or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+                and value(samples, "gateway_uplink_ack_seconds_count") >= 1)
+        return (names, samples) if done else None
+
+    names, samples = wait_until(scraped, 15, "the MQTT reading, the malformed message and "
+                                "an uplink acknowledgement counted", step=0.1)
 
     for adapter in ("sim", "mqtt"):
         assert value(samples, "gateway_readings_received_total", adapter=adapter) >= 1

@@ -12,8 +12,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,15 +19,8 @@ import yaml
 
 from gateway.config.model import load_config
 from gateway.daemon import Gateway
+from tests.waiting import eventually
 from tests.zigbee_virtual import RADIO_TYPE, climate_sensor, network
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {within} s")
-        await asyncio.sleep(0.02)
 
 
 def zigbee_config(tmp_path: Path, net: str) -> Path:
@@ -54,7 +45,7 @@ async def test_pair_shows_a_zigbee_sensor_joining_and_being_interviewed(tmp_path
             sys.executable, "-m", "gateway", "pair", "--socket", sock, "--seconds", "60",
             "--interval", "0.1", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         net = network(name)
-        await until(lambda: net.permit_open, 15, "joining open on the virtual stick")
+        await eventually(lambda: net.permit_open, 15, "joining open on the virtual stick")
         assert net.join(climate_sensor("00:15:8d:00:0a:0b:0c:0d"))
         device = "zigbee:00:15:8d:00:0a:0b:0c:0d"
         lines: list[str] = []
@@ -73,7 +64,7 @@ async def test_pair_shows_a_zigbee_sensor_joining_and_being_interviewed(tmp_path
         lines += rest.decode().splitlines()
         assert cli.returncode == 130, err.decode()
         assert "joining closed" in err.decode()
-        await until(lambda: not net.permit_open, 10, "joining closed on the virtual stick")
+        await eventually(lambda: not net.permit_open, 10, "joining closed on the virtual stick")
         assert lines[0].startswith("joining open on zigbee for 60 s")
         seen = [line for line in lines if device in line]
         assert seen[0].startswith(f"+ {device}: ")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
-from collections.abc import Callable
 from typing import Any
 
 import gmqtt
@@ -20,6 +18,7 @@ from gmqtt.mqtt.handler import MqttPackageHandler
 
 from gateway.core import gmqtt_patch
 from tests.brokers import Mosquitto
+from tests.waiting import eventually
 
 NO_MATCHING_SUBSCRIBERS = 0x10
 
@@ -36,13 +35,6 @@ async def _subscribe(client: gmqtt.Client, topic: str) -> None:
     client.on_subscribe = lambda *args: acked.set()
     client.subscribe(topic, qos=1)
     await asyncio.wait_for(acked.wait(), 10)
-
-
-async def _until(cond: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def test_the_guard_refuses_another_gmqtt_version_and_missing_internals(
@@ -77,7 +69,7 @@ async def test_puback_reason_codes_reach_the_callback(mosquitto: Mosquitto,
             client.publish("watched/x", b"2", qos=1)
             watched = storage.last_mid
         assert lonely != watched
-        await _until(lambda: len(got) == 2, 10, "two PUBACKs")
+        await eventually(lambda: len(got) == 2, 10, "two PUBACKs")
         assert dict(got) == {lonely: NO_MATCHING_SUBSCRIBERS, watched: 0}
         assert gmqtt_patch.receive_maximum(client) > 0
     finally:
@@ -112,8 +104,8 @@ async def test_qos1_publishes_are_handled_without_a_task_each_and_acked_in_batch
             subprocess.run, ["mosquitto_pub", "-h", mosquitto.host, "-p", str(mosquitto.port),
                              "-V", "mqttv5", "-q", "1", "-t", "load/a", "-l"],
             input=lines, check=True, timeout=30)
-        await _until(lambda: len(received) == count, 20, f"{count} messages")
-        await _until(lambda: len(batcher) == 0, 5, "the last PUBACKs written")
+        await eventually(lambda: len(received) == count, 20, f"{count} messages")
+        await eventually(lambda: len(batcher) == 0, 5, "the last PUBACKs written")
     finally:
         await client.disconnect()
     assert received == [str(i).encode() for i in range(count)]

@@ -20,6 +20,7 @@ from gateway.reading import Reading
 from gateway.store.config import StoreConfig
 from gateway.store.migrations import MIGRATIONS, migrate
 from gateway.store.outbox import Outbox
+from tests.waiting import eventually
 
 
 def cfg(**kw: object) -> StoreConfig:
@@ -35,10 +36,7 @@ def batch(device: str, seq: int, ts: float | None = None) -> list[Reading]:
 
 async def until_accepting(box: Outbox, within: float = 10.0) -> None:
     """Wait until the outbox takes readings again after a full disk."""
-    deadline = time.monotonic() + within
-    while box.stats().disk_full:
-        assert time.monotonic() < deadline, "the outbox did not resume"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: not box.stats().disk_full, within, "the outbox resuming")
 
 
 async def all_readings(box: Outbox) -> list[Reading]:

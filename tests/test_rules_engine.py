@@ -30,6 +30,7 @@ from gateway.rules.engine import STATE_FILE, RuleEngine
 from gateway.rules.ports import ActionError, ports_for
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
+from tests.waiting import eventually
 
 T0 = 1_800_000_000.0
 
@@ -454,10 +455,8 @@ async def test_a_firing_is_written_to_the_state_file_without_a_clean_stop(
     engine = await start(host, [rule(name="hot", when="temperature > 30")], state_dir=tmp_path)
     await host.feed(host.r("temperature", 35))
     path = tmp_path / STATE_FILE
-    for _ in range(50):  # bounded: 5 s
-        if path.exists() and "hot" in json.loads(path.read_text())["rules"]:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: path.exists() and "hot" in json.loads(path.read_text())["rules"],
+                     5, "the firing in the state file")
     assert json.loads(path.read_text())["rules"]["hot"]["devices"]["sim:a"]["active"] is True
     await engine.stop()
 
@@ -494,10 +493,9 @@ async def test_a_firing_reaches_the_state_file_only_once_its_alert_is_durable(
     assert saved() is None or saved()["active"] is False  # type: ignore[index]
     release.set()
     await e1.settle(5.0)
-    for _ in range(50):  # bounded: 5 s; the release asks for a prompt write
-        if (s := saved()) is not None and s["active"] is True:
-            break
-        await asyncio.sleep(0.1)
+    # the release asks for a prompt write
+    await eventually(lambda: (s := saved()) is not None and s["active"] is True, 5,
+                     "the firing in the state file")
     assert saved() == {"active": True, "since": None, "fired": T0, "reading": None}
     assert len(await h1.alerts()) == 1
     await e1.stop()

@@ -11,8 +11,7 @@ The last ones check its ASH framing directly against bellows' own frame classes.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from bellows.types import NcpResetCode
 from bellows.zigbee.application import ControllerApplication
 
 from tests.ezsp_stick import EzspStick, VirtualDevice
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,15 +59,6 @@ class Events:
 
     def connection_lost(self, exc: Exception) -> None:
         self.lost.append(exc)
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll ``predicate`` every 20 ms for at most ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not seen within {within} s")
-        await asyncio.sleep(0.02)
 
 
 def app_config(stick: EzspStick, db: Path) -> dict[str, Any]:
@@ -107,8 +98,8 @@ async def join_sensor(stick: EzspStick, app: ControllerApplication,
     await app.permit(60)
     await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
     stick.join(sensor)
-    await until(lambda: any(str(d.ieee) == SENSOR_IEEE for d in events.initialized), 15,
-                "device_initialized")
+    await eventually(lambda: any(str(d.ieee) == SENSOR_IEEE for d in events.initialized), 15,
+                     "device_initialized")
     return sensor, app.get_device(ieee=zigpy.types.EUI64.convert(SENSOR_IEEE))
 
 
@@ -163,7 +154,7 @@ async def test_joined_device_is_interviewed_and_its_report_reaches_zigpy(
         device.endpoints[1].in_clusters[TEMPERATURE].on_event("attribute_report",
                                                                reports.append)
         formed_stick.report(sensor, 1, TEMPERATURE, {0x0000: 2237})
-        await until(lambda: bool(reports), 5, "attribute_report")
+        await eventually(lambda: bool(reports), 5, "attribute_report")
         assert reports[0].attribute_name == "measured_value"
         assert reports[0].value == 2237
         assert reports[0].device_ieee == SENSOR_IEEE
@@ -178,7 +169,7 @@ async def test_stick_dropping_the_link_fires_connection_lost(formed_stick: EzspS
     try:
         assert events.lost == []
         formed_stick.drop_link()
-        await until(lambda: bool(events.lost), 5, "connection_lost")
+        await eventually(lambda: bool(events.lost), 5, "connection_lost")
         assert formed_stick.link is None
     finally:
         await app.shutdown()
@@ -190,7 +181,7 @@ async def test_unsolicited_reset_fires_connection_lost_with_the_reset_code(
     app = await start_app(formed_stick, tmp_path / "zigbee.db", events)
     try:
         formed_stick.unsolicited_reset()
-        await until(lambda: bool(events.lost), 5, "connection_lost")
+        await eventually(lambda: bool(events.lost), 5, "connection_lost")
         assert isinstance(events.lost[0], NcpFailure)
         assert not formed_stick.network_up  # the NCP rebooted: its stack is down
     finally:
@@ -205,7 +196,7 @@ async def test_restarted_stack_keeps_the_device_and_receives_its_reports(
     try:
         sensor, _ = await join_sensor(formed_stick, app, events)
         formed_stick.drop_link()
-        await until(lambda: bool(events.lost), 5, "connection_lost")
+        await eventually(lambda: bool(events.lost), 5, "connection_lost")
     finally:
         await app.shutdown()
 
@@ -225,7 +216,7 @@ async def test_restarted_stack_keeps_the_device_and_receives_its_reports(
         reports: list[Any] = []
         device.endpoints[1].in_clusters[HUMIDITY].on_event("attribute_report", reports.append)
         formed_stick.report(sensor, 1, HUMIDITY, {0x0000: 5120})
-        await until(lambda: bool(reports), 5, "attribute_report after restart")
+        await eventually(lambda: bool(reports), 5, "attribute_report after restart")
         assert reports[0].value == 5120
     finally:
         await app2.shutdown()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gateway.reading import Command, Reading
 from gateway.store.config import StoreConfig
 from gateway.store.outbox import Outbox
 from tests.ezsp_stick import Endpoint, EzspStick, VirtualDevice
+from tests.waiting import eventually
 from tests.znp_stick import ZnpStick
 
 pytestmark = pytest.mark.timeout(90)
@@ -39,15 +40,6 @@ PLUG_ID = f"zigbee:{PLUG_IEEE}"
 IAS_ZONE = 0x0500
 DOOR_IEEE = "00:0d:6f:00:0c:44:55:66"
 DOOR_ID = f"zigbee:{DOOR_IEEE}"
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll ``predicate`` every 20 ms for at most ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not seen within {within} s")
-        await asyncio.sleep(0.02)
 
 
 class Directory:
@@ -107,7 +99,7 @@ class Gateway:
                     and self.supervisor.states["zigbee"].state == "running"
                     and stick.connections >= connections and stick.network_up)
 
-        await until(back, within, "adapter running again on the stick")
+        await eventually(back, within, "adapter running again on the stick")
         assert self.adapter is not None
         return self.adapter
 
@@ -162,10 +154,10 @@ async def pair_sensor(stick: Stick, gw: Gateway) -> VirtualDevice:
     await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
     stick.join(sensor)
     # The adapter binds and configures reporting once zigpy's interview is over
-    await until(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting
-                and (1, HUMIDITY, 0x0000) in sensor.reporting, 20, "reporting configured")
-    await until(lambda: gw.directory.info.get(SENSOR_ID, {}).get("interview") == "configured",
-                10, "device marked configured")
+    await eventually(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting
+                     and (1, HUMIDITY, 0x0000) in sensor.reporting, 20, "reporting configured")
+    await eventually(lambda: gw.directory.info.get(SENSOR_ID, {}).get("interview") == "configured",
+                     10, "device marked configured")
     return sensor
 
 
@@ -238,7 +230,7 @@ async def pair_plug(stick: EzspStick, gw: Gateway) -> VirtualDevice:
     await adapter.permit_join(60)
     await stick.wait_for(lambda: stick.permit_joining, 5, "joining open")
     stick.join(plug)
-    await until(lambda: (1, ON_OFF, 0x0000) in plug.reporting, 20, "reporting configured")
+    await eventually(lambda: (1, ON_OFF, 0x0000) in plug.reporting, 20, "reporting configured")
     return plug
 
 
@@ -284,9 +276,9 @@ async def test_removed_device_is_asked_to_leave_and_is_forgotten(
     assert leaves and leaves[0][2] == plug.ieee
     # The stick took it off the network, and the gateway forgets it (zigpy drops the
     # device in the background, once its own leave request has been tried)
-    await until(lambda: plug.ieee not in stick.nv.children, 5, "plug gone from the stick")
+    await eventually(lambda: plug.ieee not in stick.nv.children, 5, "plug gone from the stick")
     assert adapter.app is not None
-    await until(lambda: plug.ieee not in adapter.app.devices, 10, "plug gone from zigpy")
+    await eventually(lambda: plug.ieee not in adapter.app.devices, 10, "plug gone from zigpy")
     gone = await gateway.supervisor.send(Command(PLUG_ID, "on"))
     assert gone.status == "unknown_device"
     assert dict(stick.ncp.unknown) == {}
@@ -296,8 +288,8 @@ async def test_device_leaving_on_its_own_is_declared_left(
         stick: EzspStick, gateway: Gateway) -> None:
     sensor = await pair_sensor(stick, gateway)
     stick.leave(sensor)  # its reset button: the stick reports "device left" to the host
-    await until(lambda: gateway.directory.info[SENSOR_ID].get("interview") == "left", 5,
-                "device left declared")
+    await eventually(lambda: gateway.directory.info[SENSOR_ID].get("interview") == "left", 5,
+                     "device left declared")
     assert sensor.ieee not in stick.nv.children
 
 
@@ -315,7 +307,7 @@ async def test_door_sensor_is_enrolled_and_its_zone_status_becomes_contact_readi
     stick.join(door)
     zone = door.attributes[(1, IAS_ZONE)]
     # The adapter writes itself in as the CIE and sends an enroll response
-    await until(lambda: zone.get(0x0000) == 1, 20, "zone enrolled")
+    await eventually(lambda: zone.get(0x0000) == 1, 20, "zone enrolled")
     assert zone[0x0010] == stick.nv.eui64
     await gateway.wait_reading("contact", True, device=DOOR_ID)  # read at pairing: closed
 

@@ -11,7 +11,6 @@ and readings reach the cloud again.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from tests.brokers import Mosquitto
 from tests.daemon import GatewayProcess
 from tests.ezsp_stick import EzspStick, VirtualDevice
+from tests.waiting import eventually
 from tests.znp_stick import ZnpStick
 
 pytestmark = pytest.mark.timeout(90)
@@ -30,15 +30,6 @@ TEMPERATURE, HUMIDITY = 0x0402, 0x0405
 SENSOR_IEEE = "00:0d:6f:00:0a:bc:de:f2"
 SENSOR_ID = f"zigbee:{SENSOR_IEEE}"
 RADIO_UP = "radio on socket://"
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll ``predicate`` every 50 ms for at most ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not seen within {within} s")
-        await asyncio.sleep(0.05)
 
 
 def gateway_config(state: Path, stick: EzspStick | ZnpStick, cloud: Mosquitto,
@@ -68,8 +59,8 @@ async def pair_sensor(stick: EzspStick | ZnpStick, state: Path, ieee: str) -> Vi
     sensor = VirtualDevice(ieee, 0x5C2D, attributes={
         (1, TEMPERATURE): {0x0000: 1990}, (1, HUMIDITY): {0x0000: 6000}})
     stick.join(sensor)
-    await until(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting, 20,
-                "reporting configured by the daemon")
+    await eventually(lambda: (1, TEMPERATURE, 0x0000) in sensor.reporting, 20,
+                     "reporting configured by the daemon")
     return sensor
 
 
@@ -90,7 +81,7 @@ async def test_stick_reading_reaches_the_cloud_across_link_drop_and_stick_reset(
         gw = gateway_factory(gateway_config(state, stick, cloud_broker))
         # The daemon blocks on its log while the stick answers on this loop
         await asyncio.to_thread(gw.start)
-        await until(lambda: RADIO_UP in gw.log_text(), 20, "zigbee radio up")
+        await eventually(lambda: RADIO_UP in gw.log_text(), 20, "zigbee radio up")
 
         sensor = await pair_sensor(stick, state, SENSOR_IEEE)
 
@@ -98,27 +89,27 @@ async def test_stick_reading_reaches_the_cloud_across_link_drop_and_stick_reset(
             return values_of(cloud, SENSOR_ID, metric)
 
         stick.report(sensor, 1, TEMPERATURE, {0x0000: 2345})
-        await until(lambda: 23.45 in cloud_values("temperature"), 20,
-                    "reported temperature in the cloud")
+        await eventually(lambda: 23.45 in cloud_values("temperature"), 20,
+                         "reported temperature in the cloud")
 
         stick.drop_link()
-        await until(lambda: gw.log_text().count(RADIO_UP) >= 2 and stick.network_up, 30,
-                    "adapter restarted on the stick")
+        await eventually(lambda: gw.log_text().count(RADIO_UP) >= 2 and stick.network_up, 30,
+                         "adapter restarted on the stick")
         assert "connection to the stick lost" in gw.log_text()
         assert stick.connections == 2 and stick.ncp.commands["formNetwork"] == 0
 
         stick.report(sensor, 1, HUMIDITY, {0x0000: 6150})
-        await until(lambda: 61.5 in cloud_values("humidity"), 20,
-                    "humidity reported after the reconnect in the cloud")
+        await eventually(lambda: 61.5 in cloud_values("humidity"), 20,
+                         "humidity reported after the reconnect in the cloud")
 
         # The firmware reboots on its own: bellows sees RSTACK, the adapter restarts again
         stick.unsolicited_reset()
-        await until(lambda: gw.log_text().count(RADIO_UP) >= 3 and stick.network_up, 30,
-                    "adapter restarted after the unsolicited reset")
+        await eventually(lambda: gw.log_text().count(RADIO_UP) >= 3 and stick.network_up, 30,
+                         "adapter restarted after the unsolicited reset")
         assert stick.connections == 3 and stick.ncp.commands["formNetwork"] == 0
         stick.report(sensor, 1, TEMPERATURE, {0x0000: 2410})
-        await until(lambda: 24.1 in cloud_values("temperature"), 20,
-                    "temperature reported after the reset in the cloud")
+        await eventually(lambda: 24.1 in cloud_values("temperature"), 20,
+                         "temperature reported after the reset in the cloud")
         # Every restart stopped the old adapter within the supervisor's bound, and the
         # daemon still exits cleanly on SIGTERM (nothing of zigpy's left running)
         assert "did not stop cleanly" not in gw.log_text()

@@ -22,9 +22,9 @@ from tests.test_zigbee_stick_daemon import (
     RADIO_UP,
     gateway_config,
     pair_sensor,
-    until,
     values_of,
 )
+from tests.waiting import eventually
 from tests.znp_stick import ZnpStick
 
 pytestmark = pytest.mark.timeout(90)
@@ -45,7 +45,7 @@ async def test_znp_stick_reading_reaches_the_cloud_across_a_link_drop(
         state = tmp_path / "state"
         gw = gateway_factory(gateway_config(state, stick, cloud_broker, "znp"))
         await asyncio.to_thread(gw.start)
-        await until(lambda: RADIO_UP in gw.log_text(), 20, "zigbee radio up")
+        await eventually(lambda: RADIO_UP in gw.log_text(), 20, "zigbee radio up")
         assert "znp radio on socket://" in gw.log_text()
 
         sensor = await pair_sensor(stick, state, SENSOR_IEEE)
@@ -54,18 +54,18 @@ async def test_znp_stick_reading_reaches_the_cloud_across_a_link_drop(
             return values_of(cloud, SENSOR_ID, metric)
 
         stick.report(sensor, 1, TEMPERATURE, {0x0000: 2345})
-        await until(lambda: 23.45 in cloud_values("temperature"), 20,
-                    "reported temperature in the cloud")
+        await eventually(lambda: 23.45 in cloud_values("temperature"), 20,
+                         "reported temperature in the cloud")
 
         stick.drop_link()
-        await until(lambda: gw.log_text().count(RADIO_UP) >= 2 and stick.network_up, 30,
-                    "adapter restarted on the stick")
+        await eventually(lambda: gw.log_text().count(RADIO_UP) >= 2 and stick.network_up, 30,
+                         "adapter restarted on the stick")
         assert stick.connections == 2
         assert stick.zstack.commands["AppConfig.BDBSetChannel"] == 0  # nothing re-formed
 
         stick.report(sensor, 1, HUMIDITY, {0x0000: 6150})
-        await until(lambda: 61.5 in cloud_values("humidity"), 20,
-                    "humidity reported after the reconnect in the cloud")
+        await eventually(lambda: 61.5 in cloud_values("humidity"), 20,
+                         "humidity reported after the reconnect in the cloud")
         assert dict(stick.zstack.unknown) == {}
         assert "did not stop cleanly" not in gw.log_text()
         rc = gw.stop()
