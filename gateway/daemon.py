@@ -91,6 +91,7 @@ class Gateway:
         #: components a reload can restart on their own: name → (exit stack, observers
         #: they hooked into the pipeline)
         self._parts: dict[str, tuple[contextlib.AsyncExitStack, list[Any]]] = {}
+        self._restartable_started: set[str] = set()
         self._reload_lock = asyncio.Lock()
         self._started = asyncio.Event()
 
@@ -260,6 +261,7 @@ class Gateway:
             self, name: str,
             component: Callable[[], AbstractAsyncContextManager[None]]) -> AsyncIterator[None]:
         await self._start_part(name, component)
+        self._restartable_started.add(name)
         try:
             yield
         finally:
@@ -275,7 +277,10 @@ class Gateway:
         self._parts[name] = (stack, added)
 
     async def _stop_part(self, name: str) -> None:
-        stack, added = self._parts.pop(name)
+        entry = self._parts.pop(name, None)
+        if entry is None:  # a reload's restart of it failed: nothing runs
+            return
+        stack, added = entry
         try:
             await stack.aclose()
         finally:
@@ -362,7 +367,8 @@ class Gateway:
             for name in p.adapters_added:
                 await step(f"adapter {name} added", functools.partial(start, name))
         for name, (sections, component) in self.restartable().items():
-            if set(sections) & p.sections and name in self._parts:
+            # a part whose earlier restart failed (not in _parts) is started again
+            if set(sections) & p.sections and name in self._restartable_started:
                 async def restart(name: str = name, component: Any = component) -> None:
                     await self._stop_part(name)
                     await self._start_part(name, component)

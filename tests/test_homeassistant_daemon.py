@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gateway.api.client import ApiClient
 from tests.brokers import Mosquitto
@@ -154,3 +155,29 @@ def test_devices_are_discovered_updated_commanded_and_forgotten(
     assert gw.stop() == 0
     # the gateway's last will (sent at a clean stop too): offline
     assert retained(mosquitto, f"{BASE}/status") == {f"{BASE}/status": "offline"}
+
+
+def test_a_reload_that_changes_the_section_restarts_discovery_only(
+        tmp_path: Path, mosquitto: Mosquitto, watcher: Watcher,
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    cfg = config(tmp_path, mosquitto)
+    cfg["adapters"][0]["count"] = 0  # the simulator keeps sending across the reload
+    gw = gateway_factory(cfg).start()
+    wait_until(lambda: f"homeassistant/sensor/{NODE1}/temperature/config"
+               in retained(mosquitto, "homeassistant/#"), within=20, what="configs")
+    cfg["homeassistant"]["discovery_prefix"] = "ha2"
+    cfg["homeassistant"]["exclude_metrics"] = ["power"]
+    gw.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    answer = ApiClient(tmp_path / "state" / "gateway.sock", timeout=60).call(
+        "POST", "/api/reload")
+    assert answer["ok"] and "homeassistant restarted" in answer["changed"], answer
+    held = wait_until(lambda: (lambda r: r if f"ha2/sensor/{NODE1}/temperature/config" in r
+                               else None)(retained(mosquitto, "ha2/#")),
+                      within=20, what="configs under the new prefix")
+    assert not any("/power/" in t for t in held)  # the new section's filters apply
+    assert "simulator" not in " ".join(answer["changed"])  # the adapter was not touched
+    # the restarted bridge is connected and announces states again
+    before = len(watcher.on(f"{BASE}/{NODE1}/state"))
+    wait_until(lambda: len(watcher.on(f"{BASE}/{NODE1}/state")) > before, within=20,
+               what="states after the reload")
+    assert gw.stop() == 0

@@ -32,6 +32,7 @@ from gateway.core.tasks import cancel_and_wait, wait_event
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.config import Broker, HomeAssistantConfig
 from gateway.logs import InputLog
+from gateway.metrics import metric_set
 from gateway.reading import Command, CommandResult, Reading
 
 log = logging.getLogger("gateway.homeassistant")
@@ -72,6 +73,24 @@ class _Known:
     published_at: float = -1e9  # monotonic
 
 
+class BridgeMetrics:
+    """The bridge's metrics, registered once per registry (a reload restarts the bridge)."""
+
+    def __init__(self, reg: CollectorRegistry) -> None:
+        self.published = Counter("gateway_homeassistant_published",
+                                 "Messages published for Home Assistant", ["kind"],
+                                 registry=reg)
+        self.refused = Counter("gateway_homeassistant_refused",
+                               "Entities or commands refused", ["reason"], registry=reg)
+        self.commands = Counter("gateway_homeassistant_commands",
+                                "Commands from Home Assistant, by result", ["status"],
+                                registry=reg)
+        self.connected = Gauge("gateway_homeassistant_connected",
+                               "1 while connected to the Home Assistant broker", registry=reg)
+        self.entities = Gauge("gateway_homeassistant_entities", "Entities announced",
+                              registry=reg)
+
+
 class HomeAssistantBridge:
     """Announces the registry's devices to Home Assistant and carries out its commands."""
 
@@ -100,19 +119,10 @@ class HomeAssistantBridge:
         self._locks: dict[str, asyncio.Lock] = {}
         self._backoff = Backoff(config.reconnect_delay, max(60.0, config.reconnect_delay))
         self._input_log = InputLog(log)
-        reg = metrics or CollectorRegistry()
-        self.m_published = Counter("gateway_homeassistant_published",
-                                   "Messages published for Home Assistant", ["kind"],
-                                   registry=reg)
-        self.m_refused = Counter("gateway_homeassistant_refused",
-                                 "Entities or commands refused", ["reason"], registry=reg)
-        self.m_commands = Counter("gateway_homeassistant_commands",
-                                  "Commands from Home Assistant, by result", ["status"],
-                                  registry=reg)
-        self.m_connected = Gauge("gateway_homeassistant_connected",
-                                 "1 while connected to the Home Assistant broker", registry=reg)
-        entities = Gauge("gateway_homeassistant_entities", "Entities announced", registry=reg)
-        entities.set_function(lambda: self._entities)
+        m = metric_set(metrics or CollectorRegistry(), BridgeMetrics)
+        self.m_published, self.m_refused = m.published, m.refused
+        self.m_commands, self.m_connected = m.commands, m.connected
+        m.entities.set_function(lambda: self._entities)  # the bridge running now
 
     # -- hooks (hot path: note and wake, nothing else) -----------------------------------
 
