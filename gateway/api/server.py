@@ -296,9 +296,10 @@ class ApiServer:
                     problems.append(f"adapter {st.name} is {st.state}"
                                     + (f" ({st.last_error})" if st.last_error else ""))
         enabled = gw.config.uplink.enabled
-        connected = bool(getattr(gw.uplink, "connected", False))
+        uplink = gw.uplink
+        connected = uplink is not None and uplink.connected
         if enabled and not connected:
-            last = getattr(gw.uplink, "last_error", None)
+            last = uplink.last_error if uplink is not None else None
             problems.append("uplink is not connected (readings wait in the outbox)"
                             + (f": {last}" if last else ""))
         outbox: dict[str, Any] = {}
@@ -314,7 +315,7 @@ class ApiServer:
             "version": __version__, "started_at": gw.started_at,
             "uptime": now - gw.started_at, "adapters": adapters,
             "uplink": {"enabled": enabled, "connected": connected,
-                       "connected_since": getattr(gw.uplink, "connected_since", None)},
+                       "connected_since": uplink.connected_since if uplink is not None else None},
             "outbox": outbox,
             "devices": {"known": known, "online": online},
             "problems": problems,
@@ -434,7 +435,7 @@ class ApiServer:
         data["max_age"] = store.max_age
         data["path"] = str(self.gw.config.outbox_path)
         data["uplink_enabled"] = self.gw.config.uplink.enabled
-        data["uplink_connected"] = bool(getattr(self.gw.uplink, "connected", False))
+        data["uplink_connected"] = self.gw.uplink is not None and self.gw.uplink.connected
         return json_response(data)
 
     async def dead_letters(self, request: web.Request) -> web.Response:

@@ -138,6 +138,10 @@ class DeviceLookup(Protocol):
         """Call ``fn`` on each online/offline transition."""
         ...
 
+    def remove_listener(self, fn: OnlineListener) -> None:
+        """Stop calling ``fn`` (an engine replaced by a reload)."""
+        ...
+
 
 class RuleParts(Protocol):
     """What the daemon offers rules; any part may still be missing (None) when asked."""

@@ -241,8 +241,8 @@ class RulesRuntime:
         new = self._new_engine(config)
         if old is not None:
             self._pipeline.replace_observer(old.observe if old.rules else None, hold)
-            devices = getattr(self._gw, "devices", None)
-            if devices is not None and hasattr(devices, "remove_listener"):
+            devices = self._gw.devices
+            if devices is not None:
                 devices.remove_listener(old.on_online)
             await old.stop()
         else:
