@@ -54,6 +54,9 @@ class Directory:
     def knows(self, device: str) -> bool:
         return device in self.info
 
+    def remove(self, device: str) -> bool:
+        return self.info.pop(device, None) is not None
+
 
 class Gateway:
     """Outbox → pipeline → supervised Zigbee adapter, as the daemon wires them."""
@@ -274,6 +277,7 @@ async def test_removed_device_is_asked_to_leave_and_is_forgotten(
     assert result.status == "delivered", result
     leaves = [r for r in plug.received if r[:2] == ("zdo", "Mgmt_Leave_req")]
     assert leaves and leaves[0][2] == plug.ieee
+    assert PLUG_ID not in gateway.directory.info  # the device registry forgot it
     # The stick took it off the network, and the gateway forgets it (zigpy drops the
     # device in the background, once its own leave request has been tried)
     await eventually(lambda: plug.ieee not in stick.nv.children, 5, "plug gone from the stick")

@@ -56,12 +56,19 @@ class DeviceDirectory(Protocol):
         """Whether ``device`` is registered: only those get a per-device metric label."""
         ...
 
+    def remove(self, device: str) -> bool:
+        """Forget ``device`` (it left the adapter's network); False if it was unknown."""
+        ...
+
 
 class _NullDirectory:
     def declare(self, device: str, **info: Any) -> None:
         return None
 
     def knows(self, device: str) -> bool:
+        return False
+
+    def remove(self, device: str) -> bool:
         return False
 
 

@@ -679,10 +679,8 @@ class ZigbeeAdapter(Adapter):
             if not any(r.device == device for r in self._pending):
                 break
             await asyncio.sleep(0.01)
-        forget = getattr(self.ctx.devices, "remove", None)
-        if callable(forget):
-            with contextlib.suppress(Exception):
-                forget(device)
+        with contextlib.suppress(Exception):  # it has left: a registry error changes nothing
+            self.ctx.devices.remove(device)
         self.log.info("zigbee: %s removed (%s)", device, result.status)
         return result
 
