@@ -58,6 +58,26 @@ class Crasher(Adapter):
         raise RuntimeError("not connected")
 
 
+class Hanger(Adapter):
+    """Starts a background task, then hangs in start() (a radio that never answers)."""
+
+    started = asyncio.Event()
+    stopped = False
+    background: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        type(self).background = self.spawn(asyncio.sleep(3600))
+        type(self).started.set()
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        type(self).stopped = True
+        await super().stop()
+
+    async def send(self, command: Command) -> CommandResult:
+        return CommandResult.delivered()
+
+
 def factory(cls: type[Adapter], name: str, sink: RecordingSink, reg: CollectorRegistry,
             tmp: Path):  # type: ignore[no-untyped-def]
     ctx = AdapterContext(name=name, sink=sink, state_dir=tmp, metrics=reg)
@@ -114,3 +134,16 @@ async def test_commands_reach_the_owning_adapter_and_failures_are_results(
     unknown = await sup.send(Command("zigbee:00:11", "on"))
     assert unknown.status == "unknown_device" and not unknown.ok
     await sup.stop()
+
+
+async def test_an_adapter_stopped_in_the_middle_of_its_start_is_released(
+        tmp_path: Path) -> None:
+    reg = CollectorRegistry()
+    Hanger.started, Hanger.stopped, Hanger.background = asyncio.Event(), False, None
+    sup = Supervisor(dict([factory(Hanger, "hanger", RecordingSink(), reg, tmp_path)]), reg)
+    starting = asyncio.ensure_future(sup.start(wait=30))
+    await asyncio.wait_for(Hanger.started.wait(), 10)
+    await sup.stop()
+    assert Hanger.stopped  # its stop() ran although start() never returned
+    assert Hanger.background is not None and Hanger.background.cancelled()
+    starting.cancel()

@@ -100,6 +100,10 @@ class Supervisor:
                 exc = await adapter.failed
                 raise exc
             except asyncio.CancelledError:
+                if adapter is not None and self.adapters.get(name) is not adapter:
+                    # cancelled in the middle of start(): what it set up so far (tasks,
+                    # connections, a serial port) is released here, as nobody else knows it
+                    await self._stop_quietly(name, adapter)
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means restart
                 ran = time.time() - st.since if st.state == "running" else 0.0
