@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.adapters.supervisor import Supervisor
 
 log = logging.getLogger("gateway.api.zigbee")
 
@@ -21,7 +24,14 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def add_routes(app: web.Application, gateway: Any) -> None:
+class RunningGateway(Protocol):
+    """What the routes need of the running gateway: its adapters."""
+
+    @property
+    def supervisor(self) -> Supervisor | None: ...
+
+
+def add_routes(app: web.Application, gateway: RunningGateway) -> None:
     """Mount the Zigbee routes on the control API of the running ``gateway``."""
 
     async def backup(request: web.Request) -> web.Response:
@@ -29,8 +39,8 @@ def add_routes(app: web.Application, gateway: Any) -> None:
         from gateway.adapters.zigbee.adapter import ZigbeeAdapter
 
         only = request.query.get("adapter")
-        supervisor = getattr(gateway, "supervisor", None)
-        running = dict(getattr(supervisor, "adapters", {}) or {})
+        supervisor = gateway.supervisor
+        running = dict(supervisor.adapters) if supervisor is not None else {}
         targets = {name: a for name, a in running.items()
                    if isinstance(a, ZigbeeAdapter) and only in (None, name)}
         if not targets:
