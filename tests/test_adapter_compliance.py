@@ -869,6 +869,34 @@ async def test_stop_gives_up_in_bounded_time_when_accept_never_returns(
         assert not driver.acked(1), "acknowledged a message whose accept never returned"
 
 
+@cases(["zigbee"])
+async def test_zigbee_radio_shutdown_and_the_drain_share_one_stop_limit(
+        driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the radio hangs at shutdown and so does the store: the stop's steps end by the one
+    # drain limit, not by the radio's bound plus the drain limit after it (which could
+    # outlast the supervisor's stop timeout)
+    from gateway.adapters.zigbee import adapter as zigbee_adapter
+
+    radio, limit = 1.5, 2.0
+    monkeypatch.setattr(zigbee_adapter, "RADIO_SHUTDOWN_TIMEOUT", radio)
+    driver.drain_timeout = limit
+    adapter = await driver.start()
+    assert isinstance(adapter, zigbee_adapter.ZigbeeAdapter) and adapter.app is not None
+    adapter.ingest.drain_timeout = limit
+
+    async def hung() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(adapter.app, "shutdown", hung)
+    driver.sink.gate.clear()  # the store hangs
+    await driver.send_good(1)
+    await eventually(lambda: 1 in driver.seqs(driver.sink.offered()), 10, "the reading held")
+    t0 = time.monotonic()
+    await asyncio.wait_for(driver.stop(), STOP_TIMEOUT + 5)
+    took = time.monotonic() - t0
+    assert radio <= took < radio + limit - 0.6, f"stop took {took:.2f} s"
+
+
 def test_every_adapter_gives_up_draining_before_the_supervisor_gives_up_on_stop() -> None:
     # one drain limit for every adapter (the ingest path's), given through the context;
     # behaviour checked quickly (limit shortened) in the tests above

@@ -47,8 +47,8 @@ from gateway.reading import Command, CommandResult, Reading
 
 #: bounds on waiting for the radio to come up (bellows' startup is ~130 exchanges)
 STARTUP_TIMEOUT = 60.0
-#: how long stop() waits for readings still queued to reach the pipeline
-#: how long stop() waits for zigpy and the radio library to shut down
+#: how long stop() waits for zigpy and the radio library to shut down (part of the drain
+#: limit: the supervisor's stop timeout covers the whole stop)
 RADIO_SHUTDOWN_TIMEOUT = 3.0
 #: most readings handed to the pipeline in one call
 BATCH = 500
@@ -184,6 +184,7 @@ class ZigbeeAdapter(Adapter):
 
     async def stop(self) -> None:
         self._stopping = True
+        self.ingest.begin_stop()  # one limit for the radio's shutdown and the drain after it
         app, self.app = self.app, None
         for task in list(self._configuring.values()):
             task.cancel()
@@ -213,7 +214,6 @@ class ZigbeeAdapter(Adapter):
         if self._forwarder is not None and not self._forwarder.done():
             self._wake.set()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                # the drain limit counts from here: the radio's shutdown is bounded apart
                 await asyncio.wait_for(asyncio.shield(self._drained()),
                                        self.ingest.remaining())
         self.ingest.stop_retrying()
