@@ -21,6 +21,7 @@ from gmqtt import Client
 
 from gateway.reading import Reading
 from gateway.uplink.formats import decode_json_batch
+from tests.waiting import wait_until
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -101,12 +102,7 @@ class CloudSink:
         return out
 
     def wait_for(self, predicate: Any, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.1)
-        raise TimeoutError("cloud did not receive what was expected in time")
+        wait_until(predicate, timeout, "the cloud to receive what was expected", step=0.1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import MOSQUITTO, Mosquitto
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 NOT_AUTHORIZED = 0x87
@@ -371,15 +372,15 @@ def _reload(inst: Installed) -> None:
 
 def _login(inst: Installed, name: str, password: str, want_ok: bool) -> bool:
     """Retry a login (bounded) until it gives the wanted outcome after a reload."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def outcome() -> bool:
         client = Mqtt5(inst.broker.port, f"{name}-{time.monotonic_ns()}", name, password)
         ok = client.connack_reason == 0
         client.close()
-        if ok == want_ok:
-            return True
-        time.sleep(0.05)
-    return False
+        return ok == want_ok
+
+    return wait_until(outcome, 5, f"{name}'s login {'accepted' if want_ok else 'refused'}",
+                      step=0.05)
 
 
 def test_added_device_logs_in_and_deleted_device_no_longer_can(installed: Installed) -> None:
