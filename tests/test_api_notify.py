@@ -43,13 +43,9 @@ class NotifyListener:
             self.messages.append((time.monotonic(), data.decode()))
 
     def wait_for(self, field: str, timeout: float = 20.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for t, msg in list(self.messages):
-                if field in msg.split("\n"):
-                    return t
-            time.sleep(0.01)
-        raise TimeoutError(f"{field} not received within {timeout} s: {self.messages}")
+        """When ``field`` first arrived (monotonic)."""
+        return wait_until(lambda: next(iter(self.times(field)), None), timeout,
+                          f"{field} on the notify socket", step=0.01)
 
     def times(self, field: str) -> list[float]:
         return [t for t, msg in list(self.messages) if field in msg.split("\n")]
