@@ -145,7 +145,7 @@ class RulesRuntime:
 
     @staticmethod
     def _rules_of(config: RulesConfig) -> Any:
-        return (list(config.rules), getattr(config, "health", None))
+        return (list(config.rules), config.health)
 
     def _new_filters(self, specs: Sequence[FilterSpec]) -> FilterSet:
         fs = FilterSet(specs, metrics=self._metrics.new("filters"), emit=self._outbox.append)
