@@ -37,6 +37,8 @@ from gmqtt.mqtt.handler import MqttPackageHandler
 from gmqtt.mqtt.package import CommandWithMidPacket
 from gmqtt.storage import PersistentStorage
 
+from gateway.core.tasks import Fanout
+
 #: the gmqtt release the patches below were written for and tested with
 GMQTT_VERSION = "0.8.0"
 #: the handler internals they replace or read
@@ -204,7 +206,8 @@ class OwnReconnectClient(gmqtt.Client):  # type: ignore[misc]
 
     def __init__(self, client_id: str, **kwargs: Any) -> None:
         super().__init__(client_id, **kwargs)
-        self.lost = asyncio.Event()
+        #: set once the connection is gone; link an owner's wake-up event to it
+        self.lost = Fanout()
         self.on_disconnect = lambda *a: self.lost.set()
 
     async def reconnect(self, delay: bool = False) -> None:

@@ -1,4 +1,4 @@
-"""Small task helpers shared by the components' stop paths."""
+"""Small task helpers shared by the components' stop and wait paths."""
 
 from __future__ import annotations
 
@@ -30,3 +30,22 @@ async def wait_event(event: asyncio.Event, within: float) -> bool:
         async with asyncio.timeout(max(0.0, within)):
             await event.wait()
     return event.is_set()
+
+
+class Fanout(asyncio.Event):
+    """An event that also sets the events linked to it.
+
+    A loop that must wake on any of several causes waits on one event the causes are
+    linked to, instead of a task per cause around ``asyncio.wait``: at a steady message
+    rate those tasks (created, started, cancelled each time) cost more event-loop turns
+    than the messages themselves.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linked: list[asyncio.Event] = []
+
+    def set(self) -> None:
+        super().set()
+        for event in self.linked:
+            event.set()

@@ -48,6 +48,7 @@ from typing import Any, NamedTuple, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.core.files import set_aside
+from gateway.core.tasks import Fanout
 from gateway.reading import Reading
 from gateway.store.checksum import series_crc, telemetry_crc
 from gateway.store.config import StoreConfig
@@ -266,7 +267,7 @@ class Outbox:
         self._quarantining = False
         self._writer: asyncio.Task[None] | None = None
         #: set whenever there is something new to send; the uplink waits on it
-        self.new_data = asyncio.Event()
+        self.new_data = Fanout()
         # disk full
         self._full = False
         self._full_since = 0.0

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from gateway.config.types import TlsConfig
 from gateway.core import gmqtt_patch
 from gateway.core.backoff import Backoff
-from gateway.core.tasks import wait_event
+from gateway.core.tasks import Fanout, wait_event
 from gateway.reading import Command, CommandResult
 from gateway.store.outbox import Outbox
 from gateway.uplink.config import UplinkConfig
@@ -117,9 +117,15 @@ class Uplink:
         self._client: _Client | None = None
         self._inflight: dict[int, _Batch] = {}
         self._batches: list[_Batch] = []
-        self._window: asyncio.Semaphore = asyncio.Semaphore(config.max_inflight)
+        #: publishes that may still go out before PUBACKs come back (the broker's
+        #: receive maximum and max_inflight)
+        self._free = config.max_inflight
         self._failure: BaseException | None = None
-        self._failed = asyncio.Event()
+        self._failed = Fanout()
+        #: the session loop's one wake-up: set by whatever it may be waiting for (a freed
+        #: window slot, a lost connection, a failure, new data while it waits for data)
+        self._wake = asyncio.Event()
+        self._failed.linked.append(self._wake)
         self._backoff = Backoff(config.backoff_initial, config.backoff_max)
         self._last_sent = 0.0  # when a batch last left (monotonic): new ones wait batch_linger
         self.last_error: str | None = None
@@ -248,7 +254,8 @@ class Uplink:
             self.m_connects.labels("failed").inc()
             raise
         self.m_connects.labels("ok").inc()
-        self._window = asyncio.Semaphore(min(cfg.max_inflight, client.receive_maximum))
+        self._free = min(cfg.max_inflight, client.receive_maximum)
+        client.lost.linked.append(self._wake)
         self.connected = True
         self.connected_since = time.time()
         self.disconnected_since = None
@@ -296,23 +303,25 @@ class Uplink:
         watchdog = asyncio.get_running_loop().create_task(self._ack_watchdog(client))
         try:
             while True:
+                # whatever happens from here on wakes the waits below
+                self._wake.clear()
                 self._raise_if_ended(client)
-                await self._acquire_window(client)
+                if self._free <= 0:  # wait for a PUBACK to free a slot
+                    await self._doze(client, None)
+                    continue
                 # new readings leave at most once per batch_linger, together: a lone one
                 # at once, many in one message
                 waiting = self.outbox.waiting(cursor["events"], cursor["telemetry"],
                                               self.config.batch_max_readings)
                 wait = self._last_sent + self.config.batch_linger - time.monotonic()
                 if waiting > 0 and wait > 0:
-                    self._window.release()
-                    await self._pause(client, wait)
+                    await self._doze(client, wait)  # new data does not cut it short
                     continue
                 batch = await self._next_batch(client, cursor)
                 if batch is not None:
                     self._last_sent = time.monotonic()
-                if batch is None:
-                    self._window.release()
-                    await self._wait_for_data(client)
+                else:
+                    await self._doze(client, None, data=True)
         finally:
             watchdog.cancel()
 
@@ -322,42 +331,26 @@ class Uplink:
         if client.lost.is_set() or not client.is_connected:
             raise ConnectionEnded("connection lost")
 
-    async def _acquire_window(self, client: _Client) -> None:
-        acquire = asyncio.ensure_future(self._window.acquire())
-        lost = asyncio.ensure_future(client.lost.wait())
-        failed = asyncio.ensure_future(self._failed.wait())
-        try:
-            await asyncio.wait({acquire, lost, failed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (lost, failed):
-                f.cancel()
-        if not acquire.done():
-            acquire.cancel()
-            self._raise_if_ended(client)
-        elif lost.done() or failed.done():
-            self._window.release()
-            self._raise_if_ended(client)
+    async def _doze(self, client: _Client, delay: float | None, data: bool = False) -> None:
+        """Wait until :attr:`_wake` is set (a slot freed, the connection lost, a failure;
+        with ``data`` also new data in the outbox), or ``delay`` seconds have passed.
 
-    async def _wait_for_data(self, client: _Client) -> None:
-        new = asyncio.ensure_future(self.outbox.new_data.wait())
-        lost = asyncio.ensure_future(client.lost.wait())
-        failed = asyncio.ensure_future(self._failed.wait())
+        One event and at most one timer per wait, no task per cause: at a steady rate
+        this loop waits several times per batch.
+        """
+        new = self.outbox.new_data
+        if data:
+            if new.is_set():
+                return
+            new.linked.append(self._wake)
         try:
-            await asyncio.wait({new, lost, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if delay is None:
+                await self._wake.wait()
+            else:
+                await wait_event(self._wake, delay)
         finally:
-            for f in (new, lost, failed):
-                f.cancel()
-        self._raise_if_ended(client)
-
-    async def _pause(self, client: _Client, delay: float) -> None:
-        """Sleep ``delay`` seconds, or until the connection ends."""
-        lost = asyncio.ensure_future(client.lost.wait())
-        failed = asyncio.ensure_future(self._failed.wait())
-        try:
-            await asyncio.wait({lost, failed}, timeout=delay)
-        finally:
-            lost.cancel()
-            failed.cancel()
+            if data:
+                new.linked.remove(self._wake)
         self._raise_if_ended(client)
 
     async def _next_batch(self, client: _Client, cursor: dict[str, int]) -> _Batch | None:
@@ -385,6 +378,7 @@ class Uplink:
             self._inflight[mid] = batch
             size += len(payload)
         self._batches.append(batch)
+        self._free -= 1  # given back when the batch is settled
         self.m_publishes.labels(batch.table).inc()
         self.m_bytes.inc(size)
         if not batch.mids:  # nothing to send for these rows (format skipped them)
@@ -412,7 +406,8 @@ class Uplink:
 
     def _settle(self, batch: _Batch) -> None:
         """A batch is fully acknowledged: free its window slot, delete its rows."""
-        self._window.release()
+        self._free += 1
+        self._wake.set()
         self.outbox.ack(batch.table, batch.first, batch.last)
         self.m_acks.labels(batch.table).inc()
         if batch.readings:
