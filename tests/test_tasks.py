@@ -36,3 +36,19 @@ async def test_a_loop_cancelled_just_as_its_event_is_set_still_stops() -> None:
         async with asyncio.timeout(5):
             await cancel_and_wait(task)
         assert task.cancelled()
+
+
+async def test_a_fanout_sets_the_events_linked_to_it_and_only_while_linked() -> None:
+    from gateway.core.tasks import Fanout
+
+    cause, wake = Fanout(), asyncio.Event()
+    cause.linked.append(wake)
+    waiter = asyncio.ensure_future(wake.wait())
+    cause.set()
+    await asyncio.wait_for(waiter, 5)
+    assert cause.is_set() and wake.is_set()
+    cause.clear()
+    wake.clear()
+    cause.linked.remove(wake)
+    cause.set()
+    assert cause.is_set() and not wake.is_set()
