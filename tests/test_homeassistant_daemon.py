@@ -83,8 +83,7 @@ def config(tmp_path: Path, broker: Mosquitto) -> dict[str, Any]:
                       "metrics": ["temperature", "humidity", "battery", "power"],
                       "count": 5}],
         "homeassistant": {"enabled": True, "host": broker.host, "port": broker.port,
-                          "switches": ["sim:*"], "min_interval": 0.2,
-                          "sweep_interval": 0.2},
+                          "switches": ["sim:*"], "min_interval": 0.2},
     }
 
 

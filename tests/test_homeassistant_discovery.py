@@ -249,3 +249,13 @@ def test_config_names_the_key_of_a_bad_homeassistant_section(tmp_path: Path) -> 
         load_config(path)
     path.write_text("gateway: {id: gw1}\n")
     assert load_config(path).homeassistant.enabled is False  # opt-in
+
+
+def test_an_older_file_with_sweep_interval_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump({"homeassistant": {"host": "ha.local",
+                                                      "sweep_interval": "1s"}}))
+    assert load_config(path).homeassistant.sweep_interval == 1.0  # accepted, ignored
+    path.write_text(yaml.safe_dump({"homeassistant": {"sweep_intervall": "1s"}}))
+    with pytest.raises(ConfigError, match=r"homeassistant\.sweep_intervall: unknown key"):
+        load_config(path)

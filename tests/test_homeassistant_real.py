@@ -152,8 +152,7 @@ def gateway_config(tmp_path: Path, broker: Mosquitto) -> dict[str, Any]:
                       "count": 25}],
         "homeassistant": {"enabled": True, "host": broker.host, "port": broker.port,
                           "switches": ["sim:sim-1"], "lights": ["sim:sim-2"],
-                          "min_interval": 0.2,
-                          "sweep_interval": 0.2},
+                          "min_interval": 0.2},
     }
 
 

@@ -211,3 +211,40 @@ async def test_unreadable_registry_file_is_moved_aside_and_registry_starts_empty
     finally:
         await reg.stop()
     assert "mqtt:a" in (tmp_path / "devices.json").read_text()
+
+
+async def test_change_listeners_hear_of_declared_renamed_and_removed_devices_only(
+        make: Callable[..., DeviceRegistry]) -> None:
+    reg = make()
+    changes: list[tuple[str, str]] = []
+    online: list[tuple[str, bool]] = []
+
+    def broken(device: str, change: str) -> None:
+        raise RuntimeError("bug in a component")
+
+    reg.add_change_listener(broken)
+    reg.add_change_listener(lambda d, c: changes.append((d, c)))
+    reg.add_listener(lambda d, o: online.append((d, o)))
+    await reg.start()
+    try:
+        reg.declare("zigbee:lamp", name="Lamp")
+        reg.declare("zigbee:lamp", name="Lamp")  # nothing changed: nothing said
+        reg.declare("zigbee:lamp", model="TS0505", manufacturer="_TZ3000", location="hall",
+                    endpoints=[{"id": 1, "in_clusters": [0, 6, 8]}])
+        reg.observe([reading("zigbee:lamp")])
+        reg.observe([reading("mqtt:new")])  # a new device on its first reading
+        for _ in range(100):  # readings of known devices: not a word
+            reg.observe([reading("mqtt:new"), reading("zigbee:lamp", "humidity", 40.0)])
+        assert reg.rename("zigbee:lamp", "Hall lamp")
+        assert reg.rename("zigbee:lamp", "Hall lamp")  # the same name: nothing said
+        assert reg.remove("mqtt:new")
+        assert not reg.remove("mqtt:new")
+        assert changes == [("zigbee:lamp", "changed"), ("zigbee:lamp", "changed"),
+                           ("mqtt:new", "changed"), ("zigbee:lamp", "changed"),
+                           ("mqtt:new", "removed")]
+        assert online == [("zigbee:lamp", True), ("mqtt:new", True)]  # unchanged
+        reg.remove_change_listener(broken)
+        reg.declare("zigbee:lamp", location="kitchen")
+        assert changes[-1] == ("zigbee:lamp", "changed")
+    finally:
+        await reg.stop()

@@ -10,6 +10,8 @@
   (``offline_after``, per type in ``offline_after_by_type``) it goes offline. Each
   transition is logged, counted, queued to the cloud as a ``status`` event and handed to
   listeners (rules).
+- Change listeners hear of a device registered, given new descriptive fields (declared,
+  renamed) or removed, when it happens; a reading of a known device costs them nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from tinydb import TinyDB
@@ -46,6 +48,9 @@ FLUSH_SOON = 1.0
 _CHECK_MIN, _CHECK_MAX = 0.05, 5.0
 
 Listener = Callable[[str, bool], None]
+#: what happened to a device: registered or its descriptive fields changed, or removed
+DeviceChange = Literal["changed", "removed"]
+ChangeListener = Callable[[str, DeviceChange], None]
 EventSink = Callable[[str, dict[str, Any]], Awaitable[bool]]
 
 
@@ -138,6 +143,7 @@ class DeviceRegistry:
         self._events = events
         self._devices: dict[str, _Device] = {}
         self._listeners: list[Listener] = []
+        self._change_listeners: list[ChangeListener] = []
         self._dirty = False
         self._soon = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -239,6 +245,7 @@ class DeviceRegistry:
                 dev = devices.get(r.device)
                 if dev is None:
                     dev = self._add(r.device, now)
+                    self._changed(dev.id, "changed")
                 dev.last_seen = now
                 if not dev.online:
                     self._transition(dev, True, now)
@@ -327,11 +334,11 @@ class DeviceRegistry:
         if bad:
             raise ValueError(f"cannot declare computed field(s) {sorted(bad)} of {device}")
         dev = self._devices.get(device)
+        changed = dev is None
         if dev is None:
             if not self.admits(device):
                 return
             dev = self._add(device, time.time())
-        changed = False
         for key, value in info.items():
             if value is None:
                 continue
@@ -344,6 +351,7 @@ class DeviceRegistry:
             if "type" in info:
                 dev.timeout = self._timeout_for(dev)
             self._mark_soon()
+            self._changed(device, "changed")
 
     def get(self, device: str) -> dict[str, Any] | None:
         """The JSON-ready description of one device, or None."""
@@ -373,6 +381,16 @@ class DeviceRegistry:
         with contextlib.suppress(ValueError):
             self._listeners.remove(fn)
 
+    def add_change_listener(self, fn: ChangeListener) -> None:
+        """Call ``fn(device, "changed")`` when a device is registered or its descriptive
+        fields change (declare, rename), ``fn(device, "removed")`` when it is removed."""
+        self._change_listeners.append(fn)
+
+    def remove_change_listener(self, fn: ChangeListener) -> None:
+        """Stop calling ``fn`` (a component stopped or replaced by a reload)."""
+        with contextlib.suppress(ValueError):
+            self._change_listeners.remove(fn)
+
     def reconfigure(self, config: DevicesSection) -> None:
         """Apply a reloaded ``devices:`` section in place: bounds, silence timeouts and
         declared devices. Devices no longer declared stay known (they may still send)."""
@@ -394,6 +412,7 @@ class DeviceRegistry:
         if dev.info.get("name") != name:
             dev.info["name"] = name
             self._mark_soon()
+            self._changed(device, "changed")
         return True
 
     def remove(self, device: str) -> bool:
@@ -404,6 +423,7 @@ class DeviceRegistry:
         self._series -= len(dev.values)
         self._mark_soon()
         log.info("device %s removed from the registry", device)
+        self._changed(device, "removed")
         return True
 
     def __contains__(self, device: object) -> bool:
@@ -452,6 +472,15 @@ class DeviceRegistry:
             except Exception as exc:  # a listener's bug must not stop the others
                 log.error("device listener %s failed on %s: %s: %s",
                           getattr(fn, "__qualname__", repr(fn)), dev.id, type(exc).__name__, exc)
+
+    def _changed(self, device: str, change: DeviceChange) -> None:
+        for fn in list(self._change_listeners):
+            try:
+                fn(device, change)
+            except Exception as exc:  # a listener's bug must not stop the others
+                log.error("device change listener %s failed on %s (%s): %s: %s",
+                          getattr(fn, "__qualname__", repr(fn)), device, change,
+                          type(exc).__name__, exc)
 
     async def _emit(self, body: dict[str, Any]) -> bool:
         assert self._events is not None

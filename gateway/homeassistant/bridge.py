@@ -6,7 +6,8 @@
 - A device's entities are announced when it is first seen or declared, re-announced when
   its registry entry or metric set changes, when Home Assistant's birth message
   ``online`` arrives and after every reconnect; a device forgotten by the registry gets
-  empty retained configs (Home Assistant removes its entities).
+  empty retained configs (Home Assistant removes its entities). The registry's change
+  listener says when a device is declared, renamed or removed: the bridge acts at once.
 - Switch and light commands from Home Assistant go to the adapter that owns the device
   (the supervisor's ``send``); the state after a successful command is published.
 - The connection's last will marks the gateway offline; every entity's availability needs
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config.types import TlsConfig
 from gateway.core.backoff import Backoff
 from gateway.core.gmqtt_patch import OwnReconnectClient as _Client
+from gateway.core.registry import DeviceChange
 from gateway.core.tasks import cancel_and_wait, wait_event
 from gateway.homeassistant import discovery as d
 from gateway.homeassistant.config import Broker, HomeAssistantConfig
@@ -40,8 +42,9 @@ log = logging.getLogger("gateway.homeassistant")
 Send = Callable[[Command], Awaitable[CommandResult]]
 #: commands from Home Assistant being carried out at once, at most
 MAX_PENDING_COMMANDS = 64
-#: a full look at the registry (declared devices, changed names) at least this often
-RESYNC_EVERY = 30.0
+#: a full look at the registry this often, a safety net only: the registry's change
+#: listener already reports every declared, renamed and removed device when it happens
+RESYNC_EVERY = 300.0
 
 
 class Devices(Protocol):
@@ -52,6 +55,12 @@ class Devices(Protocol):
     def all(self) -> list[dict[str, Any]]: ...
 
     def add_listener(self, fn: Callable[[str, bool], None]) -> None: ...
+
+    def remove_listener(self, fn: Callable[[str, bool], None]) -> None: ...
+
+    def add_change_listener(self, fn: Callable[[str, DeviceChange], None]) -> None: ...
+
+    def remove_change_listener(self, fn: Callable[[str, DeviceChange], None]) -> None: ...
 
     def __contains__(self, device: object) -> bool: ...
 
@@ -111,6 +120,7 @@ class HomeAssistantBridge:
         self._nodes: dict[str, str] = {}  # node id → device
         self._entities = 0
         self._pending: set[str] = set()
+        self._changed: set[str] = set()  # declared, renamed or removed since the last turn
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._resend = False
@@ -141,15 +151,26 @@ class HomeAssistantBridge:
         self._pending.add(device)
         self._wake.set()
 
+    def on_change(self, device: str, change: DeviceChange) -> None:
+        """Registry change listener: a device was declared, renamed or removed."""
+        self._changed.add(device)
+        self._wake.set()
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Hook into the registry and start connecting in the background."""
+        if self.config.sweep_interval is not None:
+            log.warning("homeassistant.sweep_interval is no longer used (removed devices "
+                        "lose their entities at once); remove it from the config")
         self.devices.add_listener(self.on_transition)
+        self.devices.add_change_listener(self.on_change)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="homeassistant")
 
     async def stop(self) -> None:
         """Finish commands briefly, mark the gateway offline, disconnect."""
+        self.devices.remove_listener(self.on_transition)
+        self.devices.remove_change_listener(self.on_change)
         self._stopping.set()
         self._wake.set()
         if self._commands:
@@ -232,24 +253,24 @@ class HomeAssistantBridge:
     async def _session(self) -> None:
         client = self._client
         assert client is not None
+        self._changed.clear()  # what changed while disconnected: the resync covers it
         self._resync(force=True)
-        next_sweep = next_resync = time.monotonic()
-        seen = len(self.devices)
+        next_resync = time.monotonic() + RESYNC_EVERY
         while not client.lost.is_set():
             now = time.monotonic()
             if self._resend:
                 self._resend = False
                 log.info("homeassistant: birth message: sending every discovery config again")
                 self._resync(force=True)
-            elif now >= next_resync or len(self.devices) != seen:
+            elif now >= next_resync:
                 self._resync(force=False)
                 next_resync = now + RESYNC_EVERY
-            seen = len(self.devices)
-            if now >= next_sweep:
-                self._sweep()
-                next_sweep = now + self.config.sweep_interval
+            if self._changed:
+                changed, self._changed = self._changed, set()
+                for device in sorted(changed):
+                    self._update(device, force=False, now=now)
             due = self._publish_pending(now)
-            timeout = min(next_sweep, due) - time.monotonic()
+            timeout = min(next_resync, due) - time.monotonic()
             self._wake.clear()
             if timeout > 0 and not self._pending_due():
                 lost = asyncio.ensure_future(client.lost.wait())

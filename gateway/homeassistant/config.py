@@ -63,9 +63,10 @@ class HomeAssistantConfig(Section):
                               description="entities announced at most; further ones are "
                                           "refused (counted, logged)")
     command_timeout: Duration = Field(default=10.0, gt=0, le=600)
-    sweep_interval: Duration = Field(default=1.0, gt=0, le=3600,
-                                     description="how often forgotten and declared devices "
-                                                 "are looked for")
+    sweep_interval: Duration | None = Field(
+        default=None, description="deprecated and ignored: removed, declared and renamed "
+                                  "devices are acted on at once; kept so that older config "
+                                  "files still load")
     reconnect_delay: Duration = Field(default=2.0, gt=0, le=3600)
     connect_timeout: Duration = Field(default=10.0, gt=0, le=600)
 

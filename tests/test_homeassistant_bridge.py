@@ -1,0 +1,142 @@
+"""The Home Assistant bridge in process: a real device registry, a real mosquitto.
+
+A gmqtt client plays Home Assistant's side and keeps what the broker would hold retained
+(an empty payload removes a topic). The registry is the daemon's own; only the command
+sink is a stand-in (the daemon tests send commands to the simulator).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import gmqtt
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.core.config import DevicesSection
+from gateway.core.registry import DeviceRegistry
+from gateway.homeassistant.bridge import HomeAssistantBridge
+from gateway.homeassistant.config import Broker, HomeAssistantConfig
+from gateway.reading import Command, CommandResult, Reading
+from tests.brokers import Mosquitto
+from tests.waiting import eventually
+
+GW = "gw1"
+BASE = f"gateway/{GW}"
+
+
+class HomeAssistant:
+    """Home Assistant's side: every message seen, and what is retained now."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, bytes] = {}
+        self.seen: list[tuple[str, bytes]] = []
+        self.client = gmqtt.Client("home-assistant")
+        self.client.on_message = self._on_message
+        self.subscribed: list[int] = []
+        self.client.on_subscribe = lambda c, mid, qos, props: self.subscribed.append(mid)
+
+    def _on_message(self, client: Any, topic: str, payload: bytes, qos: int,
+                    properties: Any) -> int:
+        self.seen.append((topic, payload))
+        if payload:
+            self.held[topic] = payload
+        else:
+            self.held.pop(topic, None)
+        return 0
+
+    def configs(self, needle: str = "") -> dict[str, dict[str, Any]]:
+        """Discovery configs held now whose topic contains ``needle``."""
+        return {t: json.loads(p) for t, p in self.held.items()
+                if t.startswith("homeassistant/") and t.endswith("/config") and needle in t}
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, broker: Mosquitto) -> None:
+        self.tmp_path = tmp_path
+        self.broker = broker
+        self.metrics = CollectorRegistry()
+        self.registry = DeviceRegistry(DevicesSection.model_validate({"flush_interval": 60}),
+                                       tmp_path / "devices.json", CollectorRegistry())
+        self.ha = HomeAssistant()
+        self.sent: list[Command] = []
+        self.bridge: HomeAssistantBridge | None = None
+
+    async def send(self, command: Command) -> CommandResult:
+        self.sent.append(command)
+        return CommandResult.delivered("done")
+
+    async def start(self, **section: Any) -> HomeAssistantBridge:
+        cfg = HomeAssistantConfig.model_validate({"enabled": True, "min_interval": 0.05,
+                                                  **section})
+        self.bridge = HomeAssistantBridge(cfg, Broker(host=self.broker.host,
+                                                      port=self.broker.port),
+                                          GW, "0.1.0", self.registry, self.send, self.metrics)
+        await self.bridge.start()
+        await eventually(lambda: self.bridge is not None and self.bridge.connected, 10.0,
+                         "the bridge connected")
+        return self.bridge
+
+    def refused(self, reason: str) -> float:
+        return self.metrics.get_sample_value("gateway_homeassistant_refused_total",
+                                             {"reason": reason}) or 0.0
+
+
+@pytest.fixture
+async def h(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Harness]:
+    harness = Harness(tmp_path, mosquitto)
+    await harness.registry.start()
+    await harness.ha.client.connect(mosquitto.host, mosquitto.port)
+    harness.ha.client.subscribe("homeassistant/#", qos=1)
+    harness.ha.client.subscribe(f"{BASE}/#", qos=1)
+    await eventually(lambda: len(harness.ha.subscribed) == 2, 5.0, "Home Assistant's SUBACKs")
+    yield harness
+    if harness.bridge is not None:
+        await harness.bridge.stop()
+    await harness.ha.client.disconnect()
+    await harness.registry.stop()
+
+
+def reading(device: str, metric: str = "temperature", value: float = 21.0) -> Reading:
+    return Reading(device, metric, value, "Cel", time.time())
+
+
+async def test_declared_renamed_and_removed_devices_reach_home_assistant_at_once(
+        h: Harness) -> None:
+    # sweep_interval is accepted from older files but no longer decides anything: with an
+    # hour between sweeps, a removal must still clear the entities within seconds
+    bridge = await h.start(switches=["sim:*"], sweep_interval="1h")
+    switch = f"homeassistant/switch/{GW}_sim_lamp/switch/config"
+    # declared, no reading yet: announced (its switch) without waiting for a full look
+    h.registry.declare("sim:lamp", name="Lamp", location="hall")
+    found = await eventually(lambda: h.ha.configs().get(switch), 5.0, "the lamp's switch")
+    assert found["device"]["name"] == "Lamp" and found["device"]["suggested_area"] == "hall"
+
+    # renamed through the registry: the configs carry the new name, well before the
+    # safety resync (minutes away)
+    h.registry.observe([reading("sim:lamp")])
+    sensor = f"homeassistant/sensor/{GW}_sim_lamp/temperature/config"
+    await eventually(lambda: sensor in h.ha.configs(), 5.0, "the lamp's temperature sensor")
+    assert h.registry.rename("sim:lamp", "Hall lamp")
+    await eventually(lambda: all(c["device"]["name"] == "Hall lamp"
+                                 for c in h.ha.configs("sim_lamp").values()), 5.0,
+                     "the new name in every config of the lamp")
+    # declared model and manufacturer change the device block too
+    h.registry.declare("sim:lamp", model="E27", manufacturer="Acme")
+    await eventually(lambda: h.ha.configs().get(switch, {}).get("device", {}).get("model")
+                     == "E27", 5.0, "the declared model")
+
+    # removed: its configs, state and availability are cleared
+    assert h.registry.remove("sim:lamp")
+    await eventually(lambda: not any("sim_lamp" in t for t in h.ha.held), 5.0,
+                     "every retained topic of the lamp cleared")
+    assert f"homeassistant/binary_sensor/{GW}/connectivity/config" in h.ha.held
+    # the bridge stops listening when it stops (a reload replaces it)
+    await bridge.stop()
+    h.bridge = None
+    assert bridge.on_change not in h.registry._change_listeners
+    assert bridge.on_transition not in h.registry._listeners
