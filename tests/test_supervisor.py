@@ -147,3 +147,54 @@ async def test_an_adapter_stopped_in_the_middle_of_its_start_is_released(
     assert Hanger.stopped  # its stop() ran although start() never returned
     assert Hanger.background is not None and Hanger.background.cancelled()
     starting.cancel()
+
+
+class GateSink:
+    """Accepts nothing until ``gate`` is set: a store that hangs."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def accept(self, readings: Sequence[Reading]) -> bool:
+        await self.gate.wait()
+        return True
+
+
+class Pusher(Adapter):
+    """Pushes one reading in the background; records the drain time its stop() was given."""
+
+    given: list[float] = []
+
+    async def start(self) -> None:
+        self.spawn(self.accept([Reading(f"{self.prefix}:p", "seq", 0, None, time.time())]))
+
+    async def stop(self) -> None:
+        type(self).given.append(self.ingest.remaining())
+        await super().stop()
+
+    async def send(self, command: Command) -> CommandResult:
+        return CommandResult.delivered()
+
+
+async def test_the_supervisor_gives_the_adapter_its_stop_deadline(tmp_path: Path) -> None:
+    from gateway.adapters import ingest
+
+    # the adapter's own drain limit is far longer than the supervisor's stop timeout: the
+    # drain must still end by the deadline the supervisor gives, less its margin
+    reg = CollectorRegistry()
+    sink = GateSink()
+    ctx = AdapterContext(name="pusher", sink=sink, state_dir=tmp_path, metrics=reg,
+                         drain_timeout=60.0)
+    Pusher.given = []
+    stop_timeout = ingest.STOP_MARGIN + 1.0
+    sup = Supervisor({"pusher": ("pusher", lambda: Pusher(AdapterConfig(type="pusher"), ctx))},
+                     reg, stop_timeout=stop_timeout)
+    await sup.start()
+    adapter = sup.adapters["pusher"]
+    await eventually(lambda: adapter.ingest.busy == 1, 5, "the reading at the hung store")
+    t0 = time.monotonic()
+    await sup.stop()
+    took = time.monotonic() - t0
+    assert len(Pusher.given) == 1 and 0.8 <= Pusher.given[0] <= 1.0, Pusher.given
+    assert 0.9 <= took < 1.0 + ingest.STOP_MARGIN / 2, f"stop took {took:.2f} s"
+    assert ingest.DRAIN_TIMEOUT == ingest.STOP_TIMEOUT - ingest.STOP_MARGIN > 0

@@ -3,8 +3,9 @@
 Every adapter calls :meth:`Ingest.push` (as ``self.accept(...)`` on :class:`Adapter`):
 
 - **Counted**: batches being accepted are counted, so :meth:`Ingest.drain` can wait for
-  them at stop, by the deadline the supervisor gives (:data:`DRAIN_TIMEOUT`, below the
-  supervisor's stop timeout).
+  them at stop, by the deadline the supervisor gives (:meth:`Ingest.begin_stop`, its
+  :data:`STOP_TIMEOUT` less :data:`STOP_MARGIN`; :data:`DRAIN_TIMEOUT` when an adapter
+  is stopped without a supervisor).
 - **Retried with one policy**: a refused batch (outbox full or failing) is offered again
   after :data:`RETRY_INITIAL` s, doubling (jittered) to :data:`RETRY_MAX` s, until it
   is accepted, until ``retry_for`` seconds passed (then False: the caller counts the
@@ -35,9 +36,13 @@ from gateway.reading import Reading
 
 #: a refused batch is offered again after this (jittered), doubling up to the maximum
 RETRY_INITIAL, RETRY_MAX = 0.05, 2.0
-#: how long stop() waits for batches being accepted; below the supervisor's stop timeout
-#: (the compliance suite checks), and above a source's own waits (LoRaWAN's 5 s)
-DRAIN_TIMEOUT = 8.0
+#: how long the supervisor waits for an adapter's stop() before giving up on it
+STOP_TIMEOUT = 10.0
+#: what the stop's last steps (disconnecting, closing files) keep of it after the drain
+STOP_MARGIN = 2.0
+#: how long stop() waits for batches being accepted: the supervisor gives this deadline
+#: at stop (:meth:`Ingest.begin_stop`); also the default of an adapter stopped by itself
+DRAIN_TIMEOUT = STOP_TIMEOUT - STOP_MARGIN
 #: a source's line, and the whole adapter's when no source is named
 WHOLE = "*"
 
@@ -166,11 +171,17 @@ class Ingest:
         finally:
             src.held -= 1
 
-    def begin_stop(self) -> None:
+    def begin_stop(self, within: float | None = None) -> None:
         """Start the stop's clock: every wait of the stop ends by one deadline, however
-        many steps the adapter's stop takes (the supervisor's limit covers them all)."""
+        many steps the adapter's stop takes (the supervisor's limit covers them all).
+
+        The supervisor calls this with its deadline (``within`` seconds from now) before
+        it calls the adapter's stop(); without one, :attr:`drain_timeout` from the first
+        call. The first call sets the deadline; later ones keep it.
+        """
         if self._deadline is None:
-            self._deadline = time.monotonic() + self.drain_timeout
+            self._deadline = time.monotonic() + (self.drain_timeout if within is None
+                                                 else max(0.0, within))
 
     def remaining(self) -> float:
         """Seconds left of the stop's drain deadline (starting it if need be)."""
@@ -211,5 +222,6 @@ class Ingest:
     def reset(self) -> None:
         """Take batches again after a drain (an adapter started again)."""
         self._stopping.clear()
+        self._deadline = None
 
 

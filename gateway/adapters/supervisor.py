@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter
 
 from gateway.adapters.base import Adapter
+from gateway.adapters.ingest import STOP_MARGIN, STOP_TIMEOUT
 from gateway.core.backoff import Backoff
 from gateway.core.tasks import cancel_and_wait
 from gateway.reading import Command, CommandResult
@@ -20,7 +21,6 @@ log = logging.getLogger("gateway.supervisor")
 
 #: an adapter that ran this long before failing counts as recovered: backoff starts over
 HEALTHY_AFTER = 60.0
-STOP_TIMEOUT = 10.0
 
 
 @dataclass
@@ -40,8 +40,10 @@ class Supervisor:
 
     def __init__(self, factories: dict[str, tuple[str, Callable[[], Adapter]]],
                  metrics: CollectorRegistry, backoff_initial: float = 1.0,
-                 backoff_max: float = 60.0) -> None:
+                 backoff_max: float = 60.0, stop_timeout: float = STOP_TIMEOUT) -> None:
         self._factories = factories
+        #: how long an adapter's stop() may take; its drain ends STOP_MARGIN s earlier
+        self.stop_timeout = stop_timeout
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self.states = {name: AdapterState(name, t) for name, (t, _) in factories.items()}
@@ -126,8 +128,11 @@ class Supervisor:
                 await asyncio.sleep(delay)
 
     async def _stop_quietly(self, name: str, adapter: Adapter) -> None:
+        # the adapter's drain ends by the deadline given here, leaving the margin for
+        # the rest of its stop (disconnecting, closing files) within the wait below
+        adapter.ingest.begin_stop(self.stop_timeout - STOP_MARGIN)
         try:
-            await asyncio.wait_for(adapter.stop(), STOP_TIMEOUT)
+            await asyncio.wait_for(adapter.stop(), self.stop_timeout)
         except Exception as exc:  # noqa: BLE001
             log.warning("adapter %s did not stop cleanly: %s", name, exc)
 
