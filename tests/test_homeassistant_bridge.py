@@ -140,3 +140,59 @@ async def test_declared_renamed_and_removed_devices_reach_home_assistant_at_once
     h.bridge = None
     assert bridge.on_change not in h.registry._change_listeners
     assert bridge.on_transition not in h.registry._listeners
+
+
+async def test_device_ids_that_slug_alike_keep_their_own_entities_and_commands(
+        h: Harness) -> None:
+    from gateway.homeassistant.discovery import Topics
+
+    topics = Topics("homeassistant", BASE, GW)
+    plain = topics.node("sim:a_b")
+    assert plain == topics.node("sim:a.b") == f"{GW}_sim_a_b"
+    suffixed = topics.node("sim:a.b", suffixed=True)
+    assert suffixed.startswith(plain + "_") and len(suffixed) == len(plain) + 7
+    assert suffixed == topics.node("sim:a.b", suffixed=True)  # stable: a hash of the id
+    # "-" is kept in a node id, "." is not: sim:a-b would not collide
+    assert topics.node("sim:a-b") == f"{GW}_sim_a-b"
+    # sim:a_b is registered first, so it keeps the plain node id; sim:a.b sorts first by
+    # id, so a restart that went by id would swap them
+    h.registry.observe([reading("sim:a_b", value=2.0)])
+    h.registry.observe([reading("sim:a.b", value=1.0)])
+    bridge = await h.start(switches=["sim:*"])
+
+    def both() -> dict[str, dict[str, Any]] | None:
+        found = h.ha.configs("/switch/config")
+        want = {f"homeassistant/switch/{plain}/switch/config",
+                f"homeassistant/switch/{suffixed}/switch/config"}
+        return found if want <= set(found) else None
+
+    configs = await eventually(both, 5.0, "a switch for each of the two devices")
+    mine = configs[f"homeassistant/switch/{plain}/switch/config"]
+    other = configs[f"homeassistant/switch/{suffixed}/switch/config"]
+    assert mine["device"]["name"] == "sim:a_b" and other["device"]["name"] == "sim:a.b"
+    assert mine["unique_id"] != other["unique_id"]
+    assert mine["device"]["identifiers"] != other["device"]["identifiers"]
+    states = await eventually(
+        lambda: (lambda a, b: (a, b) if a and b else None)(
+            h.ha.held.get(f"{BASE}/{plain}/state"), h.ha.held.get(f"{BASE}/{suffixed}/state")),
+        5.0, "both states")
+    assert json.loads(states[0])["temperature"] == 2.0
+    assert json.loads(states[1])["temperature"] == 1.0
+
+    # a command on each entity reaches its own device
+    h.ha.client.publish(f"{BASE}/{suffixed}/switch/set", b"OFF", qos=1)
+    h.ha.client.publish(f"{BASE}/{plain}/switch/set", b"ON", qos=1)
+    await eventually(lambda: len(h.sent) == 2, 5.0, "both commands carried out")
+    assert sorted((c.device, c.action) for c in h.sent) == [("sim:a.b", "off"),
+                                                            ("sim:a_b", "on")]
+
+    # a restart (a reload, the daemon's) gives each device the node id it had
+    await bridge.stop()
+    seen_before = len(h.ha.seen)
+    await h.start(switches=["sim:*"])
+    topic = f"homeassistant/switch/{plain}/switch/config"
+    await eventually(lambda: any(t == topic for t, _ in h.ha.seen[seen_before:]), 5.0,
+                     "the configs sent again after the restart")
+    assert h.ha.configs()[topic]["device"]["name"] == "sim:a_b"
+    assert h.ha.configs()[f"homeassistant/switch/{suffixed}/switch/config"]["device"][
+        "name"] == "sim:a.b"

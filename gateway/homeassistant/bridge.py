@@ -82,6 +82,11 @@ class _Known:
     published_at: float = -1e9  # monotonic
 
 
+def _first_seen(entry: dict[str, Any]) -> tuple[float, str]:
+    first = entry.get("first_seen")
+    return (float(first) if isinstance(first, (int, float)) else 0.0, str(entry["id"]))
+
+
 class BridgeMetrics:
     """The bridge's metrics, registered once per registry (a reload restarts the bridge)."""
 
@@ -266,9 +271,7 @@ class HomeAssistantBridge:
                 self._resync(force=False)
                 next_resync = now + RESYNC_EVERY
             if self._changed:
-                changed, self._changed = self._changed, set()
-                for device in sorted(changed):
-                    self._update(device, force=False, now=now)
+                self._apply_changes(now)
             due = self._publish_pending(now)
             timeout = min(next_resync, due) - time.monotonic()
             self._wake.clear()
@@ -284,6 +287,15 @@ class HomeAssistantBridge:
             if self._stopping.is_set():
                 return
         raise ConnectionError("connection lost")
+
+    def _apply_changes(self, now: float) -> None:
+        """Act on the devices the registry declared, renamed or removed."""
+        changed, self._changed = self._changed, set()
+        entries = {device: self.devices.get(device) for device in changed}
+        for device in sorted(dev for dev, e in entries.items() if e is None):
+            self._update(device, force=False, now=now)  # removed: frees its node id first
+        for entry in sorted((e for e in entries.values() if e is not None), key=_first_seen):
+            self._update(str(entry["id"]), force=False, now=now, entry=entry)
 
     def _pending_due(self) -> bool:
         return self._resend or self._stopping.is_set()
@@ -314,7 +326,9 @@ class HomeAssistantBridge:
                 known.state = known.control_state = None
                 known.online = None
         now = time.monotonic()
-        for entry in self.devices.all():
+        # oldest first: of two device ids that slug alike, the one registered first keeps
+        # the plain node id on every start, as it had when the second one appeared
+        for entry in sorted(self.devices.all(), key=_first_seen):
             self._update(str(entry["id"]), force=force, now=now, entry=entry)
         self._sweep()
 
@@ -356,11 +370,15 @@ class HomeAssistantBridge:
         if known is None:
             node = self.topics.node(device)
             other = self._nodes.get(node)
-            if other is not None and other != device:
-                self._refuse("node_collision", device, "homeassistant: %s and %s share the "
-                             "node id %s: %s is not announced (rename one device id)",
-                             other, device, node, device)
-                return
+            if other is not None:  # another device id slugs the same: a suffix tells apart
+                node = self.topics.node(device, suffixed=True)
+                if node in self._nodes:
+                    self._refuse("node_collision", device, "homeassistant: %s and %s share "
+                                 "the node id %s: %s is not announced (rename one device id)",
+                                 self._nodes[node], device, node, device)
+                    return
+                log.info("homeassistant: %s and %s slug to the same node id: %s is "
+                         "announced as %s", other, device, device, node)
             known = self._known[device] = _Known(node)
             self._nodes[node] = device
         if not self.connected:
@@ -384,11 +402,12 @@ class HomeAssistantBridge:
                 continue
             state[metric] = value
             entities.append(d.sensor_entity(self.topics, device, info, metric,
-                                            latest.get("unit"), value, self.version))
+                                            latest.get("unit"), value, self.version,
+                                            node=known.node))
         if control is not None:
             known.control = control
             builder = d.light_entity if control == d.LIGHT else d.switch_entity
-            entities.append(builder(self.topics, device, info, self.version))
+            entities.append(builder(self.topics, device, info, self.version, node=known.node))
         for entity in entities:
             self._announce(device, known, entity)
         # availability before state: Home Assistant shows a value only while available

@@ -8,6 +8,7 @@ per device, read by ``value_template``; an ``availability`` list with ``mode: al
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -52,9 +53,14 @@ class Topics:
     def command_filter(self) -> str:
         return f"{self.base}/+/+/set"
 
-    def node(self, device: str) -> str:
-        """The discovery node id of a device: gateway id and device id, slugged."""
-        return f"{slug(self.gateway_id)}_{slug(device)}"
+    def node(self, device: str, suffixed: bool = False) -> str:
+        """The discovery node id of a device: gateway id and device id, slugged; with
+        ``suffixed``, followed by a short hash of the device id, for a device whose slug
+        is already taken by another (``sim:a-b`` and ``sim:a_b``)."""
+        node = f"{slug(self.gateway_id)}_{slug(device)}"
+        if suffixed:
+            node += "_" + hashlib.blake2s(device.encode(), digest_size=3).hexdigest()
+        return node
 
     def state(self, node: str) -> str:
         return f"{self.base}/{node}/state"
@@ -106,9 +112,12 @@ def gateway_device(gateway_id: str, version: str) -> dict[str, Any]:
             "manufacturer": "edge gateway", "model": "edge gateway", "sw_version": version}
 
 
-def device_info(topics: Topics, device: str, info: Mapping[str, Any]) -> dict[str, Any]:
-    """A device's ``device`` block from its registry entry."""
-    out: dict[str, Any] = {"identifiers": [f"edge_gateway_{topics.node(device)}"],
+def device_info(topics: Topics, device: str, info: Mapping[str, Any],
+                node: str | None = None) -> dict[str, Any]:
+    """A device's ``device`` block from its registry entry (``node``: its node id, when
+    not the plain one)."""
+    node = node or topics.node(device)
+    out: dict[str, Any] = {"identifiers": [f"edge_gateway_{node}"],
                            "name": str(info.get("name") or device),
                            "via_device": gateway_identifier(topics.gateway_id)}
     for key in ("model", "manufacturer"):
@@ -136,16 +145,17 @@ def _ids(topics: Topics, component: str, node: str, object_id: str) -> dict[str,
 
 
 def sensor_entity(topics: Topics, device: str, info: Mapping[str, Any], metric: str,
-                  unit: str | None, value: Value, version: str) -> Entity:
+                  unit: str | None, value: Value, version: str,
+                  node: str | None = None) -> Entity:
     """A sensor or binary sensor for one metric, read from the device's JSON state."""
-    node, object_id = topics.node(device), slug(metric)
+    node, object_id = node or topics.node(device), slug(metric)
     kind = sensor_kind(metric, unit, value)
     key = json.dumps(metric)  # a Jinja string literal for any metric name
     cfg: dict[str, Any] = {
         "name": friendly(metric),
         **_ids(topics, kind.component, node, object_id),
         "state_topic": topics.state(node),
-        "device": device_info(topics, device, info),
+        "device": device_info(topics, device, info, node),
         "origin": _origin(version),
         **_availability(topics, node),
     }
@@ -163,9 +173,9 @@ def sensor_entity(topics: Topics, device: str, info: Mapping[str, Any], metric: 
 
 
 def switch_entity(topics: Topics, device: str, info: Mapping[str, Any],
-                  version: str) -> Entity:
+                  version: str, node: str | None = None) -> Entity:
     """An on/off switch: commands ``ON``/``OFF``, state ``{"state": "ON"}``."""
-    node = topics.node(device)
+    node = node or topics.node(device)
     cfg: dict[str, Any] = {
         "name": None,  # the device's name: the switch is what the device is
         **_ids(topics, SWITCH, node, SWITCH),
@@ -173,7 +183,7 @@ def switch_entity(topics: Topics, device: str, info: Mapping[str, Any],
         "state_topic": topics.entity_state(node, SWITCH),
         "value_template": "{{ value_json.state }}",
         "payload_on": "ON", "payload_off": "OFF", "state_on": "ON", "state_off": "OFF",
-        "device": device_info(topics, device, info),
+        "device": device_info(topics, device, info, node),
         "origin": _origin(version),
         **_availability(topics, node),
     }
@@ -181,9 +191,9 @@ def switch_entity(topics: Topics, device: str, info: Mapping[str, Any],
 
 
 def light_entity(topics: Topics, device: str, info: Mapping[str, Any],
-                 version: str) -> Entity:
+                 version: str, node: str | None = None) -> Entity:
     """A dimmable light, JSON schema: ``{"state": "ON", "brightness": 0-100}``."""
-    node = topics.node(device)
+    node = node or topics.node(device)
     cfg: dict[str, Any] = {
         "name": None,
         **_ids(topics, LIGHT, node, LIGHT),
@@ -192,7 +202,7 @@ def light_entity(topics: Topics, device: str, info: Mapping[str, Any],
         "state_topic": topics.entity_state(node, LIGHT),
         "brightness_scale": BRIGHTNESS_SCALE,
         "supported_color_modes": ["brightness"],
-        "device": device_info(topics, device, info),
+        "device": device_info(topics, device, info, node),
         "origin": _origin(version),
         **_availability(topics, node),
     }
