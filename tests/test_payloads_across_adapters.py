@@ -1,5 +1,7 @@
 """The same device payload through MQTT and through CoAP gives the same readings.
 
+JSON objects, a SenML JSON pack and a SenML-CBOR pack, each sent both ways.
+
 One ``gateway run`` with both adapters; the device side is mosquitto_pub on a real local
 broker and a real aiocoap client; the cloud a real mosquitto with a recording subscriber.
 Readings are compared as the cloud receives them, device ids aside (``mqtt:`` vs ``coap:``).
@@ -14,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cbor2
 from aiocoap.numbers.codes import Code
 
 from tests.brokers import Mosquitto
@@ -34,6 +37,11 @@ SENML_PACK: list[dict[str, Any]] = [
     {"n": "relHumidity", "u": "%RH", "v": 40},
     {"n": "door", "vb": True, "t": 1},
 ]
+#: a SenML-CBOR pack (RFC 8428 §6 integer labels: -2 bn, -3 bt, 0 n, 1 u, 2 v, 6 t)
+SENML_CBOR_PACK: list[dict[int, Any]] = [
+    {-2: "th-1/", -3: TS + 10, 0: "pressure", 1: "hPa", 2: 1013.2},
+    {0: "vdd", 1: "V", 2: 3.3, 6: 1},
+]
 
 
 def _config(state: Path, broker: Mosquitto, cloud: Mosquitto, coap_port: int) -> dict[str, Any]:
@@ -46,15 +54,18 @@ def _config(state: Path, broker: Mosquitto, cloud: Mosquitto, coap_port: int) ->
             {"type": "mqtt", "host": broker.host, "port": broker.port, "client_id": "gw-x-dev",
              "reconnect_delay": 0.2,
              "subscriptions": [{"topic": "devices/{device}/json", "timestamp": "ts"},
-                               {"topic": "devices/{device}/senml", "format": "senml"}]},
+                               {"topic": "devices/{device}/senml", "format": "senml"},
+                               {"topic": "devices/{device}/senml-cbor",
+                                "format": "senml+cbor"}]},
             {"type": "coap", "bind": "127.0.0.1", "port": coap_port},
         ],
     }
 
 
 def _publish(broker: Mosquitto, topic: str, payload: Any) -> None:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     subprocess.run(["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-V", "mqttv5",
-                    "-q", "1", "-t", topic, "-m", json.dumps(payload)], check=True, timeout=20)
+                    "-q", "1", "-t", topic, "-s"], input=body, check=True, timeout=20)
 
 
 async def _post_all(port: int) -> list[Code]:
@@ -64,6 +75,8 @@ async def _post_all(port: int) -> list[Code]:
                              json.dumps(b).encode(), 50)).code for b in JSON_BODIES]
         codes.append((await post(c, f"coap://127.0.0.1:{port}/readings/th-1",
                                  json.dumps(SENML_PACK).encode(), 110)).code)
+        codes.append((await post(c, f"coap://127.0.0.1:{port}/readings/th-1",
+                                 cbor2.dumps(SENML_CBOR_PACK), 112)).code)
         return codes
     finally:
         await c.shutdown()
@@ -82,7 +95,8 @@ def test_same_payload_over_mqtt_and_coap_gives_the_same_readings(
     for body in JSON_BODIES:
         _publish(broker, "devices/th-1/json", body)
     _publish(broker, "devices/th-1/senml", SENML_PACK)
-    assert asyncio.run(_post_all(port)) == [Code.CHANGED] * 3
+    _publish(broker, "devices/th-1/senml-cbor", cbor2.dumps(SENML_CBOR_PACK))
+    assert asyncio.run(_post_all(port)) == [Code.CHANGED] * 4
 
     def of(adapter: str) -> set[tuple[str, Any, str | None, float]]:
         return {(r.metric, r.value, r.unit, r.ts) for r in cloud.readings()
@@ -95,6 +109,7 @@ def test_same_payload_over_mqtt_and_coap_gives_the_same_readings(
         ("door_open", False, None, TS), ("co2_ppm", 612, None, TS + 1),
         ("temperature", 22.25, "Cel", TS + 2), ("rel_humidity", 40, "%RH", TS + 2),
         ("door", True, None, TS + 3),
+        ("pressure", 101320.0, "Pa", TS + 10), ("vdd", 3.3, "V", TS + 11),
     }
     cloud.wait_for(lambda: of("mqtt") == expected and of("coap") == expected, 30)
     assert of("mqtt") == of("coap") == expected
