@@ -8,6 +8,7 @@ sink is a stand-in (the daemon tests send commands to the simulator).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +81,12 @@ class Harness:
         await eventually(lambda: self.bridge is not None and self.bridge.connected, 10.0,
                          "the bridge connected")
         return self.bridge
+
+    def observe(self, readings: list[Reading]) -> None:
+        """What the pipeline does with accepted readings: the registry, then the bridge."""
+        self.registry.observe(readings)
+        if self.bridge is not None:
+            self.bridge.observe(readings)
 
     def refused(self, reason: str) -> float:
         return self.metrics.get_sample_value("gateway_homeassistant_refused_total",
@@ -196,3 +203,41 @@ async def test_device_ids_that_slug_alike_keep_their_own_entities_and_commands(
     assert h.ha.configs()[topic]["device"]["name"] == "sim:a_b"
     assert h.ha.configs()[f"homeassistant/switch/{suffixed}/switch/config"]["device"][
         "name"] == "sim:a.b"
+
+
+async def test_entities_past_max_entities_are_refused_once_each_and_logged_once(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "gateway.homeassistant")
+    await h.start(max_entities=3)
+    h.observe([reading("mqtt:a", "temperature"), reading("mqtt:a", "humidity")])
+    h.observe([reading("mqtt:b", "temperature"), reading("mqtt:b", "humidity"),
+                        reading("mqtt:c", "temperature")])
+    await eventually(lambda: h.refused("max_entities") >= 2, 5.0, "two entities refused")
+    # the first three are announced, with their states; gateway's own entity is apart
+    sensors = h.ha.configs("homeassistant/sensor/")
+    assert set(sensors) == {f"homeassistant/sensor/{GW}_mqtt_a/temperature/config",
+                            f"homeassistant/sensor/{GW}_mqtt_a/humidity/config",
+                            f"homeassistant/sensor/{GW}_mqtt_b/humidity/config"}, sensors
+    assert f"homeassistant/binary_sensor/{GW}/connectivity/config" in h.ha.held
+    await eventually(lambda: f"{BASE}/{GW}_mqtt_c/state" in h.ha.held, 5.0,
+                     "the state of a device whose entity was refused")
+    # more readings: the refused entities are not counted again, nor logged again
+    for i in range(5):
+        h.observe([reading("mqtt:b", "temperature", 20.0 + i),
+                            reading("mqtt:c", "temperature", 20.0 + i)])
+        await eventually(lambda i=i: json.loads(h.ha.held.get(f"{BASE}/{GW}_mqtt_c/state",
+                                                              b"{}")).get("temperature")
+                         == 20.0 + i, 5.0, "the new state published")
+    assert h.refused("max_entities") == 2
+    lines = [r for r in caplog.records if "homeassistant.max_entities" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    # room again (a device forgotten): the refused entities are announced
+    assert h.registry.remove("mqtt:a")
+    h.observe([reading("mqtt:b", "temperature", 30.0),
+                        reading("mqtt:c", "temperature", 30.0)])
+    await eventually(lambda: set(h.ha.configs("homeassistant/sensor/")) == {
+        f"homeassistant/sensor/{GW}_mqtt_b/temperature/config",
+        f"homeassistant/sensor/{GW}_mqtt_b/humidity/config",
+        f"homeassistant/sensor/{GW}_mqtt_c/temperature/config"}, 5.0,
+        "the refused entities announced once there is room")
+    assert h.refused("max_entities") == 2

@@ -73,6 +73,7 @@ class _Known:
 
     node: str
     configs: dict[str, bytes] = field(default_factory=dict)  # config topic → payload
+    refused: set[str] = field(default_factory=set)  # config topics past max_entities
     state: bytes | None = None
     online: bool | None = None
     control: str | None = None
@@ -434,10 +435,16 @@ class HomeAssistantBridge:
             return
         if topic not in known.configs:
             if self._entities >= self.config.max_entities:
-                self._refuse("max_entities", device, "homeassistant: %d entities announced "
-                             "(homeassistant.max_entities): not announcing %s of %s",
-                             self._entities, entity.object_id, device)
+                if topic not in known.refused:  # counted once, not on every state update
+                    known.refused.add(topic)
+                    # one line a minute for the whole bridge: the limit is not one device's
+                    self._refuse("max_entities", "entities", "homeassistant: %d entities "
+                                 "announced (homeassistant.max_entities): not announcing %s "
+                                 "of %s (counted in gateway_homeassistant_refused_total; "
+                                 "raise the limit or narrow devices/metrics)",
+                                 self._entities, entity.object_id, device)
                 return
+            known.refused.discard(topic)
             self._entities += 1
         known.configs[topic] = payload
         self._publish(topic, payload, retain=self.config.retain, kind="config")
