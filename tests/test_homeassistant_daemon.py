@@ -180,3 +180,51 @@ def test_a_reload_that_changes_the_section_restarts_discovery_only(
     wait_until(lambda: len(watcher.on(f"{BASE}/{NODE1}/state")) > before, within=20,
                what="states after the reload")
     assert gw.stop() == 0
+
+
+def test_light_commands_reach_a_device_that_takes_a_level(
+        tmp_path: Path, mosquitto: Mosquitto, watcher: Watcher,
+        gateway_factory: Callable[..., GatewayProcess]) -> None:
+    cfg = config(tmp_path, mosquitto)
+    cfg["adapters"][0].update(devices=1, count=0, metrics=["temperature", "power"])
+    cfg["homeassistant"]["switches"] = []
+    cfg["homeassistant"]["lights"] = ["sim:*"]
+    gw = gateway_factory(cfg).start()
+    node = f"{GW}_sim_sim-1"
+    light_topic = f"homeassistant/light/{node}/light/config"
+    held = wait_until(lambda: (lambda r: r if light_topic in r else None)(
+        retained(mosquitto, "homeassistant/#")), within=20, what="the light's config")
+    light = json.loads(held[light_topic])
+    assert light["schema"] == "json" and light["brightness_scale"] == 100
+    assert light["command_topic"] == f"{BASE}/{node}/light/set"
+    assert not any("/switch/" in t for t in held)
+    states = f"{BASE}/{node}/light"
+
+    # brightness with a transition: the simulator's level, in percent
+    publish(mosquitto, f"{BASE}/{node}/light/set",
+            '{"state": "ON", "brightness": 40, "transition": 2}')
+    gw.wait_for_log("homeassistant: sim:sim-1 level: level 40 %", timeout=10)
+    wait_until(lambda: '{"state":"ON","brightness":40}' in watcher.on(states), within=10,
+               what="the light on at 40 %")
+
+    # OFF (with a transition too): the device is off, its power reading drops to 0
+    publish(mosquitto, f"{BASE}/{node}/light/set", '{"state": "OFF", "transition": 1}')
+    gw.wait_for_log("homeassistant: sim:sim-1 off: power off", timeout=10)
+    wait_until(lambda: '{"state":"OFF","brightness":40}' in watcher.on(states), within=10,
+               what="the light off")
+    wait_until(lambda: any(json.loads(p).get("power") == 0.0
+                           for p in watcher.on(f"{BASE}/{node}/state")), within=10,
+               what="the simulated device reporting no power")
+
+    # a brightness alone sets the level; 0 % is off
+    publish(mosquitto, f"{BASE}/{node}/light/set", '{"brightness": 100}')
+    wait_until(lambda: '{"state":"ON","brightness":100}' in watcher.on(states), within=10,
+               what="the light on at 100 %")
+    publish(mosquitto, f"{BASE}/{node}/light/set", '{"brightness": 0}')
+    wait_until(lambda: '{"state":"OFF","brightness":0}' in watcher.on(states), within=10,
+               what="the light at 0 %, off")
+    # a brightness out of range is refused and changes nothing
+    publish(mosquitto, f"{BASE}/{node}/light/set", '{"brightness": 101}')
+    gw.wait_for_log("bad command for sim:sim-1", timeout=10)
+    assert retained(mosquitto, states) == {states: '{"state":"OFF","brightness":0}'}
+    assert gw.stop() == 0
