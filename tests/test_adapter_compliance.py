@@ -850,12 +850,12 @@ async def test_stop_while_the_sink_refuses_is_prompt_and_the_message_is_not_lost
         assert driver.seqs(driver.sink.accepted).count(1) == 1
 
 
-# lorawan-mqtt left out for time: its source waits the same literal 5 s as the gRPC one
-@cases([k for k in DRIVERS if k != "lorawan-mqtt"])
+@cases(list(DRIVERS))
 async def test_stop_gives_up_in_bounded_time_when_accept_never_returns(
         driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the drain limit, shortened so the suite stays quick (LoRaWAN's source waits a
-    # literal 5 s and stays)
+    # the drain limit, shortened so the suite stays quick: every wait of the stop (a
+    # LoRaWAN source's for the event being handled too) ends by it, and what is left of
+    # the stop fits in the supervisor's margin
     driver.drain_timeout = 0.5
     await driver.start()
     driver.adapter.ingest.drain_timeout = 0.5  # for drivers that build their own context
@@ -864,7 +864,8 @@ async def test_stop_gives_up_in_bounded_time_when_accept_never_returns(
     await eventually(lambda: 1 in driver.seqs(driver.sink.offered()), 10, "the message held")
     t0 = time.monotonic()
     await asyncio.wait_for(driver.stop(), STOP_TIMEOUT + 5)
-    assert time.monotonic() - t0 < STOP_TIMEOUT
+    took = time.monotonic() - t0
+    assert took < driver.drain_timeout + ingest.STOP_MARGIN, f"stop took {took:.2f} s"
     if driver.acknowledges:
         assert not driver.acked(1), "acknowledged a message whose accept never returned"
 

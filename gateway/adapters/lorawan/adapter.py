@@ -178,7 +178,7 @@ class LorawanAdapter(Adapter):
         self._stopping.set()
         self.ingest.stop_retrying()  # also starts the drain limit: the source's wait counts
         if self.source is not None:
-            await self.source.stop()
+            await self.source.stop(self.ingest.remaining())
         for p in self._pending.values():
             if not p.future.done():
                 p.future.set_result(CommandResult.timeout("adapter stopped before the outcome"))

@@ -40,6 +40,8 @@ from gateway.core.tasks import wait_event
 
 #: a stream that delivered events or stayed up this long counts as healthy: backoff restarts
 STREAM_HEALTHY_AFTER = 30.0
+#: the DISCONNECT at stop may take this long even when the drain used up the deadline
+DISCONNECT_MIN = 0.5
 
 
 class UplinkSource(Protocol):
@@ -49,8 +51,9 @@ class UplinkSource(Protocol):
         """Connect; raise if the first contact fails."""
         ...
 
-    async def stop(self) -> None:
-        """Stop delivering; what is being handled finishes or stays uncommitted."""
+    async def stop(self, within: float) -> None:
+        """Stop delivering; what is being handled finishes (or stays uncommitted) within
+        ``within`` seconds, the time left of the adapter's stop deadline."""
         ...
 
     def track(self, dev_euis: Iterable[str]) -> None:
@@ -201,14 +204,15 @@ class GrpcStreamSource:
             delivered += 1
         return delivered
 
-    async def stop(self) -> None:
-        """Stop reading; an event already being handled finishes (its cursor is saved)."""
+    async def stop(self, within: float) -> None:
+        """Stop reading; an event already being handled finishes (its cursor is saved)
+        within ``within`` seconds, else its stream is cancelled and replays it next run."""
         self._stopping = True
         for call in list(self._calls.values()):
             call.cancel()
         tasks = list(self._tasks.values())
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=5.0)
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, within))
             for task in pending:
                 task.cancel()
             for task in tasks:
@@ -323,16 +327,21 @@ class MqttIntegrationSource:
             return 0
         return 0
 
-    async def stop(self) -> None:
-        """Let messages being handled finish (each PUBACKs or stays unacknowledged), then leave."""
+    async def stop(self, within: float) -> None:
+        """Let messages being handled finish (each PUBACKs or stays unacknowledged) within
+        ``within`` seconds, then leave."""
         self._stopping = True
+        deadline = time.monotonic() + within
         if self._inflight:
             # handlers still accepting finish (and PUBACK); withheld ones leave the set
-            await wait_event(self._idle, 5.0)
+            await wait_event(self._idle, max(0.0, within))
         await asyncio.sleep(0)  # let gmqtt write the PUBACKs of the last accepted messages
         if self._client is not None:
+            # what is left of the deadline, with a moment for the DISCONNECT itself (the
+            # supervisor's margin covers it)
+            left = max(DISCONNECT_MIN, deadline - time.monotonic())
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._client.disconnect(), 5.0)
+                await asyncio.wait_for(self._client.disconnect(), left)
         self._connected.clear()
         self._closed.set()
         await asyncio.sleep(0)
