@@ -211,6 +211,13 @@ class Gateway:
             yield
 
     @contextlib.asynccontextmanager
+    async def _history(self) -> AsyncIterator[None]:
+        from gateway.history import history
+
+        async with history(self):
+            yield
+
+    @contextlib.asynccontextmanager
     async def _api(self) -> AsyncIterator[None]:
         if not self.config.api.enabled:
             log.info("control API disabled in config: gateway status/devices/pair will not work")
@@ -236,7 +243,8 @@ class Gateway:
                 asyncio.to_thread(importlib.import_module, "gateway.api.server"))
         try:
             for name, component in (("store", self._store), ("uplink", self._uplink),
-                                    ("core", self._core), ("adapters", self._adapters),
+                                    ("core", self._core), ("history", self._history),
+                                    ("adapters", self._adapters),
                                     ("homeassistant", self._homeassistant),
                                     ("api", self._api)):
                 part = self.restartable().get(name)

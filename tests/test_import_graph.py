@@ -52,6 +52,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "gateway.adapters": FOUNDATION | {"gateway.core", "gateway.payloads"},
     "gateway.rules": FOUNDATION | {"gateway.core", "gateway.payloads"},
     "gateway.store": FOUNDATION | {"gateway.core"},
+    "gateway.history": FOUNDATION | {"gateway.core"},
     "gateway.uplink": FOUNDATION | {"gateway.core", "gateway.store"},
     "gateway.homeassistant": FOUNDATION | {"gateway.core"},
     "gateway.api": ANY,
@@ -75,6 +76,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("gateway.config.model", "gateway.core"): "the gateway:/registry: sections' models",
     ("gateway.config.model", "gateway.rules"): "the rules:/filters: sections' models",
     ("gateway.config.model", "gateway.store"): "the store: section's model",
+    ("gateway.config.model", "gateway.history"): "the history: section's model",
     ("gateway.config.model", "gateway.uplink"): "the uplink: section's model",
     ("gateway.config.model", "gateway.homeassistant"): "the homeassistant: section's model",
 }

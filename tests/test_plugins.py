@@ -27,7 +27,7 @@ from gateway.store.outbox import EventRow, TelemetryRow
 from gateway.uplink import formats
 
 BUILT_IN_COMMANDS = ["run", "check", "status", "devices", "outbox", "send", "pair", "rename",
-                     "forget", "reload", "hardware", "zigbee"]
+                     "forget", "reload", "history", "hardware", "zigbee"]
 
 
 def group(name: str, value: str, kind: str = cli.GROUP) -> EntryPoint:
@@ -85,9 +85,10 @@ def clashing_register(c: Any) -> None:
 def test_the_built_in_groups_are_entry_points() -> None:
     eps = {ep.name: ep.value for ep in entry_points(group=cli.GROUP)}
     assert eps == {"gateway": "gateway.cli:register", "api": "gateway.api.commands:register",
+                   "history": "gateway.history.cli:register",
                    "zigbee": "gateway.adapters.zigbee.cli:register"}
     # built-ins first, then by name: the order of `gateway --help`
-    assert [ep.name for ep in installed_groups()] == ["gateway", "api", "zigbee"]
+    assert [ep.name for ep in installed_groups()] == ["gateway", "api", "history", "zigbee"]
 
 
 def test_every_existing_command_is_there_in_order() -> None:

@@ -27,6 +27,7 @@ from gateway.config.types import (
 )
 from gateway.config.yamlmarks import Loc, Marks, YamlError, dotted, load_yaml
 from gateway.core.config import DevicesSection, GatewaySection, ReadingsSection
+from gateway.history.config import HistoryConfig
 from gateway.homeassistant.config import HomeAssistantConfig, resolve_broker
 from gateway.rules.config import FilterSpec, HealthSection, RuleSpec, cross_check
 from gateway.store.config import StoreConfig
@@ -55,6 +56,7 @@ class _FileModel(Section):
     filters: list[FilterSpec] = Field(default_factory=list)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     health: HealthSection = Field(default_factory=HealthSection)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
 
 
 class GatewayConfig(BaseModel):
@@ -72,6 +74,7 @@ class GatewayConfig(BaseModel):
     filters: list[FilterSpec]
     health: HealthSection = Field(default_factory=HealthSection)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -346,4 +349,5 @@ def _load_config(path: str | Path, env: Mapping[str, str] | None) -> GatewayConf
         filters=top.filters,
         health=top.health,
         homeassistant=top.homeassistant,
+        history=top.history,
     )
