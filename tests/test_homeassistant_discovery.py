@@ -13,7 +13,10 @@ Every payload is checked against what Home Assistant's documentation requires:
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ import yaml
 
 from gateway.config.model import ConfigError, load_config
 from gateway.homeassistant import discovery as d
-from gateway.homeassistant.config import HomeAssistantConfig, resolve_broker
+from gateway.homeassistant.config import HomeAssistantConfig, filters_overlap, resolve_broker
 from gateway.homeassistant.mapping import BINARY, BY_METRIC, UNITS, sensor_kind
 
 #: Home Assistant sensor device class → (allowed units, allowed state classes), from the
@@ -259,3 +262,94 @@ def test_an_older_file_with_sweep_interval_still_loads(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"homeassistant": {"sweep_intervall": "1s"}}))
     with pytest.raises(ConfigError, match=r"homeassistant\.sweep_intervall: unknown key"):
         load_config(path)
+
+
+
+@pytest.mark.parametrize(("a", "b", "want"), [
+    ("gateway/#", "gateway/gw1/+/state", True),
+    ("#", "gateway/gw1/status", True),
+    ("gateway/+/+/state", "gateway/gw1/+/state", True),
+    ("+/+/{device}", "gateway/gw1/status", True),  # a template's placeholder is a level
+    ("gateway/gw1/+/+", "gateway/gw1/+/light", True),
+    ("gateway/gw1/+/temperature", "gateway/gw1/+/state", False),
+    ("gateway/gw2/#", "gateway/gw1/status", False),
+    ("gateway/+/+", "gateway/gw1/+/state", False),  # one level short
+    ("gateway/gw1/+/state/x", "gateway/gw1/+/state", False),  # one level long
+    ("sensors/#", "gateway/gw1/status", False),
+])
+def test_mqtt_filters_overlap_when_some_topic_matches_both(a: str, b: str,
+                                                          want: bool) -> None:
+    from gateway.homeassistant.config import _filter
+
+    assert filters_overlap(_filter(a), b) is want
+    assert filters_overlap(b, _filter(a)) is want
+
+
+def overlapping(tmp_path: Path, subscriptions: list[str], adapter: dict[str, Any] | None = None,
+                **section: Any) -> Path:
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump({
+        "gateway": {"id": "gw1", "state_dir": str(tmp_path / "state")},
+        "adapters": [{"type": "mqtt", "name": "local", "host": "127.0.0.1", "port": 1883,
+                      "broker_config": None, "subscriptions": [
+                          {"topic": t, "format": "value" if "{metric}" in t else "json"}
+                          for t in subscriptions],
+                      **(adapter or {})}],
+        "homeassistant": {"enabled": True, **section}}, sort_keys=False))
+    return path
+
+
+def test_a_state_prefix_an_mqtt_adapter_subscribes_to_is_refused(tmp_path: Path) -> None:
+    # the default prefix gateway/gw1 on the adapter's own broker (the bridge's default)
+    path = overlapping(tmp_path, ["sensors/{device}/{metric}", "gateway/{device}/#"])
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert len(err.value.problems) == 1, err.value.problems
+    problem = err.value.problems[0]
+    assert problem.startswith(f"{path}:") and "homeassistant.state_prefix: 'gateway/gw1' " \
+        "(the default, gateway/<gateway id>) overlaps subscriptions[1].topic " \
+        "'gateway/{device}/#' " \
+        "of the mqtt adapter 'local' on the same broker 127.0.0.1:1883" in problem
+    assert "read its own Home Assistant topics (such as gateway/gw1/status) back" in problem
+
+    # an explicit prefix, matched through placeholders, on the same broker by another name
+    path = overlapping(tmp_path, ["ha/{site}/{device}/{metric}"], state_prefix="ha/states",
+                       host="localhost", port=1883)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    [problem] = err.value.problems
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1)
+                if text.strip().startswith("state_prefix:"))
+    assert problem.startswith(f"{path}:{line}: homeassistant.state_prefix: 'ha/states' "
+                              "overlaps"), problem
+    assert "'ha/{site}/{device}/{metric}'" in problem and "ha/states/<node>/state" in problem
+
+
+@pytest.mark.parametrize("change", [
+    {"state_prefix": "ha/gw1"},  # out of the subscription's way
+    {"host": "ha.local"},  # another broker: the adapter never sees the bridge's topics
+    {"port": 1884},
+    {"adapter": {"enabled": False}},
+    {"enabled": False},
+])
+def test_a_state_prefix_out_of_every_subscription_is_fine(tmp_path: Path,
+                                                         change: dict[str, Any]) -> None:
+    adapter = change.pop("adapter", None)
+    path = overlapping(tmp_path, ["gateway/+/{device}/{metric}"], adapter, **change)
+    assert load_config(path).adapters
+
+
+def test_gateway_check_and_the_daemon_refuse_an_overlapping_state_prefix(
+        tmp_path: Path) -> None:
+    path = overlapping(tmp_path, ["gateway/{device}/#"])
+    env = {**os.environ, "NOTIFY_SOCKET": ""}
+    check = subprocess.run([sys.executable, "-m", "gateway", "check", str(path)],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert check.returncode == 2, check
+    assert "error: " in check.stderr and "homeassistant.state_prefix: 'gateway/gw1'" in \
+        check.stderr and "'gateway/{device}/#'" in check.stderr, check.stderr
+    run = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 2, run
+    assert "homeassistant.state_prefix: 'gateway/gw1'" in run.stdout + run.stderr
+    assert not (tmp_path / "state").exists()  # nothing was started

@@ -28,7 +28,11 @@ from gateway.config.types import (
 from gateway.config.yamlmarks import Loc, Marks, YamlError, dotted, load_yaml
 from gateway.core.config import DevicesSection, GatewaySection, ReadingsSection
 from gateway.history.config import HistoryConfig
-from gateway.homeassistant.config import HomeAssistantConfig, resolve_broker
+from gateway.homeassistant.config import (
+    HomeAssistantConfig,
+    resolve_broker,
+    state_prefix_overlaps,
+)
 from gateway.rules.config import FilterSpec, HealthSection, RuleSpec, cross_check
 from gateway.store.config import StoreConfig
 from gateway.uplink.config import UplinkConfig
@@ -334,6 +338,13 @@ def _load_config(path: str | Path, env: Mapping[str, str] | None) -> GatewayConf
         broker = resolve_broker(top.homeassistant, adapters)
         if isinstance(broker, str):
             problems.append(f"{_where(marks, ('homeassistant',))}: {broker}")
+        else:  # the bridge's own topics must not come back in through an mqtt adapter
+            ha_loc: Loc = ("homeassistant", "state_prefix") \
+                if top.homeassistant.state_prefix else ("homeassistant",)
+            for message in state_prefix_overlaps(top.homeassistant, top.gateway.id, broker,
+                                                 adapters):
+                problems.append(f"{_where(marks, ha_loc)}: homeassistant.state_prefix: "
+                                f"{message}")
     if problems or top is None:
         raise ConfigError(problems)
     return GatewayConfig(

@@ -118,8 +118,8 @@ class HomeAssistantBridge:
         self.version = version
         self.devices = devices
         self.send = send
-        self.topics = d.Topics(config.discovery_prefix,
-                               config.state_prefix or f"gateway/{gateway_id}", gateway_id)
+        self.topics = d.Topics(config.discovery_prefix, config.state_base(gateway_id),
+                               gateway_id)
         self.connected = False
         self._client: _Client | None = None
         self._known: dict[str, _Known] = {}

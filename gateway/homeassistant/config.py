@@ -77,6 +77,10 @@ class HomeAssistantConfig(Section):
     def _check_state_prefix(cls, v: str | None) -> str | None:
         return None if v is None else _topic(v)
 
+    def state_base(self, gateway_id: str) -> str:
+        """Where states, availability and commands live: ``state_prefix`` or its default."""
+        return self.state_prefix or f"gateway/{gateway_id}"
+
     def wants(self, device: str, metric: str | None = None) -> bool:
         """Whether the patterns expose ``device`` (and its ``metric``)."""
         if not _matches(device, self.devices) or _matches(device, self.exclude_devices):
@@ -96,6 +100,59 @@ class Broker(Section):
     port: int
     username: str | None = None
     password: str | None = None
+
+
+def filters_overlap(a: str, b: str) -> bool:
+    """Whether some topic matches both MQTT filters (``+`` one level, ``#`` the rest)."""
+    left, right = a.split("/"), b.split("/")
+    for x, y in zip(left, right, strict=False):
+        if x == "#" or y == "#":
+            return True
+        if x != y and x != "+" and y != "+":
+            return False
+    longer = left if len(left) > len(right) else right
+    return len(left) == len(right) or longer[min(len(left), len(right)):] == ["#"]
+
+
+def _filter(template: str) -> str:
+    """The subscription filter of an MQTT adapter's topic template (``{name}`` is ``+``)."""
+    return "/".join("+" if s[:1] == "{" and s[-1:] == "}" else s for s in template.split("/"))
+
+
+def _host(host: str) -> str:
+    host = host.strip().lower().rstrip(".").strip("[]")
+    if host in ("localhost", "ip6-localhost", "::1") or host.startswith("127."):
+        return "loopback"
+    return host
+
+
+def state_prefix_overlaps(cfg: HomeAssistantConfig, gateway_id: str, broker: Broker,
+                          adapters: Sequence[Any]) -> list[str]:
+    """What is wrong when an enabled ``type: mqtt`` adapter on the bridge's broker
+    subscribes to topics under the state prefix: it would take the gateway's own states
+    (and Home Assistant's commands) in as devices. One line per subscription."""
+    from gateway.homeassistant.discovery import Topics
+
+    base = cfg.state_base(gateway_id)
+    ours = Topics(cfg.discovery_prefix, base, gateway_id).under_base()
+    shown = repr(base) + ("" if cfg.state_prefix else " (the default, gateway/<gateway id>)")
+    out: list[str] = []
+    for adapter in adapters:
+        if getattr(adapter, "type", None) != "mqtt" or not getattr(adapter, "enabled", True):
+            continue
+        if (_host(adapter.host), adapter.port) != (_host(broker.host), broker.port):
+            continue
+        for i, sub in enumerate(adapter.subscriptions):
+            hit = next((t for t in ours if filters_overlap(_filter(sub.topic), t)), None)
+            if hit is None:
+                continue
+            out.append(f"{shown} overlaps subscriptions[{i}].topic {sub.topic!r} of the "
+                       f"mqtt adapter {adapter.name!r} on the same broker "
+                       f"{broker.host}:{broker.port}: the gateway would read its own Home "
+                       f"Assistant topics (such as {hit.replace('/+/', '/<node>/')}) back as "
+                       "devices; set homeassistant.state_prefix to a topic that subscription "
+                       "does not match, or narrow the subscription")
+    return out
 
 
 def resolve_broker(cfg: HomeAssistantConfig, adapters: Sequence[Any]) -> Broker | str:

@@ -77,6 +77,13 @@ class Topics:
     def config(self, component: str, node: str, object_id: str) -> str:
         return f"{self.discovery_prefix}/{component}/{node}/{object_id}/config"
 
+    def under_base(self) -> tuple[str, ...]:
+        """Filters of every topic the bridge and Home Assistant use under the state prefix
+        (``+``: any node id)."""
+        b = self.base
+        return (self.status, f"{b}/+/state", f"{b}/+/availability", f"{b}/+/{SWITCH}",
+                f"{b}/+/{LIGHT}", f"{b}/+/{SWITCH}/set", f"{b}/+/{LIGHT}/set")
+
     def parse_command(self, topic: str) -> tuple[str, str] | None:
         """``(node, object_id)`` of a command topic, or None."""
         head = self.base + "/"
