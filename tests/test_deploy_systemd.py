@@ -151,3 +151,87 @@ def test_unit_keeps_its_hardening() -> None:
                 "RestrictNamespaces", "LockPersonality", "MemoryDenyWriteExecute"):
         assert s[key] == ["yes"], key
     assert s["ProtectSystem"] == ["strict"] and s["DevicePolicy"] == ["closed"]
+
+
+def syscall_group(name: str, seen: dict[str, set[str]]) -> set[str]:
+    """The system calls of a systemd syscall group (``@name``), as this systemd expands it."""
+    if name not in seen:
+        assert ANALYZE is not None
+        result = subprocess.run([ANALYZE, "syscall-filter", "--no-pager", name],
+                                capture_output=True, text=True, timeout=60, check=True)
+        calls: set[str] = set()
+        for line in result.stdout.splitlines()[1:]:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            calls |= syscall_group(entry, seen) if entry.startswith("@") else {entry}
+        seen[name] = calls
+    return seen[name]
+
+
+def allowed_syscalls(unit: Path) -> set[str]:
+    """What SystemCallFilter= lets through, read the way systemd reads it: the first line
+    is an allow list (or, with ~, a deny list on top of everything), every later line adds
+    to the allowed set or, with ~, takes away from it."""
+    lines = settings(unit)["SystemCallFilter"]
+    assert not lines[0].startswith("~"), "these tests expect an allow list first"
+    seen: dict[str, set[str]] = {}
+
+    def expand(words: str) -> set[str]:
+        out: set[str] = set()
+        for word in words.split():
+            out |= syscall_group(word, seen) if word.startswith("@") else {word}
+        return out
+
+    allowed = expand(lines[0])
+    for line in lines[1:]:
+        if line.startswith("~"):
+            allowed -= expand(line[1:])
+        else:
+            allowed |= expand(line)
+    return allowed
+
+
+@needs_analyze
+def test_unit_lets_the_api_hand_its_socket_to_a_group() -> None:
+    # api.socket_group: the server chowns the socket (fchownat); ~@privileged alone removes
+    # @chown and the daemon died at start with PermissionError
+    allowed = allowed_syscalls(UNIT)
+    assert {"fchownat", "fchown", "chown"} <= allowed
+    # while what the deny line is there for stays denied
+    for call in ("mount", "reboot", "init_module", "settimeofday", "ptrace", "setuid",
+                 "swapon", "iopl", "bpf"):
+        assert call not in allowed, call
+
+
+@needs_analyze
+def test_syscall_reading_sees_chown_denied_without_the_allow_line(tmp_path: Path) -> None:
+    # the reading above can fail: the unit as it was before denies chown
+    old = tmp_path / "gateway.service"
+    old.write_text("\n".join(line for line in UNIT.read_text().splitlines()
+                             if line.strip() != "SystemCallFilter=@chown") + "\n")
+    assert settings(old)["SystemCallFilter"] != settings(UNIT)["SystemCallFilter"]
+    assert "fchownat" not in allowed_syscalls(old)
+
+
+def test_socket_group_of_the_example_is_one_of_the_units_groups() -> None:
+    # chown to a group needs no capability only when the process is in that group
+    s = settings(UNIT)
+    groups = set(s["Group"]) | {g for line in s["SupplementaryGroups"] for g in line.split()}
+    example = re.search(r"(?m)^\s*#?\s*socket_group:\s*(\S+)",
+                        (REPO / "configs/gateway.yaml").read_text())
+    assert example, "configs/gateway.yaml no longer shows api.socket_group"
+    assert example.group(1) in groups
+
+
+def test_unit_loads_the_serial_drivers_before_its_device_list_is_made() -> None:
+    # DeviceAllow=char-ttyUSB/char-ttyACM are resolved from /proc/devices at start: the
+    # drivers that register those majors are loaded by other units ordered before it
+    s = settings(UNIT)
+    wants = {u for line in s["Wants"] for u in line.split()}
+    after = {u for line in s["After"] for u in line.split()}
+    drivers = {"modprobe@usbserial.service", "modprobe@cdc_acm.service"}
+    assert drivers <= wants and drivers <= after
+    assert {"char-ttyUSB rw", "char-ttyACM rw"} <= set(s["DeviceAllow"])
+    # an ExecStartPre= would come too late: the unit's device list is already fixed
+    assert not any("modprobe" in line for line in s.get("ExecStartPre", []))
