@@ -145,3 +145,64 @@ async def test_a_later_batch_refused_first_still_waits_for_the_earlier_one() -> 
     sink.first_answer.set()  # the first one's refusal comes back
     assert await first and await second
     assert sink.accepted == [1, 2]
+
+
+async def test_batches_waiting_behind_a_held_one_go_with_it_in_one_sink_call() -> None:
+    # the backlog after an outage: one large commit, not one per waiting batch
+    sink = GateSink()
+    ingest = Ingest(sink, merge_max=8)
+    sink.refusing = True
+    refused: list[int] = []
+    pushes = [asyncio.create_task(ingest.push(batch("a:1", 1), source="a",
+                                              on_refused=lambda: refused.append(1)))]
+    await eventually(lambda: ingest.held("a"), 5, "the source held")
+    for s in range(2, 11):
+        pushes.append(asyncio.create_task(ingest.push(
+            batch("a:1", s), source="a", on_refused=lambda s=s: refused.append(s))))
+    await eventually(lambda: len(sink.calls) >= 3, 5, "merged retries refused")
+    sink.refusing = False
+    assert all(await asyncio.gather(*pushes))
+    assert seqs(sink, "a:1") == list(range(1, 11))
+    # each batch counted as refused once, however many merged retries it was part of
+    # (9 and 10 did not fit in the merged call: never offered while the store refused)
+    assert sorted(refused) == list(range(1, 9)) and ingest.refusals == 8
+    # the accepted calls: the first eight batches together (merge_max), then the rest
+    accepted_calls = [[int(r.value) for r in c] for c in sink.calls[-2:]]
+    assert accepted_calls == [list(range(1, 9)), [9, 10]]
+    assert ingest.busy == 0 and not ingest.held("a")
+
+
+async def test_after_a_refusal_a_source_goes_one_batch_at_a_time_for_a_while() -> None:
+    # a store refusing on and off: batches of a source overlapping at the sink could see
+    # a later one committed while an earlier one is refused, so after a refusal they go
+    # in line, one at a time, in arrival order
+    sink = GateSink()
+    ingest = Ingest(sink, in_line_after_refusal=30.0)
+    sink.refusing = True
+    first = asyncio.create_task(ingest.push(batch("a:1", 1), source="a"))
+    await eventually(lambda: ingest.held("a"), 5, "the source held")
+    sink.refusing = False
+    assert await first and not ingest.held("a")
+    sink.gate.clear()  # the store is slow: a batch stays at the sink
+    calls = len(sink.calls)
+    second = asyncio.create_task(ingest.push(batch("a:1", 2), source="a"))
+    third = asyncio.create_task(ingest.push(batch("a:1", 3), source="a"))
+    other = asyncio.create_task(ingest.push(batch("b:1", 1), source="b"))
+    await eventually(lambda: len(sink.calls) >= calls + 2, 5, "batches at the sink")
+    await asyncio.sleep(0.05)  # (a third call would come now if a:1 overlapped)
+    at_sink = [(c[0].device, int(c[0].value)) for c in sink.calls[calls:]]
+    assert at_sink == [("a:1", 2), ("b:1", 1)]  # a:1's third waits; b never refused
+    sink.gate.set()
+    assert await second and await third and await other
+    assert seqs(sink, "a:1") == [1, 2, 3]
+    # without a recent refusal, batches of a source overlap at the sink (the fast path)
+    quick = Ingest(sink, in_line_after_refusal=0.0)
+    sink.refusing = True
+    assert not await quick.push(batch("c:1", 1), source="c", retry_for=0)
+    sink.refusing = False
+    sink.gate.clear()
+    calls = len(sink.calls)
+    both = [asyncio.create_task(quick.push(batch("c:1", s), source="c")) for s in (2, 3)]
+    await eventually(lambda: len(sink.calls) == calls + 2, 5, "both batches at the sink")
+    sink.gate.set()
+    assert all(await asyncio.gather(*both))

@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry
 from gateway.adapters.base import AdapterContext
 from gateway.adapters.mqtt import MqttAdapter
 from gateway.adapters.mqtt.config import MqttConfig
-from gateway.adapters.mqtt.held import HeldLine, Message
 from gateway.reading import Reading
 from tests.brokers import Mosquitto
 from tests.waiting import eventually
@@ -236,11 +235,28 @@ async def test_stopping_while_messages_are_held_leaves_them_to_the_broker_in_ord
         await stop_all(h)
 
 
-def test_a_batch_refused_late_goes_before_messages_that_arrived_after_it() -> None:
-    # a batch already at the sink when the first refusal comes back can itself be
-    # refused after later messages have joined the line
-    line = HeldLine()
-    line.add([Message(seq, seq, [], "t") for seq in (1, 2, 6, 7)])
-    line.add([Message(seq, seq, [], "t") for seq in (3, 4, 5)])
-    line.add([Message(8, 8, [], "t")])
-    assert [m.seq for m in line.take_all()] == list(range(1, 9))
+async def test_held_messages_wait_on_the_ingest_path_and_go_in_merged_sink_calls(
+        mosquitto: Mosquitto, tmp_path: Path, devices: list[gmqtt.Client]) -> None:
+    # the adapter base's ingest path holds them (counted as work in flight, drained and
+    # given up by the stop deadline), and the backlog leaves in a few large sink calls
+    count = 30
+    h = Harness(mosquitto, tmp_path, RefusingSink())
+    adapter = await h.adapter()
+    try:
+        h.sink.refusing = True
+        await publish_paced(devices, count, gap=0.002)
+        await eventually(lambda: h.held() == DEVICES * count, 10.0, "every message held",
+                         step=LOOK)
+        assert adapter.ingest.held() and adapter.ingest.busy >= 1
+        assert adapter.ingest.refusals >= 1
+        calls = h.sink.calls
+        h.sink.refusing = False
+        await eventually(lambda: h.sink.messages() >= DEVICES * count, 10.0,
+                         "the held messages accepted", step=LOOK)
+        assert h.sink.calls - calls <= 3, f"{h.sink.calls - calls} sink calls for the backlog"
+        assert_each_message_once_in_order(h.sink, count)
+        await eventually(lambda: h.held() == 0 and adapter.ingest.busy == 0, 5.0,
+                         "nothing left on the ingest path", step=LOOK)
+        assert h.metric("gateway_mqtt_messages_total", result="accepted") == DEVICES * count
+    finally:
+        await stop_all(h)

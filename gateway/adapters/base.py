@@ -20,7 +20,7 @@ import abc
 import asyncio
 import logging
 import math
-from collections.abc import Coroutine, Hashable, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -131,14 +131,16 @@ class Adapter(abc.ABC):
         self.ingest = Ingest(ctx.sink, ctx.drain_timeout)
 
     async def accept(self, readings: Sequence[Reading], source: Hashable = WHOLE,
-                     retry_for: float = math.inf) -> bool:
+                     retry_for: float = math.inf,
+                     on_refused: Callable[[], None] | None = None) -> bool:
         """Hand readings to the core; True once durable (acknowledge the device then).
 
         A refusal is retried (:mod:`gateway.adapters.ingest`) for ``retry_for`` seconds
         (0: answer the refusal at once), and later batches of the same ``source`` wait
-        behind it. False: refused for good, or stopping.
+        behind it. False: refused for good, or stopping. ``on_refused`` is called the
+        first time the batch is refused (to count it, say).
         """
-        return await self.ingest.push(readings, source, retry_for)
+        return await self.ingest.push(readings, source, retry_for, on_refused)
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -17,8 +17,15 @@ Every adapter calls :meth:`Ingest.push` (as ``self.accept(...)`` on :class:`Adap
   earlier batch of that source is done, and while one is held, later batches of the
   source wait their turn behind it: a later batch never overtakes an earlier one, even
   when the earlier one's refusal comes back after the later one's (a failed commit).
+  For :data:`IN_LINE_AFTER_REFUSAL` s after a source's last refusal its batches keep
+  going one at a time, in ticket order: batches overlapping at the sink while the store
+  refuses on and off would let a later one be committed ahead of a refused earlier one.
+- **Merged while waiting**: the batch whose turn it is takes the batches of its source
+  waiting right behind it into the same sink call (up to :data:`MERGE_MAX` readings),
+  so the backlog after an outage is cleared in a few large commits, not one per batch.
 
-The fast path (nothing of the source held) is a ticket, a counter and the sink call.
+The fast path (nothing of the source held or in line) is a ticket, a counter and the
+sink call.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from itertools import islice
 from typing import Protocol
 
 from gateway.core.backoff import Backoff
@@ -45,6 +53,10 @@ STOP_MARGIN = 2.0
 DRAIN_TIMEOUT = STOP_TIMEOUT - STOP_MARGIN
 #: a source's line, and the whole adapter's when no source is named
 WHOLE = "*"
+#: after a source's last refusal, its batches go to the sink one at a time this long
+IN_LINE_AFTER_REFUSAL = 5.0
+#: readings per sink call at most when waiting batches of a source are merged
+MERGE_MAX = 5000
 
 
 class _Sink(Protocol):
@@ -56,23 +68,45 @@ def retry_backoff() -> Backoff:
     return Backoff(RETRY_INITIAL, RETRY_MAX)
 
 
+class _Waiting:
+    """A batch in its source's line (refused, or behind one) until it is done."""
+
+    __slots__ = ("readings", "turn", "on_refused", "refused")
+
+    def __init__(self, readings: Sequence[Reading], on_refused: Callable[[], None] | None,
+                 refused: bool) -> None:
+        self.readings = readings
+        #: set while it waits its turn: None (its turn, or stopping), True (accepted in
+        #: the sink call of the batch before it)
+        self.turn: asyncio.Future[bool | None] | None = None
+        self.on_refused = on_refused
+        self.refused = refused  # counted once, however often it is retried
+
+
 class _Source:
     """The batches of one source in flight, by arrival ticket, and the held ones."""
 
-    __slots__ = ("tickets", "held", "turn")
+    __slots__ = ("tickets", "held", "waiting")
 
     def __init__(self) -> None:
         self.tickets: deque[int] = deque()  # in flight, in arrival order
-        self.held = 0  # batches refused and not yet done
-        self.turn: dict[int, asyncio.Future[None]] = {}  # held batches waiting their turn
+        self.held = 0  # batches in the line (refused, or behind one) and not yet done
+        self.waiting: dict[int, _Waiting] = {}  # the batches in the line, by ticket
 
 
 class Ingest:
     """One adapter's path into the sink; see the module docstring."""
 
-    def __init__(self, sink: _Sink, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+    def __init__(self, sink: _Sink, drain_timeout: float = DRAIN_TIMEOUT,
+                 in_line_after_refusal: float = IN_LINE_AFTER_REFUSAL,
+                 merge_max: int = MERGE_MAX) -> None:
         self._sink = sink
         self.drain_timeout = drain_timeout
+        self.in_line_after_refusal = in_line_after_refusal
+        #: readings per merged sink call at most (0: batches are never merged)
+        self.merge_max = merge_max
+        #: sources refused lately: until when (monotonic) their batches stay in line
+        self._in_line: dict[Hashable, float] = {}
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -99,9 +133,24 @@ class Ingest:
         src = self._sources.get(source)
         return src is not None and src.held > 0
 
+    def _lined(self, source: Hashable) -> bool:
+        """Whether ``source`` was refused lately: its batches go one at a time."""
+        until = self._in_line.get(source)
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._in_line[source]
+        return False
+
     async def push(self, readings: Sequence[Reading], source: Hashable = WHOLE,
-                   retry_for: float = math.inf) -> bool:
-        """True once ``readings`` are durable; False if refused for good (see module doc)."""
+                   retry_for: float = math.inf,
+                   on_refused: Callable[[], None] | None = None) -> bool:
+        """True once ``readings`` are durable; False if refused for good (see module doc).
+
+        ``on_refused`` is called once, the first time the batch is refused (alone, or in
+        a merged sink call).
+        """
         self._busy += 1
         self._idle.clear()
         src = self._sources.get(source)
@@ -111,14 +160,20 @@ class Ingest:
         self._ticket += 1
         src.tickets.append(ticket)
         try:
-            if not src.held:
+            if not src.held and not (self._in_line and self._lined(source)
+                                     and not self._stopping.is_set()):
                 if await self._sink.accept(readings):
                     return True
                 self.refusals += 1
+                self._in_line[source] = time.monotonic() + self.in_line_after_refusal
+                if on_refused is not None:
+                    on_refused()
                 if retry_for <= 0 or self._stopping.is_set():
                     return False
-                return await self._held(src, ticket, readings, retry_for, tried=True)
-            return await self._held(src, ticket, readings, retry_for, tried=False)
+                return await self._held(src, source, ticket,
+                                        _Waiting(readings, on_refused, True), retry_for, True)
+            return await self._held(src, source, ticket, _Waiting(readings, on_refused, False),
+                                    retry_for, False)
         finally:
             self._done(src, source, ticket)
             self._busy -= 1
@@ -132,44 +187,78 @@ class Ingest:
         else:
             tickets.remove(ticket)
         if tickets:
-            waiter = src.turn.get(tickets[0])
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)  # the next held batch's turn
+            waiting = src.waiting.get(tickets[0])
+            turn = waiting.turn if waiting is not None else None
+            if turn is not None and not turn.done():
+                turn.set_result(None)  # the next held batch's turn
         else:
             del self._sources[source]
 
-    async def _held(self, src: _Source, ticket: int, readings: Sequence[Reading],
+    async def _held(self, src: _Source, source: Hashable, ticket: int, me: _Waiting,
                     retry_for: float, tried: bool) -> bool:
         deadline = time.monotonic() + retry_for
         src.held += 1
+        src.waiting[ticket] = me
         try:
             # every earlier batch of the source first: accepted, or given up
             while src.tickets[0] != ticket:
                 if self._stopping.is_set():
                     return False
-                waiter = src.turn[ticket] = asyncio.get_running_loop().create_future()
+                turn = me.turn = asyncio.get_running_loop().create_future()
                 try:
-                    await waiter
+                    if await turn:
+                        return True  # merged into the batch before it, and accepted
                 finally:
-                    src.turn.pop(ticket, None)
+                    me.turn = None
             # a batch that waited its turn tries at once: the one before it just went
             if not tried and not self._stopping.is_set():
-                if await self._sink.accept(readings):
+                if await self._offer(src, source, ticket, me):
                     return True
-                self.refusals += 1
             backoff = retry_backoff()
             while not self._stopping.is_set():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.given_up += 1
+                    if retry_for > 0:
+                        self.given_up += 1
                     return False
                 if await wait_event(self._stopping, min(backoff.next_delay(), left)):
                     break  # stopping: the device keeps what was not accepted
-                if await self._sink.accept(readings):
+                if await self._offer(src, source, ticket, me):
                     return True
             return False
         finally:
             src.held -= 1
+            del src.waiting[ticket]
+
+    async def _offer(self, src: _Source, source: Hashable, ticket: int, me: _Waiting) -> bool:
+        """One sink call for the batch whose turn it is and those waiting right behind it."""
+        group = [me]
+        readings = me.readings
+        if self.merge_max:
+            total = len(readings)
+            for later in islice(src.tickets, 1, None):
+                waiting = src.waiting.get(later)
+                if waiting is None or waiting.turn is None or waiting.turn.done():
+                    break  # not waiting its turn (at the sink itself): the merge ends here
+                total += len(waiting.readings)
+                if total > self.merge_max:
+                    break
+                group.append(waiting)
+            if len(group) > 1:
+                readings = [r for w in group for r in w.readings]
+        if await self._sink.accept(readings):
+            for waiting in group[1:]:
+                if waiting.turn is not None and not waiting.turn.done():
+                    waiting.turn.set_result(True)
+            return True
+        self._in_line[source] = time.monotonic() + self.in_line_after_refusal
+        for waiting in group:
+            if not waiting.refused:
+                waiting.refused = True
+                self.refusals += 1
+                if waiting.on_refused is not None:
+                    waiting.on_refused()
+        return False
 
     def begin_stop(self, within: float | None = None) -> None:
         """Start the stop's clock: every wait of the stop ends by one deadline, however
@@ -197,9 +286,9 @@ class Ingest:
 
     def _wake_waiting(self) -> None:
         for src in self._sources.values():
-            for waiter in src.turn.values():
-                if not waiter.done():
-                    waiter.set_result(None)
+            for waiting in src.waiting.values():
+                if waiting.turn is not None and not waiting.turn.done():
+                    waiting.turn.set_result(None)
 
     async def drain(self, within: float | None = None) -> int:
         """Wait (bounded) for batches being accepted, then stop retrying; how many are left.

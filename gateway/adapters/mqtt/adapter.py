@@ -10,10 +10,11 @@ When the sink refuses (queue full, store failing) the default is to *hold* the m
 no PUBACK until a retry is accepted. mosquitto treats a PUBACK with an error code as
 final and discards the message, so answering 0x97 would lose it; holding keeps it in
 our session, and the broker's in-flight window (``receive_maximum``) throttles the
-flow meanwhile. Every message received after a held one waits behind it in one line,
-in arrival order, and one retry loop offers the line's head to the sink, so per-device
-order survives the refusal (see :mod:`gateway.adapters.mqtt.held`). ``on_refused:
-nack`` answers 0x97 at once instead.
+flow meanwhile. The holding, retrying and ordering are the adapter base's ingest path
+(:mod:`gateway.adapters.ingest`), with the whole adapter as one source: every batch
+received after a held one waits behind it in arrival order (merged into larger sink
+calls), so per-device order survives the refusal. ``on_refused: nack`` answers 0x97 at
+once instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,12 +32,10 @@ from gmqtt.mqtt.constants import MQTTv50, PubRecReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
-from gateway.adapters.ingest import retry_backoff
 from gateway.adapters.mqtt.config import MqttConfig, SubscriptionConfig
-from gateway.adapters.mqtt.held import HeldLine, Message
+from gateway.adapters.mqtt.held import Message
 from gateway.adapters.mqtt.topics import TopicTemplate
 from gateway.core import gmqtt_patch
-from gateway.core.tasks import wait_event
 from gateway.logs import InputLog
 from gateway.metrics import metric_set
 from gateway.payloads import DecodeError, Format, Source, format_class
@@ -49,10 +49,6 @@ IMPLEMENTATION_ERROR = int(PubRecReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
 
 #: readings per sink call at most (one outbox row each)
 MAX_BATCH = 5000
-#: after the last refusal, new messages keep going through the line (one sink call at a
-#: time) this long: batches overlapping at the sink would let a later one be committed
-#: ahead of an earlier one if the store refused again
-IN_LINE_AFTER_REFUSAL = 5.0
 #: a companion topic's payload at most (zigbee2mqtt's retained device list grows with
 #: the network)
 BRIDGE_MAX_PAYLOAD = 4 * 1024 * 1024
@@ -136,16 +132,9 @@ class MqttAdapter(Adapter):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._batch: list[Reading] = []
         self._batch_messages: list[Message] = []
-        self._batches: set[asyncio.Task[None]] = set()  # batches at the sink
-        self._busy = 0
+        self._batches: set[asyncio.Task[None]] = set()  # batches on the ingest path
+        self._pending = 0  # messages in those batches, not yet answered
         self._arrivals = 0
-        #: held messages in arrival order; while ``_in_line`` every new message joins it
-        self._line = HeldLine()
-        self._in_line = False
-        self._last_refusal = 0.0
-        self._line_wake = asyncio.Event()  # a message joined the line, or stopping
-        self._stop_wake = asyncio.Event()
-        self._idle = asyncio.Event()  # set once stopping and nothing is being accepted
         self._stopping = False
         self._closed: asyncio.Future[None] | None = None
         self._acks: dict[int, asyncio.Future[int]] = {}
@@ -155,6 +144,8 @@ class MqttAdapter(Adapter):
         self._input_log = InputLog(self.log)
         self._connected = asyncio.Event()
         self.connects = 0
+        # messages held after a refusal: what is on the ingest path while it holds
+        self._m_held.set_function(lambda: self._pending if self.ingest.held() else 0)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -232,14 +223,15 @@ class MqttAdapter(Adapter):
         session and sends them again when we reconnect.
         """
         self._stopping = True
-        self._stop_wake.set()
-        self._line_wake.set()
+        # held messages give up now (the broker keeps them); those at the sink finish
+        self.ingest.stop_retrying()
         self._flush_batch()
-        if not self._busy:
-            self._idle.set()
-        if not await wait_event(self._idle, self.ingest.remaining()):
+        batches = [t for t in self._batches if not t.done()]
+        if batches:
+            await asyncio.wait(batches, timeout=self.ingest.remaining())
+        if self._pending:
             self.log.warning("mqtt %s: %d message(s) still being accepted at stop; the broker "
-                             "will send them again", self.prefix, self._busy)
+                             "will send them again", self.prefix, self._pending)
         # a finished message's PUBACK is queued by gmqtt's done-callback a loop turn or two
         # later: let those run, then write what is queued before disconnecting
         for _ in range(5):
@@ -254,6 +246,7 @@ class MqttAdapter(Adapter):
             except Exception as exc:  # noqa: BLE001
                 self.log.warning("mqtt %s: disconnect failed: %s", self.prefix, exc)
         self._m_connected.set(0)
+        self._m_held.set_function(lambda: 0)
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
         for fut in self._acks.values():
@@ -337,34 +330,22 @@ class MqttAdapter(Adapter):
     def _on_qos1(self, mid: int, payload: bytes, topic: str, properties: Any) -> None:
         """gmqtt's QoS 1 PUBLISH handler, replaced: the hot path without a task per message.
 
-        The message joins this loop turn's batch (or, after a refusal, the held line); its
-        PUBACK is queued once its readings are durable. Stopping takes gmqtt's coroutine
-        path.
+        The message joins this loop turn's batch; its PUBACK is queued once its readings
+        are durable. Stopping takes gmqtt's coroutine path.
         """
         if self._stopping:
             self._gmqtt_qos1(mid, payload, topic, properties)
             return
-        self._busy += 1
         try:
             prepared = self._prepare(topic, payload)
         except Exception as exc:  # noqa: BLE001 - a decoder bug must still answer the broker
             self._decoder_failed(topic, exc)
             prepared = IMPLEMENTATION_ERROR
         if isinstance(prepared, int):
-            self._done_one()
             self._queue_puback(mid, prepared)
             return
         self._arrivals += 1
-        message = Message(self._arrivals, mid, prepared, topic)
-        if self._in_line:
-            self._hold([message])
-        else:
-            self._submit(message)
-
-    def _done_one(self) -> None:
-        self._busy -= 1
-        if self._stopping and not self._busy:
-            self._idle.set()
+        self._submit(Message(self._arrivals, mid, prepared, topic))
 
     async def _on_message(self, client: gmqtt.Client, topic: str, payload: bytes, qos: int,
                           properties: Any) -> int:
@@ -372,7 +353,6 @@ class MqttAdapter(Adapter):
 
         QoS 1 messages come here only while stopping (see :meth:`_on_qos1`); QoS 0 always.
         """
-        self._busy += 1
         try:
             if self._stopping:
                 return await self._withhold()
@@ -382,11 +362,7 @@ class MqttAdapter(Adapter):
             assert self._loop is not None
             accepted = self._loop.create_future()
             self._arrivals += 1
-            message = Message(self._arrivals, -1, prepared, topic, accepted)
-            if self._in_line:
-                self._hold([message])
-            else:
-                self._submit(message)
+            self._submit(Message(self._arrivals, -1, prepared, topic, accepted))
             if await accepted:
                 return OK
             if self.config.on_refused == "nack":
@@ -395,8 +371,6 @@ class MqttAdapter(Adapter):
         except Exception as exc:  # noqa: BLE001 - gmqtt would send no PUBACK at all
             self._decoder_failed(topic, exc)
             return IMPLEMENTATION_ERROR
-        finally:
-            self._done_one()
 
     def _queue_puback(self, mid: int, reason_code: int = 0) -> None:
         if self._pubacks is not None:
@@ -447,7 +421,7 @@ class MqttAdapter(Adapter):
                        self.prefix, topic)
         return OK
 
-    # -- answering, holding -----------------------------------------------------------------
+    # -- answering ---------------------------------------------------------------------------
 
     def _answer(self, messages: list[Message]) -> None:
         """The sink accepted these messages' readings: acknowledge each one."""
@@ -456,7 +430,6 @@ class MqttAdapter(Adapter):
 
     def _nack(self, messages: list[Message]) -> None:
         """``on_refused: nack``: answer 0x97 at once (mosquitto then discards the message)."""
-        self._m_refused.inc(len(messages))
         self._log_once("refused", "mqtt %s: outbox refused %d message(s), the first from %s; "
                        "answered 0x97 (on_refused: nack)", self.prefix, len(messages),
                        messages[0].topic)
@@ -473,101 +446,13 @@ class MqttAdapter(Adapter):
             if m.waiter is not None:
                 if not m.waiter.done():
                     m.waiter.set_result(accepted)
-            else:
-                self._done_one()
-                if code is not None:
-                    self._queue_puback(m.mid, code)
-
-    def _refused(self, messages: list[Message]) -> None:
-        fresh = 0
-        for m in messages:
-            if not m.refused:
-                m.refused = True
-                fresh += 1
-        self._m_refused.inc(fresh)  # each message once, however often it is retried
-        self._last_refusal = time.monotonic()
-
-    def _hold(self, messages: list[Message]) -> None:
-        """Put messages in the held line; the first one held starts the retry loop."""
-        if self._stopping:
-            self._release(messages)
-            return
-        self._line.add(messages)
-        self._m_held.set(len(self._line))
-        self._line_wake.set()
-        if not self._in_line:
-            self._in_line = True
-            self._log_once("held", "mqtt %s: outbox refused readings from %s; holding the "
-                           "message and every later one unacknowledged, in arrival order, "
-                           "and retrying (logged once)", self.prefix, messages[0].topic)
-            self.spawn(self._drain_line(), name=f"{self.prefix}:held")
-
-    async def _drain_line(self) -> None:
-        """The one retry loop: offer the held line's head to the sink until the line is empty.
-
-        Runs from the first refusal until the line is empty and nothing was refused for
-        ``IN_LINE_AFTER_REFUSAL``; meanwhile every new message joins the line, so one
-        sink call at a time carries them, oldest first. Ends at stop: what is still held
-        is left unacknowledged.
-        """
-        backoff = retry_backoff()
-        refused = True
-        try:
-            while True:
-                if self._batch_messages:
-                    self._flush_batch()  # formed before the refusal: joins the line by arrival
-                # batches already at the sink when the refusal came back: whether their
-                # messages are answered or join the line must be known before the head goes
-                at_sink = {t for t in self._batches if not t.done()}
-                if at_sink:
-                    await asyncio.wait(at_sink)
-                    continue
-                if self._stopping:
-                    return
-                if refused:
-                    await self._pause(backoff.next_delay())
-                    refused = False
-                    continue
-                if not self._line:
-                    calm = self._last_refusal + IN_LINE_AFTER_REFUSAL - time.monotonic()
-                    if calm <= 0:
-                        return  # back to batches overlapping at the sink
-                    await self._wait_for_arrival(calm)
-                    continue
-                head = self._line.head(MAX_BATCH)
-                if await self._offer([r for m in head for r in m.readings]):
-                    self._line.remove_head(len(head))
-                    self._m_held.set(len(self._line))
-                    self._answer(head)
-                    backoff.reset()
-                else:
-                    self._refused(head)
-                    refused = True
-        finally:
-            self._in_line = False
-            self._release(self._line.take_all())
-            self._m_held.set(0)
-
-    async def _pause(self, delay: float) -> None:
-        """Sleep ``delay`` seconds, or until stop."""
-        await wait_event(self._stop_wake, delay)
-
-    async def _wait_for_arrival(self, within: float) -> None:
-        self._line_wake.clear()
-        if self._line or self._stopping:
-            return
-        await wait_event(self._line_wake, within)
+            elif code is not None:
+                self._queue_puback(m.mid, code)
 
     async def _withhold(self) -> int:
         """Never acknowledge: wait until disconnected (the broker sends it again later)."""
         assert self._closed is not None
-        self._busy -= 1
-        if self._stopping and not self._busy:
-            self._idle.set()
-        try:
-            await asyncio.shield(self._closed)
-        finally:
-            self._busy += 1
+        await asyncio.shield(self._closed)
         return IMPLEMENTATION_ERROR  # goes nowhere: the connection is closed
 
     def _declare_type(self, readings: Sequence[Reading], device_type: str) -> None:
@@ -615,30 +500,46 @@ class MqttAdapter(Adapter):
             return
         self._batch, self._batch_messages = [], []
         assert self._loop is not None
+        self._pending += len(messages)
         task = self._loop.create_task(self._accept(readings, messages))
         self._batches.add(task)
         task.add_done_callback(self._batches.discard)
 
     async def _accept(self, readings: list[Reading], messages: list[Message]) -> None:
-        if self._in_line:
-            # a refusal came back after these arrived: they wait behind the held ones
-            self._hold(messages)
+        """One batch through the ingest path: answered once durable, in arrival order.
+
+        A refused batch is held there (no PUBACK) and retried, and every later batch
+        waits behind it, merged with it into larger sink calls; stopping gives up on it
+        (no PUBACK: the broker sends it again).
+        """
+        nack = self.config.on_refused == "nack"
+
+        def refused() -> None:
+            self._m_refused.inc(len(messages))  # each message once, however often retried
+            if not nack:
+                self._log_once("held", "mqtt %s: outbox refused readings from %s; holding "
+                               "the message and every later one unacknowledged, in arrival "
+                               "order, and retrying (logged once)", self.prefix,
+                               messages[0].topic)
+
+        try:
+            ok = await self.accept(readings, retry_for=0 if nack else math.inf,
+                                   on_refused=refused)
+        except Exception as exc:
+            # a sink bug: nothing is acknowledged; the restarted adapter gets them again
+            self.log.error("mqtt %s: sink failed: %s: %s", self.prefix, type(exc).__name__,
+                           exc)
+            self._release(messages)
+            self.fail(exc)
             return
-        if await self._offer(readings):
+        finally:
+            self._pending -= len(messages)
+        if ok:
             self._answer(messages)
-        elif self.config.on_refused == "nack":
+        elif nack and not self._stopping:
             self._nack(messages)
         else:
-            self._refused(messages)
-            self._hold(messages)
-
-    async def _offer(self, readings: list[Reading]) -> bool:
-        try:
-            # answered at once: a refused message is held in the line (its PUBACK waits)
-            return await self.accept(readings, retry_for=0)
-        except Exception as exc:  # noqa: BLE001 - a sink bug is a refusal, not a lost message
-            self.log.error("mqtt %s: sink failed: %s: %s", self.prefix, type(exc).__name__, exc)
-            return False
+            self._release(messages)
 
     # -- sending ------------------------------------------------------------------------------
 
