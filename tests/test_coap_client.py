@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,44 @@ async def test_refused_notification_is_kept_until_the_outbox_takes_it(
                                            result="refused") >= 1, what="refusal")
         gw.sink.refuse = False
         await gw.wait_stored(lambda rs: any(r.value == 7.0 for r in rs))
+    finally:
+        await gw.stop()
+
+
+async def test_a_refused_notification_is_retried_with_the_ingest_backoff_and_in_order(
+        tmp_path: Path, device: Device) -> None:
+    # held on the ingest path with (device, path) as its source: retried on the one
+    # backoff (50 ms doubling), not once a second, and the resource's later states after it
+    from gateway.adapters.ingest import RETRY_INITIAL
+
+    sensor = device.add("/s", DeviceResource({"temperature": 5.0}))
+    await device.start()
+    gw = await _gateway(tmp_path, device, resources=[{"path": "/s"}])
+    try:
+        await gw.wait_stored(lambda rs: any(r.value == 5.0 for r in rs))
+        assert gw.sink is not None and gw.adapter is not None
+        gw.sink.refuse = True  # a full queue
+        calls = gw.sink.calls
+        t0 = time.monotonic()
+        sensor.set(temperature=7.0)
+        await eventually(lambda: gw.adapter is not None
+                         and gw.adapter.ingest.held(("coap:node-1", "/s")), what="held")
+        # the first three retries come within 50 + 100 + 200 ms (jittered, at most 1.5 x)
+        await eventually(lambda: gw.sink is not None and gw.sink.calls >= calls + 4,
+                         what="retries")
+        assert time.monotonic() - t0 < 1.0, "retried once a second, not on the backoff"
+        assert RETRY_INITIAL < 0.2
+        # counted once as refused, however often it was retried
+        assert gw.metric("gateway_coap_notifications_total", adapter="coap",
+                         result="refused") == 1
+        sensor.set(temperature=8.0)  # a later state waits behind the held one
+        gw.sink.refuse = False
+        stored = await gw.wait_stored(lambda rs: any(r.value == 8.0 for r in rs))
+        values = [r.value for r in stored if r.metric == "temperature"]
+        assert values.index(7.0) < values.index(8.0)
+        assert values.count(7.0) == 1
+        assert gw.metric("gateway_coap_notifications_total", adapter="coap",
+                         result="dropped") == 0
     finally:
         await gw.stop()
 

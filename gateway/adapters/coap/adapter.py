@@ -142,7 +142,7 @@ class CoapAdapter(Adapter):
             # a device with a security context is known before its first reading
             self.ctx.devices.declare(f"{self.prefix}:{native}")
         for spec in cfg.devices:
-            client = DeviceClient(self.prefix, spec, self._context, self._accept, cfg.block_size,
+            client = DeviceClient(self.prefix, spec, self._context, self.accept, cfg.block_size,
                                   self.files_dir, self._m, self.log, self._input_log)
             self.clients[client.device] = client
             if spec.oscore and self._oscore is not None:

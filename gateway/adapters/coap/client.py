@@ -6,6 +6,9 @@
   an Observe option does not support it: the gateway polls it with GET instead.
 - Notifications carry the resource's current state; aiocoap merges notifications that
   arrive while the previous one is being stored, so the outbox gets the latest state.
+  They go through the adapter base's ingest path with (device, path) as the source: a
+  refused one is retried with the one backoff, in order, until accepted or the stop's
+  deadline (then it is counted and logged as dropped: the device does not resend it).
 - Commands: a PUT or POST to the resource configured for the action; the response code
   is the command's result. Bodies larger than the device's block size go block-wise
   (RFC 7959), e.g. firmware images.
@@ -17,9 +20,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiocoap import Context, Message, error
 from aiocoap.numbers.codes import Code
@@ -33,14 +36,20 @@ from gateway.logs import InputLog
 from gateway.payloads import DecodeError
 from gateway.reading import Command, CommandResult, Reading
 
-Accept = Callable[[Sequence[Reading]], Awaitable[bool]]
+
+class Accept(Protocol):
+    """The adapter's ingest path (:meth:`Adapter.accept`): retried until accepted, in order
+    per ``source``; False only when stopping."""
+
+    def __call__(self, readings: Sequence[Reading], source: Hashable = ...,
+                 retry_for: float = ..., on_refused: Callable[[], None] | None = ...,
+                 ) -> Awaitable[bool]: ...
+
 
 #: content format of command bodies read from files (application/octet-stream)
 OCTET_STREAM = 42
 #: seconds to wait for the first response of an observation or a poll
 REQUEST_TIMEOUT = 30.0
-#: delay between tries when the outbox refuses a notification's readings
-REFUSED_RETRY = 1.0
 
 
 def size_exponent(block_size: int) -> int:
@@ -91,23 +100,30 @@ class DeviceClient:
                                     "(%s): %.200s", self.spec.address, res.path, exc.reason,
                                     exc)
             return
-        # the device will not send this state again: hold it until the outbox takes it
+        # the device will not send this state again: the ingest path holds it (retried
+        # with the one backoff, later notifications of the resource behind it) until the
+        # outbox takes it, or until the stop's deadline
         refused = accepted = False
+
+        def on_refused() -> None:
+            nonlocal refused
+            refused = True
+            self._m.notifications.labels(self.adapter, "refused").inc()
+
         try:
-            while not (accepted := await self._accept(readings)):
-                refused = True
-                self._m.notifications.labels(self.adapter, "refused").inc()
-                if await wait_event(stopping, REFUSED_RETRY):
-                    return
+            accepted = await self._accept(readings, (self.device, res.path),
+                                          on_refused=on_refused)
         finally:
-            if refused and not accepted:
+            if not accepted:
                 # stopping (or cancelled at stop) with the outbox still refusing: the device
                 # will not resend this state, so say what is lost rather than drop it quietly
                 self._m.notifications.labels(self.adapter, "dropped").inc()
-                self._log.warning("coap: stopping while the outbox refuses: %d reading(s) "
-                                  "observed from %s%s dropped", len(readings),
+                self._log.warning("coap: stopping while the outbox %s: %d reading(s) "
+                                  "observed from %s%s dropped",
+                                  "refuses" if refused else "is busy", len(readings),
                                   self.spec.address, res.path)
-        self._m.notifications.labels(self.adapter, "accepted").inc()
+        if accepted:
+            self._m.notifications.labels(self.adapter, "accepted").inc()
 
     async def watch(self, res: ResourceSpec, stopping: asyncio.Event) -> None:
         """Observe ``res`` (registering again as needed) or poll it, until ``stopping``."""
