@@ -25,7 +25,7 @@ def config(state: Path, adapters: list[dict[str, Any]]) -> dict[str, Any]:
         "gateway": {"id": "gw-history", "state_dir": str(state)},
         "store": {"commit_interval": "5ms"},
         "uplink": {"enabled": False},
-        "history": {"flush_interval": f"{FLUSH:g}s"},
+        "history": {"enabled": True, "flush_interval": f"{FLUSH:g}s"},
         "adapters": adapters,
     }
 

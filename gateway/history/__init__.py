@@ -1,6 +1,6 @@
 """Local history: a bounded time series of every numeric reading, on the gateway.
 
-:func:`history` is the daemon's component (``history.enabled``, on by default): it hooks
+:func:`history` is the daemon's component (``history.enabled``, off by default): it hooks
 an observer into the pipeline that only appends to a list; every ``flush_interval`` the
 list goes to a writer thread, one transaction. Queries run in a reader thread with its
 own connection. See ``gateway/history/README.md``.
