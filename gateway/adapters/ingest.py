@@ -57,6 +57,8 @@ WHOLE = "*"
 IN_LINE_AFTER_REFUSAL = 5.0
 #: readings per sink call at most when waiting batches of a source are merged
 MERGE_MAX = 5000
+#: sources remembered as refused lately before the expired ones are forgotten
+_IN_LINE_SOURCES = 1024
 
 
 class _Sink(Protocol):
@@ -143,6 +145,14 @@ class Ingest:
         del self._in_line[source]
         return False
 
+    def _line_up(self, source: Hashable) -> None:
+        """``source`` was refused: its batches go one at a time for a while."""
+        now = time.monotonic()
+        if len(self._in_line) >= _IN_LINE_SOURCES:
+            # many sources refused once and quiet since (devices that left): forget those
+            self._in_line = {k: t for k, t in self._in_line.items() if t > now}
+        self._in_line[source] = now + self.in_line_after_refusal
+
     async def push(self, readings: Sequence[Reading], source: Hashable = WHOLE,
                    retry_for: float = math.inf,
                    on_refused: Callable[[], None] | None = None) -> bool:
@@ -165,7 +175,7 @@ class Ingest:
                 if await self._sink.accept(readings):
                     return True
                 self.refusals += 1
-                self._in_line[source] = time.monotonic() + self.in_line_after_refusal
+                self._line_up(source)
                 if on_refused is not None:
                     on_refused()
                 if retry_for <= 0 or self._stopping.is_set():
@@ -251,7 +261,7 @@ class Ingest:
                 if waiting.turn is not None and not waiting.turn.done():
                     waiting.turn.set_result(True)
             return True
-        self._in_line[source] = time.monotonic() + self.in_line_after_refusal
+        self._line_up(source)
         for waiting in group:
             if not waiting.refused:
                 waiting.refused = True
