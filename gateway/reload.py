@@ -4,7 +4,7 @@
 file the daemon was started with again. :func:`plan` compares it with the running config,
 section by section; the daemon (:meth:`gateway.daemon.Gateway.reload`) applies the plan in
 place. What cannot change without a restart (the gateway's id and state directory, the
-store, the control API) is reported and left as it was.
+store, the control API, local history) is reported and left as it was.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from gateway.adapters.base import AdapterConfig
 from gateway.config.model import GatewayConfig
 
 #: sections (or ``section.key``) a running daemon keeps until it restarts
-RESTART_ONLY = ("gateway.id", "gateway.state_dir", "store", "api")
+RESTART_ONLY = ("gateway.id", "gateway.state_dir", "store", "api", "history")
 
 
 def _get(config: GatewayConfig, dotted: str) -> Any:
@@ -52,7 +52,7 @@ def plan(running: GatewayConfig, new: GatewayConfig) -> Plan:
     restart = [key for key in RESTART_ONLY if _get(running, key) != _get(new, key)]
     # what needs a restart stays as the daemon runs it; everything else is the new file's
     kept = new.model_copy(update={
-        "store": running.store, "api": running.api,
+        "store": running.store, "api": running.api, "history": running.history,
         "gateway": new.gateway.model_copy(update={"id": running.gateway.id,
                                                   "state_dir": running.gateway.state_dir}),
     })
