@@ -9,9 +9,10 @@ not load, or is not the kind of object the group holds raises the group's own
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -71,3 +72,19 @@ class PluginGroup(Generic[T]):
         """Forget the entry points and what was loaded (after installing a plugin)."""
         self._eps = None
         self._loaded.clear()
+
+
+#: a CLI command's handler: parsed arguments to an exit code
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CommandHost(Protocol):
+    """What a ``gateway.commands`` group's ``register(cli)`` gets: the part of
+    ``gateway.cli.Commands`` a command group uses (structural, so a group imports no CLI)."""
+
+    def add(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser: ...
+
+    def daemon_options(self, p: argparse.ArgumentParser, *, timeout: float = ...,
+                       json_flag: bool = ...) -> None: ...
+
+    def client(self, args: argparse.Namespace) -> Any: ...

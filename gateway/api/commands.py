@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from gateway.plugins import CommandHost
+
 if TYPE_CHECKING:
     from gateway.api.client import ApiClient
 
@@ -26,16 +28,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-class Cli(Protocol):
-    """The part of ``gateway.cli.Commands`` these commands use (structural: no import)."""
-
-    def add(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser: ...
-
-    def daemon_options(self, p: argparse.ArgumentParser, *, timeout: float = ...,
-                       json_flag: bool = ...) -> None: ...
+class Cli(CommandHost, Protocol):
+    """The command host, its client typed as the control API's."""
 
     def client(self, args: argparse.Namespace) -> ApiClient: ...
 

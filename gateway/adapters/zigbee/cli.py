@@ -13,21 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, Protocol
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-class Cli(Protocol):
-    """The part of ``gateway.cli.Commands`` these commands use (structural: no import)."""
-
-    def add(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser: ...
-
-    def daemon_options(self, p: argparse.ArgumentParser, *, timeout: float = ...,
-                       json_flag: bool = ...) -> None: ...
-
-    def client(self, args: argparse.Namespace) -> Any: ...
+from gateway.plugins import CommandHost as Cli
 
 
 def register(cli: Cli) -> None:
