@@ -129,7 +129,12 @@ class EzspStick(SocketStick[AshNcp]):
     def add_device(self, device: VirtualDevice) -> VirtualDevice:
         """Put a device in radio range; it is not part of the network until :meth:`join`."""
         self.devices[device.nwk] = device
+        device.topology = self.ncp  # routers answer neighbour/routing table requests
         return device
+
+    def noise(self, levels: Mapping[int, int]) -> None:
+        """The strongest signal (dBm) an energy scan hears per channel (others: -95)."""
+        self.ncp.energy.update(levels)
 
     def join(self, device: VirtualDevice) -> None:
         """The device joins (joining must be open) and announces itself."""
@@ -144,7 +149,7 @@ class EzspStick(SocketStick[AshNcp]):
                           newNodeEui64=device.ieee,
                           status=bt.EmberDeviceUpdate.STANDARD_SECURITY_UNSECURED_JOIN,
                           policyDecision=bt.EmberJoinDecision.USE_PRECONFIGURED_KEY,
-                          parentOfNewNodeId=0x0000)
+                          parentOfNewNodeId=device.parent)
         self.ncp.deliver(device.nwk, device.announce(),
                          kind=bt.EmberIncomingMessageType.INCOMING_BROADCAST)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import bellows.types as bt
 import zigpy.types as zt
@@ -33,6 +33,11 @@ IAS_ZONE = 0x0500
 ZDO_ENDPOINT = 0
 #: where reports go when nothing was bound: the coordinator's first endpoint
 COORDINATOR_ENDPOINT = 1
+#: how well the coordinator hears a node unless a test says otherwise
+DEFAULT_LQI = 230
+DEFAULT_RSSI = -45
+#: neighbour or route entries per Mgmt_Lqi_rsp / Mgmt_Rtg_rsp (firmware fits 2-3 in a frame)
+TABLE_PAGE = 3
 
 Message = tuple[bt.EmberApsFrame, bytes]
 
@@ -64,19 +69,38 @@ def aps_frame(profile: int, cluster: int, src_ep: int, dst_ep: int, sequence: in
                             sequence=sequence)
 
 
+class Topology(Protocol):
+    """The network a node is part of, as far as its neighbour and routing tables go."""
+
+    def neighbors_of(self, node: VirtualNode) -> list[zdo_t.Neighbor]: ...
+
+    def routes_of(self, node: VirtualNode) -> list[zdo_t.Route]: ...
+
+
 class VirtualNode:
-    """A node that answers ZDO descriptor requests from its endpoints."""
+    """A node that answers ZDO descriptor requests from its endpoints.
+
+    ``lqi`` and ``rssi`` are how well its parent hears it (the stick hands them to the
+    host with every frame from it); ``parent`` is the NWK address it joined through.
+    Routers and the coordinator answer Mgmt_Lqi_req / Mgmt_Rtg_req from ``topology``
+    when the stick gave them one, and with NOT_SUPPORTED otherwise.
+    """
 
     def __init__(self, ieee: str | zt.EUI64, nwk: int,
                  logical_type: zdo_t.LogicalType = zdo_t.LogicalType.EndDevice,
                  mains_powered: bool = False, manufacturer_code: int = 0x1234,
-                 endpoints: Sequence[Endpoint] = ()) -> None:
+                 endpoints: Sequence[Endpoint] = (), *, lqi: int = DEFAULT_LQI,
+                 rssi: int = DEFAULT_RSSI, parent: int = 0x0000) -> None:
         self.ieee = ieee if isinstance(ieee, zt.EUI64) else zt.EUI64.convert(ieee)
         self.nwk = nwk
         self.logical_type = logical_type
         self.mains_powered = mains_powered
         self.manufacturer_code = manufacturer_code
         self.endpoints: dict[int, Endpoint] = {ep.endpoint: ep for ep in endpoints}
+        self.lqi = lqi
+        self.rssi = rssi
+        self.parent = parent
+        self.topology: Topology | None = None
         self.received: list[tuple[Any, ...]] = []
         #: set once the node was asked to leave; the stick then takes it off the network
         self.leaving = False
@@ -85,6 +109,11 @@ class VirtualNode:
     def next_aps_seq(self) -> int:
         self._aps_seq = (self._aps_seq + 1) % 256
         return self._aps_seq
+
+    @property
+    def is_router(self) -> bool:
+        """Routers and the coordinator keep neighbour and routing tables."""
+        return self.logical_type != zdo_t.LogicalType.EndDevice
 
     def node_descriptor(self) -> zdo_t.NodeDescriptor:
         flags = zdo_t.MACCapabilityFlags.AllocateAddress
@@ -168,9 +197,21 @@ class VirtualNode:
             count = len(list(channels))
             return Z.Mgmt_NWK_Update_rsp, [ok, channels, count, 0, [0x10] * count]
         if cmd == Z.Mgmt_Lqi_req:
-            return Z.Mgmt_Lqi_rsp, [zdo_t.Status.NOT_SUPPORTED, None]
+            if self.topology is None or not self.is_router:
+                return Z.Mgmt_Lqi_rsp, [zdo_t.Status.NOT_SUPPORTED, None]
+            neighbors = self.topology.neighbors_of(self)
+            start = args[0]
+            return Z.Mgmt_Lqi_rsp, [ok, zdo_t.Neighbors(
+                Entries=len(neighbors), StartIndex=start,
+                NeighborTableList=neighbors[start:start + TABLE_PAGE])]
         if cmd == Z.Mgmt_Rtg_req:
-            return Z.Mgmt_Rtg_rsp, [zdo_t.Status.NOT_SUPPORTED, None]
+            if self.topology is None or not self.is_router:
+                return Z.Mgmt_Rtg_rsp, [zdo_t.Status.NOT_SUPPORTED, None]
+            routes = self.topology.routes_of(self)
+            start = args[0]
+            return Z.Mgmt_Rtg_rsp, [ok, zdo_t.Routes(
+                Entries=len(routes), StartIndex=start,
+                RoutingTableList=routes[start:start + TABLE_PAGE])]
         if cmd in (Z.Device_annce, Z.Parent_annce):
             return None
         log.warning("node %s: no answer for ZDO %s", self.ieee, cmd.name)
@@ -181,18 +222,23 @@ class VirtualDevice(VirtualNode):
     """An end device with ZCL clusters: Basic plus whatever ``attributes`` names.
 
     ``attributes`` maps ``(endpoint, cluster_id)`` to ``{attribute_id: value}``; values
-    take the attribute's type from zigpy's cluster definitions.
+    take the attribute's type from zigpy's cluster definitions. ``router=True`` makes it
+    a mains-powered router (a plug, a repeater) that others can join through.
     """
 
     def __init__(self, ieee: str | zt.EUI64, nwk: int, *, model: str = "TH01",
                  manufacturer: str = "Acme Sensors",
                  endpoints: Sequence[Endpoint] | None = None,
                  attributes: Mapping[tuple[int, int], Mapping[int, Any]] | None = None,
-                 mains_powered: bool = False) -> None:
+                 mains_powered: bool = False, router: bool = False, lqi: int = DEFAULT_LQI,
+                 rssi: int = DEFAULT_RSSI, parent: int = 0x0000) -> None:
         if endpoints is None:
             endpoints = [Endpoint(1, in_clusters=[0x0000, 0x0001, 0x0402, 0x0405],
                                   out_clusters=[0x0019])]
-        super().__init__(ieee, nwk, mains_powered=mains_powered, endpoints=endpoints)
+        logical_type = zdo_t.LogicalType.Router if router else zdo_t.LogicalType.EndDevice
+        super().__init__(ieee, nwk, logical_type=logical_type,
+                         mains_powered=mains_powered or router, endpoints=endpoints, lqi=lqi,
+                         rssi=rssi, parent=parent)
         self.model = model
         self.manufacturer = manufacturer
         self.attributes: dict[tuple[int, int], dict[int, Any]] = {}
@@ -200,7 +246,7 @@ class VirtualDevice(VirtualNode):
             if 0x0000 in ep.in_clusters:
                 self.attributes[(ep.endpoint, 0x0000)] = {
                     0x0000: 3, 0x0004: manufacturer, 0x0005: model,
-                    0x0007: 0x01 if mains_powered else 0x03}
+                    0x0007: 0x01 if self.mains_powered else 0x03}
         for key, values in (attributes or {}).items():
             self.attributes.setdefault(key, {}).update(values)
         self.reporting: dict[tuple[int, int, int], tuple[int, int]] = {}

@@ -27,6 +27,8 @@ import zigpy.zdo.types as zdo_t
 from bellows.ezsp.v13 import EZSPv13
 
 from tests.ezsp_stick.device import (
+    DEFAULT_LQI,
+    DEFAULT_RSSI,
     ZDO_PROFILE,
     Endpoint,
     Message,
@@ -50,8 +52,10 @@ FC_RESPONSE = 0x80
 FC_CALLBACK = 0x90
 FC_HIGH = 0x01  # frame format version 1 (EZSP 8 and later)
 
-LQI = 230
-RSSI = -45
+LQI = DEFAULT_LQI
+RSSI = DEFAULT_RSSI
+#: the strongest signal heard on a channel nobody uses (dBm): the receiver's noise floor
+NOISE_FLOOR = -95
 
 
 @dataclass
@@ -91,6 +95,10 @@ class Ncp:
         self.unknown: Counter[str] = Counter()
         self._pending: list[bytes] | None = None
         self._last_seq = 0xFF
+        #: strongest signal per channel (dBm) an energy scan hears; unset: NOISE_FLOOR
+        self.energy: dict[int, int] = {}
+        #: energy scans the host asked for: (channels, duration exponent)
+        self.energy_scans: list[tuple[list[int], int]] = []
         self.reset()
 
     # -- state lost on reset ---------------------------------------------------------------
@@ -112,6 +120,7 @@ class Ncp:
         self.coordinator = VirtualNode(self.nv.eui64, 0x0000,
                                        logical_type=zdo_t.LogicalType.Coordinator,
                                        mains_powered=True, manufacturer_code=0x1049)
+        self.coordinator.topology = self
         self.permit_until = 0.0
         self.radio_power = 8
         self._last_seq = 0xFF
@@ -216,9 +225,66 @@ class Ncp:
                 ) -> None:
         """A frame from a node in the network arrives at the coordinator."""
         aps, payload = message
-        self.callback("incomingMessageHandler", type=kind, apsFrame=aps, lastHopLqi=LQI,
-                      lastHopRssi=RSSI, sender=sender, bindingIndex=0xFF, addressIndex=0xFF,
+        node = self.devices.get(sender)
+        lqi, rssi = (node.lqi, node.rssi) if node is not None else (LQI, RSSI)
+        self.callback("incomingMessageHandler", type=kind, apsFrame=aps, lastHopLqi=lqi,
+                      lastHopRssi=rssi, sender=sender, bindingIndex=0xFF, addressIndex=0xFF,
                       messageContents=payload)
+
+    # -- topology: what routers' neighbour and routing tables hold --------------------------
+
+    def _members(self) -> list[VirtualNode]:
+        """The coordinator and every joined device."""
+        return [self.coordinator, *(d for d in self.devices.values()
+                                    if d.ieee in self.nv.children)]
+
+    def _path_up(self, node: VirtualNode) -> list[VirtualNode]:
+        """``node``, its parent, ... up to the coordinator."""
+        by_nwk = {m.nwk: m for m in self._members()}
+        path = [node]
+        while path[-1] is not self.coordinator and len(path) < 16:
+            parent = by_nwk.get(path[-1].parent, self.coordinator)
+            path.append(parent)
+        return path
+
+    def neighbors_of(self, node: VirtualNode) -> list[zdo_t.Neighbor]:
+        """Children, parent and other routers in range, as Mgmt_Lqi_rsp lists them."""
+        N = zdo_t.Neighbor
+        epid = self.nv.params.extendedPanId if self.nv.params is not None else zt.EUI64(bytes(8))
+        table: list[zdo_t.Neighbor] = []
+        for other in self._members():
+            if other is node:
+                continue
+            if other is not self.coordinator and other.parent == node.nwk:
+                relationship, lqi = N.Relationship.Child, other.lqi
+            elif node is not self.coordinator and node.parent == other.nwk:
+                relationship, lqi = N.Relationship.Parent, node.lqi
+            elif other.is_router and node.is_router:
+                relationship, lqi = N.Relationship.Sibling, min(node.lqi, other.lqi)
+            else:
+                continue
+            kind = (N.DeviceType.Coordinator if other is self.coordinator else
+                    N.DeviceType.Router if other.is_router else N.DeviceType.EndDevice)
+            table.append(N(extended_pan_id=epid, ieee=other.ieee, nwk=other.nwk,
+                           device_type=kind,
+                           rx_on_when_idle=(N.RxOnWhenIdle.On if other.mains_powered
+                                            else N.RxOnWhenIdle.Off),
+                           relationship=relationship, reserved1=0,
+                           permit_joining=N.PermitJoins.NotAccepting, reserved2=0,
+                           depth=len(self._path_up(other)) - 1, lqi=lqi))
+        return table
+
+    def routes_of(self, node: VirtualNode) -> list[zdo_t.Route]:
+        """A route to every node more than one hop below ``node``, through its child."""
+        routes: list[zdo_t.Route] = []
+        for other in self._members():
+            path = self._path_up(other)
+            if node not in path or path.index(node) < 2:
+                continue
+            routes.append(zdo_t.Route(DstNWK=other.nwk, RouteStatus=zdo_t.RouteStatus.Active,
+                                      MemoryConstrained=0, ManyToOne=0, RouteRecordRequired=0,
+                                      Reserved=0, NextHop=path[path.index(node) - 1].nwk))
+        return routes
 
     def _node(self, nwk: int) -> VirtualNode | None:
         if nwk == self.coordinator.nwk and self.nv.formed:
@@ -400,6 +466,18 @@ class Ncp:
         params = self.nv.params.replace(radioTxPower=self.radio_power)
         return {"status": bt.EmberStatus.SUCCESS, "nodeType": bt.EmberNodeType.COORDINATOR,
                 "parameters": params}
+
+    def _cmd_startScan(self, scanType: bt.EzspNetworkScanType, channelMask: zt.Channels,
+                       duration: int) -> dict[str, Any]:
+        """Energy scans report the loudest signal per channel; active scans find nothing."""
+        channels = list(channelMask)
+        if scanType == bt.EzspNetworkScanType.ENERGY_SCAN:
+            self.energy_scans.append((channels, duration))
+            for channel in channels:
+                self.callback("energyScanResultHandler", channel=channel,
+                              maxRssiValue=self.energy.get(channel, NOISE_FLOOR))
+        self.callback("scanCompleteHandler", channel=0xFF, status=bt.EmberStatus.SUCCESS)
+        return {"status": bt.EmberStatus.SUCCESS}
 
     def _cmd_permitJoining(self, duration: int) -> dict[str, Any]:
         if not self.network_up:

@@ -55,6 +55,8 @@ BATCH = 500
 PERMIT_MAX = 254
 #: zigpy drops a frame identical to one received within this many seconds (retransmission)
 DUPLICATE_WINDOW = 10.0
+#: an unchanged LQI/RSSI pair is sent again after this many link_interval periods
+LINK_REPEAT = 10
 
 
 class _Metrics:
@@ -110,6 +112,9 @@ class ZigbeeAdapter(Adapter):
         self._configuring: dict[str, asyncio.Task[Any]] = {}
         self._last_configure: dict[str, float] = {}
         self._last_link: dict[str, float] = {}
+        #: per device: when its last LQI/RSSI readings went out, and their values
+        self._link_sent: dict[str, tuple[float, Any, Any]] = {}
+        self._link_due: set[str] = set()
         self._permit_until = 0.0
         self._forwarder: asyncio.Task[None] | None = None
 
@@ -307,6 +312,32 @@ class ZigbeeAdapter(Adapter):
         if now - self._last_link.get(ieee, -1e9) >= self.config.link_update_interval:
             self._last_link[ieee] = now
             self.ctx.devices.declare(self.device_id(device), lqi=device.lqi, rssi=device.rssi)
+        if self.config.link_readings and ieee not in self._link_due:
+            sent = self._link_sent.get(ieee)
+            if sent is None or now - sent[0] >= self.config.link_interval:
+                # zigpy stores this frame's LQI/RSSI on the device right after this call
+                self._link_due.add(ieee)
+                asyncio.get_running_loop().call_soon(self._link_reading, device)
+
+    def _link_reading(self, device: Any) -> None:
+        """The device's LQI and RSSI as readings, if they changed or were due again."""
+        ieee = str(device.ieee)
+        self._link_due.discard(ieee)
+        lqi, rssi = device.lqi, device.rssi
+        if self._stopping or (lqi is None and rssi is None):
+            return
+        now = time.monotonic()
+        sent = self._link_sent.get(ieee)
+        if sent is not None and (lqi, rssi) == sent[1:] \
+                and now - sent[0] < self.config.link_interval * LINK_REPEAT:
+            return
+        self._link_sent[ieee] = (now, lqi, rssi)
+        values: list[tuple[str, Any, str | None]] = []
+        if lqi is not None:
+            values.append(("linkquality", int(lqi), None))
+        if rssi is not None:
+            values.append(("rssi", int(rssi), "dBm"))
+        self._emit(device, None, values)
 
     def _expect_report(self, device: Any, cluster_id: int, src_ep: int,
                        message: bytes) -> None:
@@ -459,11 +490,12 @@ class ZigbeeAdapter(Adapter):
         self._emit(device, cluster, values)
 
     def _emit(self, device: Any, cluster: Any, values: list[tuple[str, Any, str | None]]) -> None:
+        """Queue readings of ``device``; ``cluster`` None for values of the device itself."""
         if not values:
             return  # values arriving while stopping are still queued: stop() drains them
         ts = time.time()
         dev_id = self.device_id(device)
-        suffix = self._metric_suffix(device, cluster)
+        suffix = "" if cluster is None else self._metric_suffix(device, cluster)
         for metric, value, unit in values:
             if len(self._pending) >= self.config.max_pending:
                 self._drop(1, "overflow")

@@ -51,6 +51,11 @@ class ZigbeeConfig(AdapterConfig):
     retry_for: Duration = Field(default=30.0, ge=0, le=86400)
     #: LQI/RSSI go to the device registry at most this often per device
     link_update_interval: Duration = Field(default=300.0, gt=0, le=86400)
+    #: emit each device's LQI and RSSI as readings (``linkquality``, ``rssi``)
+    link_readings: bool = True
+    #: at most one LQI/RSSI pair per device this often; an unchanged pair waits ten times
+    #: as long
+    link_interval: Duration = Field(default=60.0, gt=0, le=86400)
     #: readings waiting for the pipeline, at most (beyond: dropped, counted)
     max_pending: int = Field(default=10000, ge=1, le=1_000_000)
 
