@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.adapters.base import Adapter, AdapterConfig, AdapterContext
 from gateway.adapters.zigbee import backup as backups
-from gateway.adapters.zigbee import commands
+from gateway.adapters.zigbee import commands, health
 from gateway.adapters.zigbee.clusters import (
     IAS_ZONE,
     METRICS,
@@ -57,6 +57,14 @@ PERMIT_MAX = 254
 DUPLICATE_WINDOW = 10.0
 #: an unchanged LQI/RSSI pair is sent again after this many link_interval periods
 LINK_REPEAT = 10
+#: energy scan bounds: duration exponent (each channel listened to (2^n + 1) x 15.36 ms)
+#: and repetitions
+SCAN_DURATION_MAX = 8
+SCAN_COUNT_MAX = 5
+
+
+class ScanRefused(RuntimeError):
+    """A scan cannot run now (joining is open, or another scan runs)."""
 
 
 class _Metrics:
@@ -117,6 +125,8 @@ class ZigbeeAdapter(Adapter):
         self._link_due: set[str] = set()
         self._permit_until = 0.0
         self._forwarder: asyncio.Task[None] | None = None
+        self._map_scan: asyncio.Task[None] | None = None
+        self._energy_scanning = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -715,6 +725,94 @@ class ZigbeeAdapter(Adapter):
             self.ctx.devices.remove(device)
         self.log.info("zigbee: %s removed (%s)", device, result.status)
         return result
+
+    # -- network health ------------------------------------------------------------------------
+
+    def _scan_refusal(self, energy: bool) -> str | None:
+        if self._energy_scanning:
+            return f"an energy scan is running on {self.prefix}; try again when it is done"
+        if not energy:
+            return None
+        if self._map_scan is not None and not self._map_scan.done():
+            return f"a network map scan is running on {self.prefix}; try again when it is done"
+        if time.time() < self._permit_until:
+            # the radio leaves the network's channel while it listens to the others
+            left = self._permit_until - time.time()
+            return (f"joining is open on {self.prefix} for {left:.0f} s more: an energy scan"
+                    " now could lose a joining device; close it (gateway pair --seconds 0)"
+                    " or wait")
+        return None
+
+    async def network_map(self, refresh: bool = False) -> dict[str, Any]:
+        """Nodes and links from the routers' neighbour tables; ``refresh`` scans them again
+        (one scan at a time: a second caller waits for the running one)."""
+        app = self._running()
+        complete = True
+        if refresh:
+            if self._map_scan is None or self._map_scan.done():
+                refused = self._scan_refusal(energy=False)
+                if refused:
+                    raise ScanRefused(refused)
+                self._map_scan = asyncio.get_running_loop().create_task(
+                    self._scan_topology(app), name=f"{self.prefix}:topology")
+            try:
+                await asyncio.wait_for(asyncio.shield(self._map_scan),
+                                       self.config.map_scan_timeout)
+            except TimeoutError:
+                complete = False
+                self._map_scan.cancel()
+                self.log.warning("zigbee: network map scan stopped after %g s; answering the"
+                                 " tables read so far", self.config.map_scan_timeout)
+        scanned_at = await asyncio.to_thread(self._load_scanned_at)
+        answer = health.network_map(
+            app, lambda d: self.device_id(d) if not self._is_coordinator(d) else None,
+            scanned_at)
+        answer.update(adapter=self.prefix, complete=complete)
+        return answer
+
+    async def _scan_topology(self, app: Any) -> None:
+        started = time.monotonic()
+        await app.topology.scan()
+        await asyncio.to_thread(write_json_atomic, self.dir / "map.json",
+                                {"scanned_at": time.time()})
+        self.log.info("zigbee: network map scanned in %.1f s", time.monotonic() - started)
+
+    def _load_scanned_at(self) -> float | None:
+        try:
+            value = json.loads((self.dir / "map.json").read_text(encoding="utf-8"))
+            return float(value["scanned_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    async def energy_scan(self, channels: list[int] | None = None, duration: int = 4,
+                          count: int = 1) -> dict[str, Any]:
+        """Energy per channel (0-255) from the coordinator's radio, and the channel to use."""
+        channels = sorted(set(channels or health.ALL_CHANNELS))
+        if any(not 11 <= c <= 26 for c in channels):
+            raise ValueError(f"channels: expected channels 11 to 26, got {channels}")
+        if not 0 <= duration <= SCAN_DURATION_MAX:
+            raise ValueError(f"duration: expected 0 to {SCAN_DURATION_MAX}, got {duration!r}")
+        if not 1 <= count <= SCAN_COUNT_MAX:
+            raise ValueError(f"count: expected 1 to {SCAN_COUNT_MAX}, got {count!r}")
+        app = self._running()
+        refused = self._scan_refusal(energy=True)
+        if refused:
+            raise ScanRefused(refused)
+        # the radio leaves the network's channel per channel scanned: bound it generously
+        limit = count * len(channels) * (2 ** duration + 1) * 0.01536 * 2 + 15.0
+        self._energy_scanning = True
+        try:
+            async with asyncio.timeout(limit):
+                energy = await app.energy_scan(channels=health.channel_mask(channels),
+                                               duration_exp=duration, count=count)
+        finally:
+            self._energy_scanning = False
+        current = _int_or_none(app.state.network_info.channel)
+        answer = health.scan_report({int(c): float(e) for c, e in energy.items()}, current)
+        answer.update(adapter=self.prefix, duration=duration, count=count)
+        self.log.info("zigbee: energy scan of %d channel(s): channel %s recommended",
+                      len(channels), answer["recommendation"]["channel"])
+        return answer
 
     def _running(self) -> Any:
         if self.app is None:

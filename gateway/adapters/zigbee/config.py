@@ -56,6 +56,8 @@ class ZigbeeConfig(AdapterConfig):
     #: at most one LQI/RSSI pair per device this often; an unchanged pair waits ten times
     #: as long
     link_interval: Duration = Field(default=60.0, gt=0, le=86400)
+    #: a network map scan (every router's neighbour and routing table) stops after this long
+    map_scan_timeout: Duration = Field(default=120.0, gt=0, le=3600)
     #: readings waiting for the pipeline, at most (beyond: dropped, counted)
     max_pending: int = Field(default=10000, ge=1, le=1_000_000)
 
