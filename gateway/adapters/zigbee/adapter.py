@@ -203,6 +203,8 @@ class ZigbeeAdapter(Adapter):
         app, self.app = self.app, None
         for task in list(self._configuring.values()):
             task.cancel()
+        if self._map_scan is not None:
+            self._map_scan.cancel()  # its requests would only fail on a closing radio
         for unsubscribe in [u for subs in self._watched.values() for u in subs]:
             with contextlib.suppress(Exception):
                 unsubscribe()
