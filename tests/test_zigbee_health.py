@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 from gateway.adapters.zigbee import ZigbeeAdapter
 from gateway.adapters.zigbee.config import ZigbeeConfig
 from tests.ezsp_stick import EzspStick, VirtualDevice
+from tests.test_zigbee_cli import _cli
 from tests.test_zigbee_stick_adapter import (
     HUMIDITY,
     POWER,
@@ -248,15 +248,6 @@ def _daemon_config(tmp_path: Path, stick: EzspStick) -> Path:
                       "port": stick.url, "channel": 20}],
     }))
     return path
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", *args, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_zigbee_scan_and_map_commands_through_the_running_daemon(
